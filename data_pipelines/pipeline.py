@@ -1,0 +1,250 @@
+"""The interleaved grain pipeline: shot records -> batches of P (caption, keyframe) pairs of one movie.
+
+  windows (WindowPlan, random access, one slice per JAX process)
+    -> load + decode each window's P records, tokenise captions, normalise images   [grain workers]
+    -> context order hook, memory-level hook                                        [grain workers]
+    -> skip-or-raise on bad records, batch                                          [this process]
+
+Deterministic from the seed for any worker count; the iterator's state (a grain DatasetIterator)
+is saved with Orbax (grain.checkpoint.CheckpointSave) and resumes at exactly the next batch.
+
+An example (all numpy, P = num_pairs):
+  image        float32 [P, H, W, 3] in [-1, 1]  (PNG keyframes)  | latent float32 [P, h, w, C]
+  text_tokens  int32 [P, L] byte tokens, text_mask bool [P, L]    (text_source="bytes")
+  text_states  float32 [P, L, D], text_mask, text_pooled [P, D]   (text_source="precomputed")
+  image_embedding float32 [P, D]   when the records carry one
+  frames       float32 [P, F, H, W, 3] when load_frames
+  movie int32 [], shot_index int32 [P], stride int32 []
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from absl import logging
+import grain
+import ml_collections
+import numpy as np
+
+from data_pipelines import records
+from data_pipelines import tokenizer
+from data_pipelines import windows
+
+Example = dict[str, Any]
+_BAD = "_bad_record"
+
+
+class ConfigError(ValueError):
+  """A config field has a value the pipeline cannot use; the message names the field."""
+
+
+# Hooks applied to each decoded example. Identity for now: retrieval orders (issue: long-context
+# memory) and GoldenMem levels register here and are chosen by config name.
+CONTEXT_ORDERS: dict[str, Callable[[Example], Example]] = {"chronological": lambda ex: ex}
+MEMORY_LEVELS: dict[str, Callable[[Example], Example]] = {"none": lambda ex: ex}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The data section of a training config, with every field documented."""
+  c = ml_collections.ConfigDict()
+  c.path = ""  # shot-record dataset (records.py); "" = the toy world built under the workdir
+  c.toy = ml_collections.ConfigDict(dict(  # the toy world used when path == ""
+      num_movies=64, seed=0, height=32, width=64, num_frames=8, min_shots=8, max_shots=64))
+  c.num_pairs = 8  # P: (caption, keyframe) pairs per example
+  c.max_stride = 4  # dynamic strided sampling: strides 1..max_stride
+  c.max_overlap = 0.25  # most shots two windows of one movie share within an epoch, as a fraction of P
+  c.global_batch_size = 8  # examples per step over all processes
+  c.seed = 0
+  c.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
+  c.text_source = "bytes"  # "bytes": byte-tokenised captions | "precomputed": the records' t5/clip_pooled
+  c.text_len = 192  # text tokens per pair (captions are truncated, the count is logged)
+  c.load_frames = False  # also decode each shot's frames (video model)
+  c.context_order = "chronological"  # a key of CONTEXT_ORDERS
+  c.memory_levels = "none"  # a key of MEMORY_LEVELS
+  c.worker_count = 0  # grain worker processes (0: decode in this process)
+  c.worker_buffer_size = 4  # examples each worker keeps ready
+  c.bad_records = "error"  # "error": stop at a malformed record | "skip": drop its window and count it
+  c.max_bad_fraction = 0.01  # "skip": fail once skipped / seen exceeds this ...
+  c.bad_records_min_seen = 100  # ... after at least this many examples
+  return c
+
+
+def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
+  """Raises ConfigError naming the first field that is out of range."""
+
+  def need(ok: bool, field: str, expected: str):
+    if not ok:
+      raise ConfigError(f"config.data.{field}={c.get(field)!r}: expected {expected}")
+
+  need(isinstance(c.path, str), "path", "a string")
+  need(isinstance(c.num_pairs, int) and c.num_pairs >= 1, "num_pairs", "an int >= 1")
+  need(isinstance(c.max_stride, int) and c.max_stride >= 1, "max_stride", "an int >= 1")
+  need(0 <= c.max_overlap < 1, "max_overlap", "a fraction in [0, 1)")
+  need(isinstance(c.global_batch_size, int) and c.global_batch_size >= 1, "global_batch_size", "an int >= 1")
+  need(c.global_batch_size % process_count == 0, "global_batch_size",
+       f"a multiple of the {process_count} JAX processes")
+  need(c.num_epochs is None or c.num_epochs >= 1, "num_epochs", "None or an int >= 1")
+  need(c.text_source in ("bytes", "precomputed"), "text_source", "'bytes' or 'precomputed'")
+  need(isinstance(c.text_len, int) and c.text_len >= 1, "text_len", "an int >= 1")
+  need(c.context_order in CONTEXT_ORDERS, "context_order", f"one of {sorted(CONTEXT_ORDERS)}")
+  need(c.memory_levels in MEMORY_LEVELS, "memory_levels", f"one of {sorted(MEMORY_LEVELS)}")
+  need(isinstance(c.worker_count, int) and c.worker_count >= 0, "worker_count", "an int >= 0")
+  need(isinstance(c.worker_buffer_size, int) and c.worker_buffer_size >= 1, "worker_buffer_size", "an int >= 1")
+  need(c.bad_records in ("error", "skip"), "bad_records", "'error' or 'skip'")
+  need(0 <= c.max_bad_fraction <= 1, "max_bad_fraction", "a fraction in [0, 1]")
+  need(isinstance(c.bad_records_min_seen, int) and c.bad_records_min_seen >= 1, "bad_records_min_seen",
+       "an int >= 1")
+
+
+@dataclasses.dataclass
+class LoadWindow(grain.transforms.Map):
+  """Reads and decodes the P records of a window into one example (runs in grain workers)."""
+
+  reader: records.ShotReader
+  text_source: str
+  text_len: int
+  load_frames: bool
+  skip_bad: bool
+  context_order: str
+  memory_levels: str
+
+  def map(self, window: dict[str, Any]) -> Example:
+    try:
+      ex = self._load(window)
+    except records.BadRecordError as e:
+      if not self.skip_bad:
+        raise
+      return {_BAD: str(e)}
+    ex = CONTEXT_ORDERS[self.context_order](ex)
+    return MEMORY_LEVELS[self.memory_levels](ex)
+
+  def _load(self, window: dict[str, Any]) -> Example:
+    movie = self.reader.index.movies[window["movie"]]
+    cols: dict[str, list[np.ndarray]] = {}
+    for k in window["shots"]:
+      record = movie["records"][k]
+      shot, keyframe, frames = self.reader.read_pixels(record)
+      if shot.movie_id != movie["movie_id"] or shot.shot_index != k:
+        raise records.BadRecordError(
+            f"{self.reader.where(record)}: is {shot.movie_id} shot {shot.shot_index}, the index says "
+            f"{movie['movie_id']} shot {k}")
+      if keyframe is not None:
+        cols.setdefault("image", []).append(keyframe.astype(np.float32) / 127.5 - 1.0)
+      else:
+        cols.setdefault("latent", []).append(np.asarray(shot.keyframe_latent, np.float32))
+      if self.load_frames:
+        if frames is None:
+          raise records.BadRecordError(f"{self.reader.where(record)}: load_frames is set but the dataset "
+                                       "stores no frames")
+        cols.setdefault("frames", []).append(frames.astype(np.float32) / 127.5 - 1.0)
+      if self.text_source == "bytes":
+        ids, mask, _ = tokenizer.encode(shot.caption, self.text_len)
+        cols.setdefault("text_tokens", []).append(ids)
+        cols.setdefault("text_mask", []).append(mask)
+      else:
+        if shot.t5 is None or shot.clip_pooled is None:
+          raise records.BadRecordError(f"{self.reader.where(record)}: text_source='precomputed' but the "
+                                       "record has no t5/clip_pooled")
+        states = np.zeros((self.text_len, shot.t5.shape[-1]), np.float32)
+        n = min(self.text_len, len(shot.t5))
+        states[:n] = shot.t5[:n]
+        cols.setdefault("text_states", []).append(states)
+        cols.setdefault("text_mask", []).append(np.arange(self.text_len) < n)
+        cols.setdefault("text_pooled", []).append(np.asarray(shot.clip_pooled, np.float32))
+      if shot.image_embedding is not None:
+        cols.setdefault("image_embedding", []).append(np.asarray(shot.image_embedding, np.float32))
+    ex = {k: np.stack(v) for k, v in cols.items()}
+    ex["movie"] = np.int32(window["movie"])
+    ex["shot_index"] = np.asarray(window["shots"], np.int32)
+    ex["stride"] = np.int32(window["stride"])
+    return ex
+
+
+class BatchIterDataset(grain.IterDataset):
+  """Drops examples whose records were bad (counting them, failing past a fraction) and batches."""
+
+  def __init__(self, parent: grain.IterDataset, batch_size: int, skip_bad: bool, max_bad_fraction: float,
+               min_seen: int):
+    super().__init__(parent)
+    self.batch_size, self.skip_bad = batch_size, skip_bad
+    self.max_bad_fraction, self.min_seen = max_bad_fraction, min_seen
+
+  def __iter__(self) -> "BatchIterator":
+    return BatchIterator(self._parent.__iter__(), self)
+
+
+class BatchIterator(grain.DatasetIterator):
+  """Batches of `batch_size` good examples; `seen` and `skipped` count examples (windows)."""
+
+  def __init__(self, parent: grain.DatasetIterator, spec: BatchIterDataset):
+    super().__init__(parent)
+    self._spec = spec
+    self.seen = 0
+    self.skipped = 0
+
+  def __next__(self) -> Example:
+    batch: list[Example] = []
+    while len(batch) < self._spec.batch_size:
+      ex = next(self._parent)
+      self.seen += 1
+      if _BAD in ex:
+        self.skipped += 1
+        logging.warning("skipped a window with a bad record (%d of %d so far): %s", self.skipped, self.seen,
+                        ex[_BAD])
+        if (self.seen >= self._spec.min_seen and self.skipped > self._spec.max_bad_fraction * self.seen):
+          raise records.DataError(
+              f"{self.skipped} of {self.seen} examples had bad records, more than "
+              f"config.data.max_bad_fraction={self._spec.max_bad_fraction}; last: {ex[_BAD]}")
+        continue
+      batch.append(ex)
+    return {k: np.stack([ex[k] for ex in batch]) for k in batch[0]}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent": self._parent.get_state(), "seen": self.seen, "skipped": self.skipped}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self.seen, self.skipped = int(state["seen"]), int(state["skipped"])
+
+
+@dataclasses.dataclass
+class Pipeline:
+  """A built pipeline: `iterator()` gives a checkpointable iterator of per-process batches."""
+
+  dataset: grain.IterDataset
+  plan: windows.WindowPlan
+  reader: records.ShotReader
+  batch_size: int  # per process
+
+  def iterator(self) -> BatchIterator:
+    return iter(self.dataset)
+
+
+def make_pipeline(c: ml_collections.ConfigDict, path: str, *, process_index: int = 0,
+                  process_count: int = 1) -> Pipeline:
+  """The training pipeline of config section `c` (data) over the dataset at `path`.
+
+  Process `process_index` of `process_count` gets windows process_index, process_index + count, ...
+  of the global window sequence, so processes see disjoint windows and together all of them.
+  """
+  check_config(c, process_count)
+  reader = records.ShotReader(path)
+  if c.text_source == "precomputed" and not {"t5", "clip_pooled"} <= set(reader.index.embeddings):
+    raise ConfigError(f"config.data.text_source='precomputed' but {path} has no t5/clip_pooled embeddings")
+  if c.load_frames and not reader.index.num_frames:
+    raise ConfigError(f"config.data.load_frames=True but {path} stores no frames")
+  plan = windows.WindowPlan([m["num_shots"] for m in reader.index.movies], c.num_pairs,
+                            max_stride=c.max_stride, max_overlap=c.max_overlap, seed=c.seed,
+                            num_epochs=c.num_epochs)
+  ds = grain.MapDataset.source(plan)[process_index::process_count]
+  ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len,
+                         load_frames=c.load_frames, skip_bad=c.bad_records == "skip",
+                         context_order=c.context_order, memory_levels=c.memory_levels))
+  it = ds.to_iter_dataset()
+  if c.worker_count > 0:
+    it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
+        num_workers=c.worker_count, per_worker_buffer_size=c.worker_buffer_size))
+  batch_size = c.global_batch_size // process_count
+  it = BatchIterDataset(it, batch_size, c.bad_records == "skip", c.max_bad_fraction, c.bad_records_min_seen)
+  return Pipeline(dataset=it, plan=plan, reader=reader, batch_size=batch_size)

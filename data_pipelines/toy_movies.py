@@ -1,0 +1,133 @@
+"""Builds a toy-movie dataset: shot records for training, held-out storylines with ground truth.
+
+  python -m data_pipelines.toy_movies --out DIR --num_movies N --seed S [--height 32 --width 64 ...]
+
+Writes, atomically (a staging directory renamed into place at the end):
+  DIR/train/                 shot records of movies 0..N-1 (records.py format)
+  DIR/eval/                  shot records of the held-out movies behind the storylines
+  DIR/storylines.jsonl       one storyline per line: {"title", "movie_id", "captions": [...]}
+  DIR/storylines_truth.jsonl per storyline: {"movie_id", "cast", "locations", "shots": [...]}
+  DIR/world.json             the generator's knobs and counts
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Iterator
+
+from absl import app
+from absl import flags
+
+from data_pipelines import records
+from data_pipelines import toy_render
+from data_pipelines import toy_world
+
+WORLD_FILE = "world.json"
+
+
+def movie_shots(movie: dict, world: toy_world.WorldConfig) -> list[records.Shot]:
+  """Renders one movie script into shot records (keyframe = frame 0; ground truth in meta)."""
+  shots = []
+  for s in movie["shots"]:
+    frames = toy_render.render_shot(s, world.height, world.width)
+    truth = {k: v for k, v in s.items() if k not in ("caption", "shot_index")}
+    duration = world.num_frames / world.fps
+    shots.append(records.Shot(
+        movie_id=movie["movie_id"],
+        shot_index=s["shot_index"],
+        caption=s["caption"],
+        keyframe_png=records.encode_png(frames[0]),
+        frames_png=records.encode_png(frames.reshape(-1, world.width, 3)) if world.num_frames > 1 else None,
+        meta={"source": "toy", "fps": world.fps, "start_s": s["shot_index"] * duration,
+              "end_s": (s["shot_index"] + 1) * duration, "truth": truth},
+    ))
+  return shots
+
+
+def build(out: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig,
+          num_storylines: int = 8, num_shards: int = 4, overwrite: bool = False,
+          log=lambda msg: None) -> dict:
+  """Builds the whole output directory; returns the contents of world.json."""
+  out = os.path.abspath(out)
+  if num_movies < 1:
+    raise records.DataError(f"--num_movies must be >= 1, got {num_movies}")
+  if os.path.exists(out) and not overwrite:
+    raise records.DataError(f"{out} already exists (pass --overwrite to replace it)")
+  staging = f"{out}.partial-{os.getpid()}"
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  frames = world.num_frames if world.num_frames > 1 else 0
+  info = {"generator": "toy_movies", "seed": seed, "world": dataclasses.asdict(world)}
+  start = time.perf_counter()
+
+  def rendered(first: int, count: int) -> Iterator[list[records.Shot]]:
+    for i in range(first, first + count):
+      if (i - first) % 50 == 0:
+        log(f"  movie {i - first}/{count}")
+      yield movie_shots(toy_world.make_movie(seed, i, world), world)
+
+  train = records.write_dataset(os.path.join(staging, "train"), rendered(0, num_movies),
+                                num_shards=num_shards, num_frames=frames, info={**info, "split": "train"})
+  held_out = [toy_world.make_movie(seed, num_movies + j, world) for j in range(num_storylines)]
+  eval_index = records.write_dataset(os.path.join(staging, "eval"),
+                                     (movie_shots(m, world) for m in held_out),
+                                     num_shards=1, num_frames=frames, info={**info, "split": "eval"})
+  with open(os.path.join(staging, "storylines.jsonl"), "w") as f:
+    for m in held_out:
+      f.write(json.dumps({"title": m["title"], "movie_id": m["movie_id"],
+                          "captions": [s["caption"] for s in m["shots"]]}) + "\n")
+  with open(os.path.join(staging, "storylines_truth.jsonl"), "w") as f:
+    for m in held_out:
+      f.write(json.dumps({k: m[k] for k in ("movie_id", "cast", "locations", "shots")}) + "\n")
+  summary = {
+      **info,
+      "num_movies": num_movies,
+      "num_train_shots": train.num_records,
+      "num_storylines": num_storylines,
+      "num_eval_shots": eval_index.num_records,
+      "seconds": round(time.perf_counter() - start, 2),
+  }
+  with open(os.path.join(staging, WORLD_FILE), "w") as f:
+    json.dump(summary, f, indent=1)
+  if os.path.exists(out):
+    shutil.rmtree(out)
+  os.rename(staging, out)
+  return summary
+
+
+_OUT = flags.DEFINE_string("out", None, "Output directory (must not exist unless --overwrite).")
+_NUM_MOVIES = flags.DEFINE_integer("num_movies", 64, "Training movies.")
+_SEED = flags.DEFINE_integer("seed", 0, "World seed: the same seed gives the same movies, byte for byte.")
+_NUM_STORYLINES = flags.DEFINE_integer("num_storylines", 8, "Held-out movies written as storylines.")
+_HEIGHT = flags.DEFINE_integer("height", 32, "Frame height (width is usually 2x).")
+_WIDTH = flags.DEFINE_integer("width", 64, "Frame width.")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", 8, "Frames per shot (1: keyframes only).")
+_MIN_SHOTS = flags.DEFINE_integer("min_shots", 8, "Fewest shots per movie.")
+_MAX_SHOTS = flags.DEFINE_integer("max_shots", 64, "Most shots per movie.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 4, "ArrayRecord shards of the training split.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+
+
+def main(argv):
+  del argv
+  if not _OUT.value:
+    sys.exit("error: --out is required")
+  try:
+    world = toy_world.WorldConfig(height=_HEIGHT.value, width=_WIDTH.value, num_frames=_NUM_FRAMES.value,
+                                  min_shots=_MIN_SHOTS.value, max_shots=_MAX_SHOTS.value)
+    summary = build(_OUT.value, num_movies=_NUM_MOVIES.value, seed=_SEED.value, world=world,
+                    num_storylines=_NUM_STORYLINES.value, num_shards=_NUM_SHARDS.value,
+                    overwrite=_OVERWRITE.value, log=print)
+  except (records.DataError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print(f"wrote {summary['num_train_shots']} training shots of {summary['num_movies']} movies and "
+        f"{summary['num_storylines']} storylines to {_OUT.value} in {summary['seconds']} s")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,50 @@
+"""cinema_jax: long-context, multi-shot movie generation in JAX (Captain Cinema)."""
+
+import setuptools
+
+# Exact pins that resolve together (checked with `pip check`); see ../shared/STACK_NOTES.md.
+JAX_VERSION = "0.10.2"
+INSTALL_REQUIRES = [
+    f"jax=={JAX_VERSION}",
+    f"jaxlib=={JAX_VERSION}",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "tensorstore==0.1.86",
+    "ml-collections==1.1.0",
+    "tensorflow-datasets==4.9.10",  # used without TensorFlow: array_record + tfds.data_source only
+    "numpy==2.4.6",
+    "absl-py==2.5.1",
+    "msgpack==1.2.4",
+    "pillow==13.0.0",
+]
+
+EXTRAS_REQUIRE = {
+    "dev": [
+        "pytest==9.2.0",
+        "pytest-xdist==3.8.0",
+        "pytest-timeout==2.4.0",
+    ],
+    # PyTorch references for parity tests. torch is pinned exactly: an unpinned torch resolves to a
+    # multi-GB CUDA build.
+    "torch": [
+        "torch==2.13.0",
+        "diffusers==0.42.1",
+        "transformers==5.24.0",
+        "safetensors==0.8.0",
+    ],
+    "cuda": [f"jax[cuda12]=={JAX_VERSION}"],
+    "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+}
+
+setuptools.setup(
+    name="cinema_jax",
+    version="0.1.0",
+    description="Captain Cinema-style short-movie generation (keyframe MM-DiT + video MM-DiT) in JAX",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["cinema_jax*", "configs*", "data_pipelines*", "launch*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
