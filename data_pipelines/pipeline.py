@@ -234,9 +234,12 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, process_index: int
     raise ConfigError(f"config.data.text_source='precomputed' but {path} has no t5/clip_pooled embeddings")
   if c.load_frames and not reader.index.num_frames:
     raise ConfigError(f"config.data.load_frames=True but {path} stores no frames")
-  plan = windows.WindowPlan([m["num_shots"] for m in reader.index.movies], c.num_pairs,
-                            max_stride=c.max_stride, max_overlap=c.max_overlap, seed=c.seed,
-                            num_epochs=c.num_epochs)
+  try:
+    plan = windows.WindowPlan([m["num_shots"] for m in reader.index.movies], c.num_pairs,
+                              max_stride=c.max_stride, max_overlap=c.max_overlap, seed=c.seed,
+                              num_epochs=c.num_epochs)
+  except ValueError as e:
+    raise records.DataError(f"{path}: {e} (config.data.num_pairs={c.num_pairs})") from None
   ds = grain.MapDataset.source(plan)[process_index::process_count]
   ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len,
                          load_frames=c.load_frames, skip_bad=c.bad_records == "skip",

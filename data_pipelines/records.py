@@ -232,17 +232,30 @@ def write_dataset(
   is written, so a crash leaves no directory that a reader takes as a dataset. Shots are dealt to
   shards round-robin by movie.
   """
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and not overwrite:
     raise DataError(f"{out_dir} already exists (pass overwrite to replace it)")
   staging = f"{out_dir}.partial-{os.getpid()}"
   shutil.rmtree(staging, ignore_errors=True)
   os.makedirs(staging)
+  try:
+    index = _write_shards(staging, num_shards, movies, num_frames, info or {})
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  os.rename(staging, out_dir)
+  return index
+
+
+def _write_shards(staging: str, num_shards: int, movies: Iterable[list[Shot]], num_frames: int,
+                  info: dict[str, Any]) -> Index:
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
   names = [_shard_name(i, num_shards) for i in range(num_shards)]
+  # group_size:1 makes every record its own chunk: random access reads one record, not a group.
   writers = [array_record_module.ArrayRecordWriter(os.path.join(staging, n), "group_size:1") for n in names]
-  shard_of_record: list[tuple[int, int]] = []  # per written record: (shard, position in shard)
   counts = [0] * num_shards
   movie_entries = []
   contract: dict[str, Any] = {"resolution": None, "latent_shape": None, "embeddings": {}}
@@ -257,7 +270,6 @@ def write_dataset(
         writers[s].write(shot.to_bytes())
         local.append((s, counts[s]))
         counts[s] += 1
-      shard_of_record.extend(local)
       movie_entries.append((shots[0].movie_id if shots else f"movie-{m}", local))
   finally:
     for w in writers:
@@ -271,7 +283,7 @@ def write_dataset(
       num_frames=num_frames,
       latent_shape=contract["latent_shape"],
       embeddings=contract["embeddings"],
-      info=info or {},
+      info=info,
   )
   tmp = os.path.join(staging, INDEX_FILE + ".tmp")
   with open(tmp, "w") as f:
@@ -279,9 +291,6 @@ def write_dataset(
     f.flush()
     os.fsync(f.fileno())
   os.rename(tmp, os.path.join(staging, INDEX_FILE))
-  if os.path.exists(out_dir):
-    shutil.rmtree(out_dir)
-  os.rename(staging, out_dir)
   return index
 
 

@@ -13,6 +13,7 @@ Writes, atomically (a staging directory renamed into place at the end):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -61,6 +62,23 @@ def build(out: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig,
   staging = f"{out}.partial-{os.getpid()}"
   shutil.rmtree(staging, ignore_errors=True)
   os.makedirs(staging)
+  try:
+    summary = _build_into(staging, num_movies, seed, world, num_storylines, num_shards, log)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  if os.path.exists(out) and overwrite:
+    shutil.rmtree(out)
+  try:
+    os.rename(staging, out)
+  except OSError:  # another process finished the same build first
+    shutil.rmtree(staging, ignore_errors=True)
+    raise records.DataError(f"{out} appeared while it was being built") from None
+  return summary
+
+
+def _build_into(staging: str, num_movies: int, seed: int, world: toy_world.WorldConfig, num_storylines: int,
+                num_shards: int, log) -> dict:
   frames = world.num_frames if world.num_frames > 1 else 0
   info = {"generator": "toy_movies", "seed": seed, "world": dataclasses.asdict(world)}
   start = time.perf_counter()
@@ -94,10 +112,22 @@ def build(out: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig,
   }
   with open(os.path.join(staging, WORLD_FILE), "w") as f:
     json.dump(summary, f, indent=1)
-  if os.path.exists(out):
-    shutil.rmtree(out)
-  os.rename(staging, out)
   return summary
+
+
+def ensure(root: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig, log=lambda msg: None) -> str:
+  """The toy dataset with these knobs under `root` (root/toy-<digest>), built on first use."""
+  knobs = {"num_movies": num_movies, "seed": seed, "world": dataclasses.asdict(world)}
+  digest = hashlib.sha1(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
+  out = os.path.join(os.path.abspath(root), f"toy-{digest}")
+  if not os.path.exists(os.path.join(out, WORLD_FILE)):
+    log(f"building the toy-movie dataset ({num_movies} movies, seed {seed}) at {out}")
+    try:
+      build(out, num_movies=num_movies, seed=seed, world=world, log=log)
+    except records.DataError:
+      if not os.path.exists(os.path.join(out, WORLD_FILE)):  # not another process's finished build
+        raise
+  return out
 
 
 _OUT = flags.DEFINE_string("out", None, "Output directory (must not exist unless --overwrite).")

@@ -6,8 +6,9 @@ different sequences from epoch to epoch. Within an epoch, the windows of one mov
 floor(max_overlap * P) shots with each other:
 
 - for stride s the shots split into s residue classes (c, c+s, c+2s, ...), which share nothing;
-- inside a class, consecutive windows start q = P - floor(max_overlap * P) class positions apart,
-  so two windows of a class share at most P - q shots, from a random offset inside the slack.
+- inside a class, windows start at least q = P - floor(max_overlap * P) class positions apart, so
+  two windows of a class share at most P - q shots; the starts are drawn at random among all the
+  placements of that many windows.
 
 Each movie contributes the same number of windows every epoch (the fewest that any fitting stride
 yields), so an epoch has a fixed length and example i is found in O(1): epoch i // L, slot i % L.
@@ -45,10 +46,12 @@ def _family(num_shots: int, num_pairs: int, stride: int, step: int, rng: np.rand
     if length < num_pairs:
       continue
     count = (length - num_pairs) // step + 1
-    slack = length - num_pairs - (count - 1) * step
-    offset = int(rng.integers(slack + 1))
-    for j in range(count):
-      out.append(c + (offset + j * step + pair) * stride)
+    # Starts a_j = c_j + j * (step - 1) with c_0 < c_1 < ... drawn uniformly: consecutive windows are
+    # at least `step` apart and every spacing that fits the class is possible.
+    room = length - num_pairs - (count - 1) * (step - 1) + 1
+    starts = np.sort(rng.choice(room, size=count, replace=False)) + np.arange(count) * (step - 1)
+    for a in starts:
+      out.append(c + (a + pair) * stride)
   return np.asarray(out, np.int32).reshape(-1, num_pairs)
 
 

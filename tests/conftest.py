@@ -1,0 +1,51 @@
+"""Test setup: 8 fake CPU devices (before JAX initialises) and small shared toy datasets."""
+
+import os
+
+# Must happen before anything imports jax: sharded code is tested on 8 CPU devices.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from data_pipelines import toy_movies  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import toy_world  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# grain reads absl flags; under pytest nobody parses them.
+flags.FLAGS.mark_as_parsed()
+
+TINY_WORLD = toy_world.WorldConfig(height=16, width=32, num_frames=2, min_shots=8, max_shots=20)
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> str:
+  """A small toy-movie dataset (12 training movies, 2 storylines), built once per session."""
+  out = str(tmp_path_factory.mktemp("toy") / "data")
+  toy_movies.build(out, num_movies=12, seed=7, world=TINY_WORLD, num_storylines=2, num_shards=3)
+  return out
+
+
+@pytest.fixture(scope="session")
+def toy_train(toy_root) -> str:
+  return os.path.join(toy_root, "train")
+
+
+def replace_record(dataset: str, shard: str, position: int, data: bytes) -> None:
+  """Rewrites one record of a shard in place (to make corrupt data)."""
+  path = os.path.join(dataset, shard)
+  reader = array_record_module.ArrayRecordReader(path)
+  raw = reader.read_all()
+  reader.close()
+  raw[position] = data
+  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+  for r in raw:
+    writer.write(r)
+  writer.close()
+
+
+@pytest.fixture(name="replace_record")
+def replace_record_fixture():
+  return replace_record
