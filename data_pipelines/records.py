@@ -417,8 +417,11 @@ class ShotReader:
     name, pos = self.locate(record)
     return f"{os.path.join(self.path, name)} record {pos}"
 
-  def read_pixels(self, record: int) -> tuple[Shot, np.ndarray | None, np.ndarray | None]:
-    """(shot, keyframe uint8 [H, W, 3] or None for latents, frames uint8 [F, H, W, 3] or None)."""
+  def read_pixels(self, record: int, frames: bool = True) -> tuple[Shot, np.ndarray | None, np.ndarray | None]:
+    """(shot, keyframe uint8 [H, W, 3] or None for latents, frames uint8 [F, H, W, 3] or None).
+
+    frames=False skips decoding the shot's frames (the keyframe model never needs them).
+    """
     shot = self.read(record)
 
     def decode(data: bytes, what: str) -> np.ndarray:
@@ -427,13 +430,13 @@ class ShotReader:
       except Exception as e:  # PIL raises many types for corrupt images (OSError, SyntaxError, ...)
         raise BadRecordError(f"{self.where(record)}: undecodable {what} ({e})") from None
 
-    keyframe = frames = None
+    keyframe, want_frames, frames = None, frames, None
     if shot.keyframe_png is not None:
       keyframe = decode(shot.keyframe_png, "keyframe")
       if list(keyframe.shape[:2]) != self.index.resolution:
         raise BadRecordError(f"{self.where(record)}: keyframe is {keyframe.shape[0]}x{keyframe.shape[1]}, "
                              f"dataset has {self.index.resolution[0]}x{self.index.resolution[1]}")
-    if self.index.num_frames:
+    if self.index.num_frames and want_frames:
       strip = decode(shot.frames_png, "frames")
       h, w = self.index.resolution or keyframe.shape[:2]
       if strip.shape[:2] != (self.index.num_frames * h, w):
