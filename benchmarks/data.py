@@ -47,8 +47,8 @@ def render_speed(world: toy_world.WorldConfig, num_movies: int = 40) -> dict[str
 
 def pipeline_speed(path: str, workers: int, num_batches: int) -> float:
   c = pipeline.default_config()
-  c.update(num_pairs=8, global_batch_size=8, worker_count=workers)
-  it = pipeline.make_pipeline(c, path).iterator()
+  c.update(num_pairs=8, worker_count=workers)
+  it = pipeline.make_pipeline(c, path, batch_size=8).iterator()
   for _ in range(5):  # start-up: worker spawn, first reads
     next(it)
   start = time.perf_counter()

@@ -1,29 +1,121 @@
-"""Keyframe-planning config: `--config=configs/keyframe.py[:VARIANT]`, VARIANT in {demo, tiny}.
+"""Keyframe-planning config: `--config=configs/keyframe.py[:VARIANT]`.
 
-  demo  the README's quickstart: the toy world at 32x64, 8 pairs per example
-  tiny  the smallest end-to-end setting, for tests and smoke runs
+  flux_dev  (the default) FLUX.1-dev size (3072 wide, 24 heads, 19 + 38 blocks, ~11.9B parameters)
+            with the paper's Table 4 recipe; reads pre-computed VAE latents and T5/CLIP states
+            from config.data.path
+  demo      the toy world at 32x64; trains on a 2-core CPU in about 15 minutes
+  tiny      the smallest end-to-end setting, for tests and smoke runs
 
-Override any field from the command line: `--config.data.num_pairs=16`.
+Override any field from the command line: `--config.data.num_pairs=16 --config.model.remat=full`.
 """
 
 import ml_collections
 
 from data_pipelines import pipeline
 
-VARIANTS = ("demo", "tiny")
+VARIANTS = ("flux_dev", "demo", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "demo"
+  variant = arg or "flux_dev"
   if variant not in VARIANTS:
     raise ValueError(f"configs/keyframe.py: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.seed = 0
+  c.total_steps = 20_000
+  c.batch_size = 16  # global examples per step (each example: data.num_pairs pairs)
+
   c.data = pipeline.default_config()
-  if variant == "tiny":
-    c.data.toy.update(num_movies=6, min_shots=8, max_shots=16, height=16, width=32, num_frames=2)
+  c.data.resolution = (400, 800)  # keyframe pixels (H, W); the toy world is rendered at this size
+  c.data.path = ""
+  c.data.num_pairs = 8
+  c.data.text_source = "precomputed"
+  c.data.text_len = 128
+
+  c.model = m = ml_collections.ConfigDict()
+  m.hidden = 3072
+  m.num_heads = 24
+  m.depth_double = 19
+  m.depth_single = 38
+  m.mlp_ratio = 4.0
+  m.axes_dim = (16, 56, 56)  # RoPE channels for (pair, row, col); sums to hidden / num_heads
+  m.theta = 10_000.0
+  m.qkv_bias = True
+  m.guidance_embed = True  # FLUX.1-dev's distilled guidance input
+  m.image_channels = 16  # channels of what the pipeline yields: VAE latents (16) or pixels (3)
+  m.vae_downsample = 8  # pixels per latent: 8 for the FLUX VAE, 1 for pixels
+  m.patch = 2
+  m.text_encoder = "precomputed"  # "precomputed": T5 states + CLIP pooled from the records | "bytes"
+  m.context_dim = 4096  # T5-XXL
+  m.vec_dim = 768  # CLIP-L pooled
+  m.text = ml_collections.ConfigDict(dict(width=128, depth=2, num_heads=4, pool_stride=1, vec_dim=128))
+  m.dtype = "bfloat16"  # compute; parameters stay in param_dtype
+  m.param_dtype = "float32"
+  m.remat = "full"  # none | full | dots
+  m.attention = "auto"
+
+  c.objective = o = ml_collections.ConfigDict()
+  o.t_mean = 0.0  # logit-normal timesteps: sigmoid(N(t_mean, t_std))
+  o.t_std = 1.0
+  o.shift = True  # shift t by the image-token count (mu 0.5 at 256 tokens, 1.15 at 4096)
+  o.loss_pairs = "all"  # "all": every pair has its own t and carries loss | "last": only the last pair
+  o.context_t_max = 0.0  # loss_pairs="last": context pairs get t ~ U[0, context_t_max] (0: clean)
+  o.caption_dropout = 0.1  # per pair, for classifier-free guidance
+  o.guidance = 3.5  # the guidance value fed to guidance_in during training (guidance_embed models)
+
+  c.optimizer = opt = ml_collections.ConfigDict()
+  opt.lr = 4e-4  # paper Table 4 (its text also says 2e-4)
+  opt.warmup_steps = 500
+  opt.end_lr_fraction = 0.0  # cosine decays to lr * end_lr_fraction at total_steps
+  opt.b1, opt.b2, opt.eps = 0.9, 0.999, 1e-8
+  opt.weight_decay = 0.0
+  opt.grad_clip = 1.0
+  opt.ema_decay = 0.999  # 0 disables the EMA copy
+
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))  # -1: the rest
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  c.log = ml_collections.ConfigDict(dict(every_steps=50, sample_every_steps=2000, tensorboard=True))
+  c.sample = s = ml_collections.ConfigDict()
+  s.num_steps = 28
+  s.guidance = 3.5  # CFG scale (or the distilled guidance for guidance_embed models)
+  s.mode = "autoregressive"  # one keyframe at a time, block-causal | "joint": all at once, bidirectional
+  s.max_shots = 0  # 0: every shot of a storyline
+  s.batch_size = 1
+
+  if variant == "demo":
+    _toy(c, steps=2500, batch=16)
+    m.update(hidden=192, num_heads=4, depth_double=3, depth_single=3, axes_dim=(12, 18, 18), patch=4)
+    m.text.update(width=128, depth=2, num_heads=4, pool_stride=4, vec_dim=128)
     c.data.num_pairs = 4
-    c.data.global_batch_size = 2
-    c.data.text_len = 128
+    c.optimizer.update(lr=1e-3, warmup_steps=100, end_lr_fraction=0.1, ema_decay=0.995)
+    c.checkpoint.update(every_steps=500, keep=2)
+    c.log.update(every_steps=25, sample_every_steps=500)
+    c.sample.update(num_steps=24, guidance=3.0, max_shots=8)
+  elif variant == "tiny":
+    _toy(c, steps=4, batch=2)
+    c.data.toy.update(num_movies=6, min_shots=8, max_shots=16, num_frames=1)
+    c.data.resolution = (16, 32)
+    c.data.num_pairs = 3
+    c.data.text_len = 96
+    m.update(hidden=32, num_heads=2, depth_double=1, depth_single=1, axes_dim=(4, 6, 6), patch=4)
+    m.text.update(width=32, depth=1, num_heads=2, pool_stride=8, vec_dim=16)
+    c.optimizer.update(lr=1e-3, warmup_steps=1)
+    c.checkpoint.update(every_steps=2, keep=2, async_save=False)
+    c.log.update(every_steps=1, sample_every_steps=0, tensorboard=False)
+    c.sample.update(num_steps=2, max_shots=3)
   return c
+
+
+def _toy(c: ml_collections.ConfigDict, steps: int, batch: int) -> None:
+  """The toy world in pixel space with byte-level captions, on one CPU host."""
+  c.total_steps = steps
+  c.batch_size = batch
+  c.data.resolution = (32, 64)
+  c.data.text_source = "bytes"
+  c.data.text_len = 128
+  c.model.update(image_channels=3, vae_downsample=1, text_encoder="bytes", guidance_embed=False,
+                 dtype="float32", remat="none")
+  c.objective.guidance = 0.0
+  c.mesh.update(data=-1, fsdp=1)

@@ -58,12 +58,12 @@ def default_config() -> ml_collections.ConfigDict:
   """The data section of a training config, with every field documented."""
   c = ml_collections.ConfigDict()
   c.path = ""  # shot-record dataset (records.py); "" = the toy world built under the workdir
-  c.toy = ml_collections.ConfigDict(dict(  # the toy world used when path == ""
-      num_movies=64, seed=0, height=32, width=64, num_frames=8, min_shots=8, max_shots=64))
+  c.toy = ml_collections.ConfigDict(dict(  # the toy world used when path == "", rendered at `resolution`
+      num_movies=64, seed=0, num_frames=8, min_shots=8, max_shots=64))
+  c.resolution = (32, 64)  # keyframe (H, W) in pixels; a dataset of PNG keyframes must match it
   c.num_pairs = 8  # P: (caption, keyframe) pairs per example
   c.max_stride = 4  # dynamic strided sampling: strides 1..max_stride
   c.max_overlap = 0.25  # most shots two windows of one movie share within an epoch, as a fraction of P
-  c.global_batch_size = 8  # examples per step over all processes
   c.seed = 0
   c.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
   c.text_source = "bytes"  # "bytes": byte-tokenised captions | "precomputed": the records' t5/clip_pooled
@@ -79,8 +79,8 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
-  """Raises ConfigError naming the first field that is out of range."""
+def check_config(c: ml_collections.ConfigDict, batch_size: int, process_count: int = 1) -> None:
+  """Raises ConfigError naming the first field that is out of range (batch_size: global examples)."""
 
   def need(ok: bool, field: str, expected: str):
     if not ok:
@@ -90,9 +90,11 @@ def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
   need(isinstance(c.num_pairs, int) and c.num_pairs >= 1, "num_pairs", "an int >= 1")
   need(isinstance(c.max_stride, int) and c.max_stride >= 1, "max_stride", "an int >= 1")
   need(0 <= c.max_overlap < 1, "max_overlap", "a fraction in [0, 1)")
-  need(isinstance(c.global_batch_size, int) and c.global_batch_size >= 1, "global_batch_size", "an int >= 1")
-  need(c.global_batch_size % process_count == 0, "global_batch_size",
-       f"a multiple of the {process_count} JAX processes")
+  if not (isinstance(batch_size, int) and batch_size >= 1 and batch_size % process_count == 0):
+    raise ConfigError(f"config.batch_size={batch_size!r}: expected a positive multiple of the {process_count} "
+                      "JAX processes")
+  need(len(c.resolution) == 2 and all(isinstance(v, int) and v > 0 for v in c.resolution), "resolution",
+       "(height, width) in pixels")
   need(c.num_epochs is None or c.num_epochs >= 1, "num_epochs", "None or an int >= 1")
   need(c.text_source in ("bytes", "precomputed"), "text_source", "'bytes' or 'precomputed'")
   need(isinstance(c.text_len, int) and c.text_len >= 1, "text_len", "an int >= 1")
@@ -234,15 +236,19 @@ class Pipeline:
     return iter(self.dataset)
 
 
-def make_pipeline(c: ml_collections.ConfigDict, path: str, *, process_index: int = 0,
+def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, process_index: int = 0,
                   process_count: int = 1) -> Pipeline:
-  """The training pipeline of config section `c` (data) over the dataset at `path`.
+  """The pipeline of config section `c` (data) over the dataset at `path`, `batch_size` examples a step
+  over all processes.
 
   Process `process_index` of `process_count` gets windows process_index, process_index + count, ...
   of the global window sequence, so processes see disjoint windows and together all of them.
   """
-  check_config(c, process_count)
+  check_config(c, batch_size, process_count)
   reader = records.ShotReader(path)
+  if reader.index.resolution is not None and list(reader.index.resolution) != list(c.resolution):
+    raise ConfigError(f"config.data.resolution={tuple(c.resolution)}: {path} holds "
+                      f"{reader.index.resolution[0]}x{reader.index.resolution[1]} keyframes")
   if c.text_source == "precomputed" and not {"t5", "clip_pooled"} <= set(reader.index.embeddings):
     raise ConfigError(f"config.data.text_source='precomputed' but {path} has no t5/clip_pooled embeddings")
   if c.load_frames and not reader.index.num_frames:
@@ -261,6 +267,6 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, process_index: int
   if c.worker_count > 0:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
         num_workers=c.worker_count, per_worker_buffer_size=c.worker_buffer_size))
-  batch_size = c.global_batch_size // process_count
+  batch_size //= process_count
   it = BatchIterDataset(it, batch_size, c.bad_records == "skip", c.max_bad_fraction, c.bad_records_min_seen)
   return Pipeline(dataset=it, plan=plan, reader=reader, batch_size=batch_size)

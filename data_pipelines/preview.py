@@ -36,15 +36,15 @@ def data_path(c, workdir: str, log=print) -> str:
   if c.data.path:
     return c.data.path
   t = c.data.toy
-  world = toy_world.WorldConfig(height=t.height, width=t.width, num_frames=t.num_frames,
-                                min_shots=t.min_shots, max_shots=t.max_shots)
+  world = toy_world.WorldConfig(height=c.data.resolution[0], width=c.data.resolution[1],
+                                num_frames=t.num_frames, min_shots=t.min_shots, max_shots=t.max_shots)
   return os.path.join(toy_movies.ensure(os.path.join(workdir, "data"), num_movies=t.num_movies, seed=t.seed,
                                         world=world, log=log), "train")
 
 
 def summarise(c, workdir: str, num_batches: int) -> str:
   path = data_path(c, workdir)
-  p = pipeline.make_pipeline(c.data, path)
+  p = pipeline.make_pipeline(c.data, path, batch_size=c.batch_size)
   ix = p.reader.index
   shots = np.array([m["num_shots"] for m in ix.movies])
   keyframes = (f"{ix.resolution[0]}x{ix.resolution[1]} PNG keyframes" if ix.resolution

@@ -130,34 +130,40 @@ def ensure(root: str, *, num_movies: int, seed: int, world: toy_world.WorldConfi
   return out
 
 
-_OUT = flags.DEFINE_string("out", None, "Output directory (must not exist unless --overwrite).")
-_NUM_MOVIES = flags.DEFINE_integer("num_movies", 64, "Training movies.")
-_SEED = flags.DEFINE_integer("seed", 0, "World seed: the same seed gives the same movies, byte for byte.")
-_NUM_STORYLINES = flags.DEFINE_integer("num_storylines", 8, "Held-out movies written as storylines.")
-_HEIGHT = flags.DEFINE_integer("height", 32, "Frame height (width is usually 2x).")
-_WIDTH = flags.DEFINE_integer("width", 64, "Frame width.")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", 8, "Frames per shot (1: keyframes only).")
-_MIN_SHOTS = flags.DEFINE_integer("min_shots", 8, "Fewest shots per movie.")
-_MAX_SHOTS = flags.DEFINE_integer("max_shots", 64, "Most shots per movie.")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 4, "ArrayRecord shards of the training split.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+def _define_flags() -> dict:
+  """CLI flags, defined only when run as a script (the module is also a library: no global flags)."""
+  return {
+      "out": flags.DEFINE_string("out", None, "Output directory (must not exist unless --overwrite)."),
+      "num_movies": flags.DEFINE_integer("num_movies", 64, "Training movies."),
+      "seed": flags.DEFINE_integer("seed", 0, "World seed: the same seed gives the same movies, byte for byte."),
+      "num_storylines": flags.DEFINE_integer("num_storylines", 8, "Held-out movies written as storylines."),
+      "height": flags.DEFINE_integer("height", 32, "Frame height (width is usually 2x)."),
+      "width": flags.DEFINE_integer("width", 64, "Frame width."),
+      "num_frames": flags.DEFINE_integer("num_frames", 8, "Frames per shot (1: keyframes only)."),
+      "min_shots": flags.DEFINE_integer("min_shots", 8, "Fewest shots per movie."),
+      "max_shots": flags.DEFINE_integer("max_shots", 64, "Most shots per movie."),
+      "num_shards": flags.DEFINE_integer("num_shards", 4, "ArrayRecord shards of the training split."),
+      "overwrite": flags.DEFINE_bool("overwrite", False, "Replace an existing output directory."),
+  }
 
 
-def main(argv):
+def main(argv, f: dict) -> None:
   del argv
-  if not _OUT.value:
+  v = {k: flag.value for k, flag in f.items()}
+  if not v["out"]:
     sys.exit("error: --out is required")
   try:
-    world = toy_world.WorldConfig(height=_HEIGHT.value, width=_WIDTH.value, num_frames=_NUM_FRAMES.value,
-                                  min_shots=_MIN_SHOTS.value, max_shots=_MAX_SHOTS.value)
-    summary = build(_OUT.value, num_movies=_NUM_MOVIES.value, seed=_SEED.value, world=world,
-                    num_storylines=_NUM_STORYLINES.value, num_shards=_NUM_SHARDS.value,
-                    overwrite=_OVERWRITE.value, log=print)
+    world = toy_world.WorldConfig(height=v["height"], width=v["width"], num_frames=v["num_frames"],
+                                  min_shots=v["min_shots"], max_shots=v["max_shots"])
+    summary = build(v["out"], num_movies=v["num_movies"], seed=v["seed"], world=world,
+                    num_storylines=v["num_storylines"], num_shards=v["num_shards"], overwrite=v["overwrite"],
+                    log=print)
   except (records.DataError, ValueError) as e:
     sys.exit(f"error: {e}")
   print(f"wrote {summary['num_train_shots']} training shots of {summary['num_movies']} movies and "
-        f"{summary['num_storylines']} storylines to {_OUT.value} in {summary['seconds']} s")
+        f"{summary['num_storylines']} storylines to {v['out']} in {summary['seconds']} s")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _flags = _define_flags()
+  app.run(lambda argv: main(argv, _flags))

@@ -19,11 +19,15 @@ from data_pipelines import tokenizer
 def _config(**overrides):
   c = pipeline.default_config()
   c.num_pairs = 4
-  c.global_batch_size = 3
   c.text_len = 128
   c.seed = 5
+  c.resolution = (16, 32)
   c.update(overrides)
   return c
+
+
+def _pipe(c, path, batch_size=3, **kw) -> pipeline.Pipeline:
+  return pipeline.make_pipeline(c, path, batch_size=batch_size, **kw)
 
 
 def _take(p: pipeline.Pipeline, n: int, it=None):
@@ -41,7 +45,7 @@ def _assert_batches_equal(a, b):
 
 
 def test_examples_hold_the_windows_records(toy_train):
-  p = pipeline.make_pipeline(_config(), toy_train)
+  p = _pipe(_config(), toy_train)
   (batch,), _ = _take(p, 1)
   assert batch["image"].shape == (3, 4, 16, 32, 3) and batch["image"].dtype == np.float32
   assert batch["text_tokens"].shape == (3, 4, 128) and batch["text_mask"].dtype == bool
@@ -58,20 +62,20 @@ def test_examples_hold_the_windows_records(toy_train):
 
 
 def test_frames_are_loaded_when_asked(toy_train):
-  p = pipeline.make_pipeline(_config(load_frames=True), toy_train)
+  p = _pipe(_config(load_frames=True), toy_train)
   (batch,), _ = _take(p, 1)
   assert batch["frames"].shape == (3, 4, 2, 16, 32, 3)
   np.testing.assert_array_equal(batch["frames"][:, :, 0], batch["image"])  # frame 0 is the keyframe
 
 
 def test_same_seed_same_batches_for_any_worker_count(toy_train):
-  a, _ = _take(pipeline.make_pipeline(_config(), toy_train), 4)
-  b, _ = _take(pipeline.make_pipeline(_config(), toy_train), 4)
+  a, _ = _take(_pipe(_config(), toy_train), 4)
+  b, _ = _take(_pipe(_config(), toy_train), 4)
   _assert_batches_equal(a, b)
-  c, it = _take(pipeline.make_pipeline(_config(worker_count=2), toy_train), 4)
+  c, it = _take(_pipe(_config(worker_count=2), toy_train), 4)
   it.close()
   _assert_batches_equal(a, c)
-  d, _ = _take(pipeline.make_pipeline(_config(seed=6), toy_train), 4)
+  d, _ = _take(_pipe(_config(seed=6), toy_train), 4)
   assert not all(np.array_equal(x["shot_index"], y["shot_index"]) for x, y in zip(a, d))
 
 
@@ -85,7 +89,7 @@ def _epoch_windows(p: pipeline.Pipeline) -> list[tuple]:
 def test_processes_get_disjoint_windows_that_cover_the_epoch(toy_train):
   parts = []
   for process in range(4):
-    p = pipeline.make_pipeline(_config(global_batch_size=4, num_epochs=1), toy_train, process_index=process,
+    p = _pipe(_config(num_epochs=1), batch_size=4, path=toy_train, process_index=process,
                                process_count=4)
     assert p.batch_size == 1
     parts.append(_epoch_windows(p))
@@ -100,7 +104,7 @@ def test_processes_get_disjoint_windows_that_cover_the_epoch(toy_train):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_orbax_checkpoint_resumes_at_exactly_the_next_batch(toy_train, tmp_path, workers):
   c = _config(worker_count=workers)
-  p = pipeline.make_pipeline(c, toy_train)
+  p = _pipe(c, toy_train)
   _, it = _take(p, 3)
   manager = ocp.CheckpointManager(str(tmp_path / "ckpt"))
   manager.save(3, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
@@ -108,7 +112,7 @@ def test_orbax_checkpoint_resumes_at_exactly_the_next_batch(toy_train, tmp_path,
   expected, _ = _take(p, 4, it)  # what an uninterrupted run sees next
   it.close()
 
-  fresh = pipeline.make_pipeline(c, toy_train).iterator()
+  fresh = _pipe(c, toy_train).iterator()
   manager = ocp.CheckpointManager(str(tmp_path / "ckpt"))
   manager.restore(manager.latest_step(), args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh)))
   resumed, _ = _take(p, 4, fresh)
@@ -132,8 +136,7 @@ def test_precomputed_text_and_latents_pass_through(tmp_path):
     for s in shots:
       s.t5 = s.t5[:7]
   records.write_dataset(str(tmp_path / "ds"), movies)
-  p = pipeline.make_pipeline(_config(text_source="precomputed", text_len=8, global_batch_size=2),
-                             str(tmp_path / "ds"))
+  p = _pipe(_config(text_source="precomputed", text_len=8), str(tmp_path / "ds"), batch_size=2)
   (batch,), _ = _take(p, 1)
   assert batch["latent"].shape == (2, 4, 2, 4, 16) and batch["latent"].dtype == np.float32
   assert batch["text_states"].shape == (2, 4, 8, 10)
@@ -170,7 +173,7 @@ def _windows_with_record(p: pipeline.Pipeline, record: int) -> int:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_bad_record_stops_the_run_naming_shard_and_record(bad_train, workers):
   ds, shard = bad_train
-  p = pipeline.make_pipeline(_config(num_epochs=1, global_batch_size=1, worker_count=workers), ds)
+  p = _pipe(_config(num_epochs=1, worker_count=workers), ds, batch_size=1)
   with pytest.raises(Exception) as e:
     _epoch_windows(p)
   assert f"{os.path.join(ds, shard)} record 2: not a msgpack record" in str(e.value)
@@ -178,8 +181,8 @@ def test_bad_record_stops_the_run_naming_shard_and_record(bad_train, workers):
 
 def test_bad_records_are_skipped_and_counted(bad_train):
   ds, _ = bad_train
-  c = _config(num_epochs=1, global_batch_size=1, bad_records="skip", max_bad_fraction=0.5, bad_records_min_seen=1)
-  p = pipeline.make_pipeline(c, ds)
+  c = _config(num_epochs=1, bad_records="skip", max_bad_fraction=0.5, bad_records_min_seen=1)
+  p = _pipe(c, ds, batch_size=1)
   bad = p.reader.index.shards[0]["num_records"] + 2
   expected_skips = _windows_with_record(p, bad)
   assert expected_skips > 0
@@ -191,10 +194,10 @@ def test_bad_records_are_skipped_and_counted(bad_train):
 
 def test_run_fails_once_skips_pass_the_fraction(bad_train):
   ds, shard = bad_train
-  c = _config(num_epochs=1, global_batch_size=1, bad_records="skip", max_bad_fraction=0.0, bad_records_min_seen=1)
+  c = _config(num_epochs=1, bad_records="skip", max_bad_fraction=0.0, bad_records_min_seen=1)
   with pytest.raises(records.DataError, match=rf"1 of \d+ examples had bad records, more than "
                      rf"config.data.max_bad_fraction=0.0; last: .*{shard} record 2"):
-    _epoch_windows(pipeline.make_pipeline(c, ds))
+    _epoch_windows(_pipe(c, ds, batch_size=1))
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -210,20 +213,25 @@ def test_config_errors_name_the_field(toy_train, field, value, message):
   with c.ignore_type():
     setattr(c, field, value)
   with pytest.raises(pipeline.ConfigError) as e:
-    pipeline.make_pipeline(c, toy_train)
+    _pipe(c, toy_train)
   assert str(e.value) == message
 
 
 def test_batch_must_split_over_processes(toy_train):
-  with pytest.raises(pipeline.ConfigError, match="global_batch_size=3: expected a multiple of the 2 JAX processes"):
-    pipeline.make_pipeline(_config(), toy_train, process_count=2)
+  with pytest.raises(pipeline.ConfigError, match="config.batch_size=3: expected a positive multiple of the 2 JAX"):
+    _pipe(_config(), toy_train, process_count=2)
+
+
+def test_resolution_must_match_the_dataset(toy_train):
+  with pytest.raises(pipeline.ConfigError, match=r"config.data.resolution=\(32, 64\): .* holds 16x32 keyframes"):
+    _pipe(_config(resolution=(32, 64)), toy_train)
 
 
 def test_dataset_without_frames_or_embeddings_is_refused_by_config(toy_train, tmp_path):
   with pytest.raises(pipeline.ConfigError, match="text_source='precomputed' but .* has no t5/clip_pooled"):
-    pipeline.make_pipeline(_config(text_source="precomputed"), toy_train)
+    _pipe(_config(text_source="precomputed"), toy_train)
   with pytest.raises(records.DataError, match="no movie has the 40 shots"):
-    pipeline.make_pipeline(_config(num_pairs=40), toy_train)
+    _pipe(_config(num_pairs=40), toy_train)
 
 
 def test_missing_data_path_is_a_one_line_error(tmp_path):

@@ -1,0 +1,62 @@
+"""Orbax checkpoints of a run: named items `state` (step, params, optimizer, EMA), `data_iter` (the grain
+iterator) and `config` (JSON). Saves are atomic (Orbax commits a step directory only when complete),
+so a restore only ever sees whole steps."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def manager(workdir: str, c: ml_collections.ConfigDict | None = None, read_only: bool = False) -> ocp.CheckpointManager:
+  keep = c.checkpoint.keep if c is not None else None
+  async_save = bool(c.checkpoint.async_save) if c is not None else False
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                         create=not read_only, read_only=read_only)
+  path = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  return ocp.CheckpointManager(path, options=options, item_names=("state", "data_iter", "config"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter, c: ml_collections.ConfigDict) -> None:
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data_iter=grain.checkpoint.CheckpointSave(data_iter),
+      config=ocp.args.JsonSave(c.to_dict())))
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter=None) -> Any:
+  """The state of `step`, placed as `abstract_state`'s shardings say; restores data_iter in place."""
+  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+  return mngr.restore(step, args=ocp.args.Composite(**args))["state"]
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config the latest checkpoint of `workdir` was trained with."""
+  mngr = manager(workdir, read_only=True)
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)}")
+  raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  return ml_collections.ConfigDict(_tuples(raw))
+
+
+def _tuples(x):
+  """JSON turns tuples into lists; configs use tuples for fixed-size fields (resolution, axes_dim)."""
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -1,0 +1,1 @@
+"""Converters from upstream checkpoints (diffusers FLUX) to cinema_jax parameter trees."""

@@ -1,0 +1,1 @@
+"""MM-DiT models (FLUX architecture), RoPE, the attention entry point and the toy text encoder."""

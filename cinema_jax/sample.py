@@ -1,0 +1,119 @@
+"""Samples keyframes for storylines with a trained keyframe model.
+
+  python -m cinema_jax.sample --workdir=DIR --storylines=FILE --outdir=OUT [--seed=S] [--num_steps=N]
+      [--guidance=G] [--mode=autoregressive|joint] [--max_shots=K]
+
+FILE is JSONL, one storyline per line: {"title": ..., "captions": [...]} (data_pipelines.toy_movies
+writes one). Per storyline OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from PIL import Image
+
+from cinema_jax import checkpoints
+from cinema_jax import sampling
+from cinema_jax import sharding
+from cinema_jax import trainer
+from data_pipelines import records
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is used).", required=True)
+_STORYLINES = flags.DEFINE_string("storylines", None, "JSONL file of storylines.", required=True)
+_OUTDIR = flags.DEFINE_string("outdir", None, "Where keyframes, storyboards and manifests go.", required=True)
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed; storyline i uses seed + i.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Euler steps (default: the config's sample.num_steps).")
+_GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the config's sample.guidance).")
+_MODE = flags.DEFINE_enum("mode", None, ["autoregressive", "joint"], "Default: the config's sample.mode.")
+_MAX_SHOTS = flags.DEFINE_integer("max_shots", None, "Keyframes per storyline (default: the config's; 0 = all).")
+_RAW = flags.DEFINE_bool("raw_params", False, "Sample with the raw parameters instead of the EMA copy.")
+
+
+def read_storylines(path: str) -> list[dict]:
+  """Storylines of a JSONL file, with one-line errors that name the file and line."""
+  if not os.path.exists(path):
+    raise records.DataError(f"storylines file {path} does not exist")
+  out = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        story = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise records.DataError(f"{path} line {n}: not JSON ({e.msg})") from None
+      caps = story.get("captions") if isinstance(story, dict) else None
+      if not isinstance(caps, list) or not caps or not all(isinstance(x, str) and x.strip() for x in caps):
+        raise records.DataError(f"{path} line {n}: expected {{\"title\": ..., \"captions\": [non-empty strings]}}")
+      out.append({"title": str(story.get("title", f"storyline {len(out)}")), "captions": caps,
+                  "movie_id": story.get("movie_id")})
+  if not out:
+    raise records.DataError(f"{path}: no storylines")
+  return out
+
+
+def load(workdir: str):
+  """(config, graphdef, sampling params, step) of the latest checkpoint in workdir."""
+  c = checkpoints.saved_config(workdir)
+  mesh = sharding.make_mesh(c.mesh)
+  setup = trainer.make_setup(c, mesh)
+  mngr = checkpoints.manager(workdir, read_only=True)
+  step = mngr.latest_step()
+  with jax.set_mesh(mesh):
+    state = checkpoints.restore(mngr, step, setup.abstract_state)
+  params = state["params"] if _RAW.value or not state["ema"] else state["ema"]
+  return c, setup.graphdef, params, step
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  try:
+    stories = read_storylines(_STORYLINES.value)
+    if not os.path.isdir(os.path.join(_WORKDIR.value, checkpoints.CHECKPOINT_DIR)):
+      raise records.DataError(f"no checkpoints in {_WORKDIR.value}: train first (python -m cinema_jax.train)")
+    c, graphdef, params, step = load(_WORKDIR.value)
+  except (records.DataError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  with c.unlocked():
+    for field, flag in (("num_steps", _NUM_STEPS), ("guidance", _GUIDANCE), ("mode", _MODE), ("max_shots", _MAX_SHOTS)):
+      if flag.value is not None:
+        c.sample[field] = flag.value
+  sampler = sampling.Sampler(c, graphdef)
+  os.makedirs(_OUTDIR.value, exist_ok=True)
+  for i, story in enumerate(stories):
+    captions = story["captions"][: c.sample.max_shots or None]
+    start = time.perf_counter()
+    frames = sampler.keyframes(params, captions, seed=_SEED.value + i)
+    slug = re.sub(r"[^a-z0-9]+", "-", story["title"].lower()).strip("-")[:40]
+    out = os.path.join(_OUTDIR.value, f"{i:03d}-{slug}")
+    os.makedirs(out, exist_ok=True)
+    files = []
+    for k, frame in enumerate(frames):
+      name = f"keyframe_{k:03d}.png"
+      Image.fromarray(frame).save(os.path.join(out, name))
+      files.append(name)
+    sampling.storyboard_image(frames, captions, title=f"{story['title']} (step {step})").save(
+        os.path.join(out, "storyboard.png"))
+    manifest = {"title": story["title"], "movie_id": story["movie_id"], "captions": captions, "keyframes": files,
+                "storyboard": "storyboard.png", "checkpoint_step": step, "seed": _SEED.value + i,
+                "mode": c.sample.mode, "num_steps": c.sample.num_steps, "guidance": c.sample.guidance,
+                "seconds": round(time.perf_counter() - start, 2)}
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+      json.dump(manifest, f, indent=1)
+    logging.info("storyline %d: %d keyframes in %.1f s", i, len(frames), manifest["seconds"])
+    print(f"storyboard: {os.path.join(out, 'storyboard.png')}")
+
+
+
+if __name__ == "__main__":
+  app.run(main)

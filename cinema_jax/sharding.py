@@ -1,0 +1,98 @@
+"""The mesh builder and the one table of logical axis rules.
+
+Layers name their parameter axes logically (cinema_jax/models/layers.py); this table says which mesh
+axis shards each name. FSDP shards parameters (and so the optimizer state, which mirrors them) along
+'fsdp'; tensor parallelism shards heads and MLP along 'tensor'; the batch is split over 'data' and
+'fsdp'. Meshes are built with Auto axes: shardings are given to jit and XLA propagates them (GSPMD).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+from flax import nnx
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+
+MESH_AXES = ("data", "fsdp", "context", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    # parameters
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("qkv", "tensor"),
+    ("mod", "tensor"),
+    ("vocab", None),
+    ("in", None),
+    ("norm", None),
+    ("layers", None),
+    # activations
+    ("batch", BATCH_AXES),
+    ("length", "context"),
+)
+
+
+class MeshError(ValueError):
+  """The mesh in the config does not fit the devices."""
+
+
+def mesh_shape(c: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  """Sizes of MESH_AXES from config.mesh, with one -1 filled in; one-line errors when they do not fit."""
+  sizes = [int(c[a]) for a in MESH_AXES]
+  unknown = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
+  if len(unknown) > 1:
+    raise MeshError(f"config.mesh: at most one axis may be -1, got {', '.join(unknown)}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise MeshError(f"config.mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if unknown:
+    if num_devices % known:
+      raise MeshError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: the fixed axes ({known} devices) do not "
+                      f"divide the {num_devices} devices")
+    sizes[MESH_AXES.index(unknown[0])] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise MeshError(f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                    f"there are {num_devices}")
+  return tuple(sizes)
+
+
+def make_mesh(c: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(c, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def logical_spec(axes: Sequence[str | None]) -> P:
+  """Mesh PartitionSpec of logical axis names, by LOGICAL_RULES."""
+  return P(*nn.logical_to_mesh_axes(tuple(axes), LOGICAL_RULES))
+
+
+def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> Any:
+  """NamedSharding per parameter (a pure dict like nnx.to_pure_dict(state)), from the rules table."""
+  with nn.logical_axis_rules(LOGICAL_RULES):
+    specs = nnx.get_partition_spec(abstract_state)
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), nnx.to_pure_dict(specs),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Examples split over the data-parallel axes, everything else replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Activation sharding constraint by logical names; a no-op outside a mesh context."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_spec(axes))

@@ -1,0 +1,299 @@
+"""The training loop for the keyframe model: one function, read top to bottom.
+
+  mesh -> data -> model + optimizer state, sharded by the logical-axis rules -> restore ->
+  jitted, donated step -> loop (log, sample sheet, checkpoint, non-finite guard) -> final save
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from cinema_jax import checkpoints
+from cinema_jax import flops
+from cinema_jax import objective
+from cinema_jax import sharding
+from cinema_jax.models import keyframe
+from data_pipelines import pipeline
+from data_pipelines import toy_movies
+from data_pipelines import toy_world
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (non-finite loss, failed save); the message says why and what is safe."""
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """One-line errors for config values the run cannot use."""
+  m = c.model
+  if not isinstance(c.total_steps, int) or c.total_steps < 1:
+    raise pipeline.ConfigError(f"config.total_steps={c.total_steps!r}: expected an int >= 1")
+  h, w = c.data.resolution
+  cell = m.vae_downsample * m.patch
+  if h % cell or w % cell:
+    raise pipeline.ConfigError(f"config.data.resolution={tuple(c.data.resolution)}: not a multiple of "
+                               f"model.vae_downsample * model.patch = {cell}")
+  if (m.text_encoder == "bytes") != (c.data.text_source == "bytes"):
+    raise pipeline.ConfigError(f"config.model.text_encoder={m.text_encoder!r} needs config.data.text_source="
+                               f"{'bytes' if m.text_encoder == 'bytes' else 'precomputed'!r}")
+  if m.vae_downsample != 1 and not c.data.path:
+    raise pipeline.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads pre-computed latents; "
+                               "the toy world (empty path) is pixels, use a toy variant (demo, tiny)")
+  if c.objective.loss_pairs not in ("all", "last"):
+    raise pipeline.ConfigError(f"config.objective.loss_pairs={c.objective.loss_pairs!r}: expected 'all' or 'last'")
+  if c.sample.mode not in ("autoregressive", "joint"):
+    raise pipeline.ConfigError(f"config.sample.mode={c.sample.mode!r}: expected 'autoregressive' or 'joint'")
+  for section, field in (("checkpoint", "every_steps"), ("log", "every_steps")):
+    if c[section][field] < 1:
+      raise pipeline.ConfigError(f"config.{section}.{field}={c[section][field]!r}: expected an int >= 1")
+  try:
+    dit, text = keyframe.configs(c)
+    dit.validate()
+    if text is not None:
+      text.validate()
+  except ValueError as e:
+    raise pipeline.ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from None
+
+
+def data_path(c: ml_collections.ConfigDict, workdir: str) -> str:
+  """config.data.path, or the toy world of config.data.toy built under workdir/data (process 0 builds)."""
+  if c.data.path:
+    return c.data.path
+  return os.path.join(toy_root(c, workdir), "train")
+
+
+def toy_root(c: ml_collections.ConfigDict, workdir: str) -> str:
+  t = c.data.toy
+  world = toy_world.WorldConfig(height=c.data.resolution[0], width=c.data.resolution[1], num_frames=t.num_frames,
+                                min_shots=t.min_shots, max_shots=t.max_shots)
+  return toy_movies.ensure(os.path.join(workdir, "data"), num_movies=t.num_movies, seed=t.seed, world=world,
+                           log=logging.info)
+
+
+# ------------------------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the step and the restore need: the model's graph, the optimizer, shardings."""
+
+  graphdef: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  state_shardings: dict
+  abstract_state: dict
+  init: Any  # jitted () -> state
+
+
+def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
+  abstract_model = keyframe.abstract(c)
+  graphdef, abstract_params = nnx.split(abstract_model)
+  param_shardings = sharding.param_shardings(abstract_params, mesh)
+  o = c.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1), max(c.total_steps, o.warmup_steps + 1),
+                                                end_value=o.lr * o.end_lr_fraction)
+  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                   optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+  replicated = NamedSharding(mesh, P())
+
+  def init():
+    params = nnx.to_pure_dict(nnx.state(keyframe.build(c, seed=c.seed)))
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "ema": params if o.ema_decay > 0 else {}}
+
+  abstract_state = jax.eval_shape(init)
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_shardings,
+                                        transform_non_params=lambda _: replicated)
+  state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,
+                     "ema": param_shardings if o.ema_decay > 0 else {}}
+  return Setup(graphdef=graphdef, tx=tx, schedule=schedule, state_shardings=state_shardings,
+               abstract_state=checkpoints.abstract_like(abstract_state, state_shardings),
+               init=jax.jit(init, out_shardings=state_shardings))
+
+
+def grid(c: ml_collections.ConfigDict) -> tuple[int, int]:
+  cell = c.model.vae_downsample * c.model.patch
+  return c.data.resolution[0] // cell, c.data.resolution[1] // cell
+
+
+def image_key(c: ml_collections.ConfigDict) -> str:
+  return "image" if c.model.vae_downsample == 1 else "latent"
+
+
+def make_train_step(c: ml_collections.ConfigDict, s: Setup):
+  """(state, batch) -> (state, metrics); a non-finite loss or gradient leaves the state unchanged."""
+  o, gh_gw = c.objective, grid(c)
+  ema_decay = c.optimizer.ema_decay
+
+  def loss_fn(params, batch, key):
+    model = nnx.merge(s.graphdef, params)
+    k_drop, k_flow = jax.random.split(key)
+    text = objective.drop_captions(k_drop, *model.encode_text(batch), o.caption_dropout)
+    x0 = keyframe.patchify(batch[image_key(c)], c.model.patch)
+    guidance = jnp.full(x0.shape[:2], o.guidance, jnp.float32) if c.model.guidance_embed else None
+    apply = lambda x_t, t: model(x_t, t, *text, grid=gh_gw, guidance_BP=guidance)
+    return objective.flow_loss(apply, x0, k_flow, o)
+
+  def step(state, batch):
+    key = jax.random.fold_in(jax.random.key(c.seed), state["step"])
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = s.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
+    keep = lambda n, old: jnp.where(finite, n, old)
+    new = {k: (jax.tree.map(keep, new[k], state[k]) if k != "step" else new[k]) for k in new}
+    metrics = {**aux, "grad_norm": grad_norm, "lr": s.schedule(state["step"]), "finite": finite}
+    return new, metrics
+
+  return step
+
+
+# -------------------------------------------------------------------------------------------- loop
+
+
+def _global_batch(batch: dict, mesh) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
+          for k, v in batch.items()}
+
+
+def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains to config.total_steps (resuming from workdir's latest checkpoint); returns the last metrics."""
+  validate(c)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+
+  mesh = sharding.make_mesh(c.mesh)
+  dp = sharding.data_parallel_size(mesh)
+  if c.batch_size % dp:
+    raise pipeline.ConfigError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp} "
+                               f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
+  pipe = pipeline.make_pipeline(c.data, data_path(c, workdir), batch_size=c.batch_size,
+                                process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = pipe.iterator()
+
+  setup = make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names
+  with jax.set_mesh(mesh):
+    mngr = checkpoints.manager(workdir, c)
+    start = mngr.latest_step()
+    if start is None:
+      state, start = setup.init(), 0
+    else:
+      logging.info("resuming from step %d in %s", start, workdir)
+      state = checkpoints.restore(mngr, start, setup.abstract_state, data_iter)
+
+    train_step = None
+    writer = _writer(c, workdir)
+    counter = flops.StepCost(c)
+    sheet = _sample_sheet_fn(c, workdir, setup, mesh)
+    logging.info("model: %.2fM parameters; %s", counter.num_params / 1e6, counter.describe())
+
+    window, pending, last = [], None, {}
+    t_window = time.perf_counter()
+    for step in range(start + 1, c.total_steps + 1):
+      batch = _global_batch(next(data_iter), mesh)
+      if train_step is None:
+        batch_shardings = {k: v.sharding for k, v in batch.items()}
+        train_step = jax.jit(make_train_step(c, setup), in_shardings=(setup.state_shardings, batch_shardings),
+                             out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+      state, metrics = train_step(state, batch)
+      # Fetch the previous step's metrics after dispatching this one: the host never stalls the device.
+      if pending is not None:
+        window.append(_check(pending, mngr))
+      pending = (step, metrics)
+      if step % c.log.every_steps == 0 or step == c.total_steps:
+        window.append(_check(pending, mngr))
+        pending = None
+        elapsed = time.perf_counter() - t_window
+        last = _log(c, step, window, elapsed, counter, writer)
+        window, t_window = [], time.perf_counter()
+      if sheet and (step % c.log.sample_every_steps == 0 or step == c.total_steps):
+        sheet(state, step, writer)
+      if step % c.checkpoint.every_steps == 0 or step == c.total_steps:
+        if pending is not None:
+          window.append(_check(pending, mngr))
+          pending = None
+        checkpoints.save(mngr, step, state, data_iter, c)
+    mngr.wait_until_finished()
+    mngr.close()
+  data_iter.close()
+  if writer is not None:
+    writer.close()
+  return last
+
+
+def _check(pending: tuple[int, dict], mngr) -> dict[str, float]:
+  step, metrics = pending
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not m.pop("finite"):
+    mngr.wait_until_finished()
+    saved = mngr.latest_step()
+    raise TrainingError(f"non-finite loss or gradient at step {step} (loss {m['loss']}, grad norm {m['grad_norm']}); "
+                        f"stopped without applying it. The last checkpoint "
+                        f"({'step ' + str(saved) if saved is not None else 'none'}) is intact.")
+  return m
+
+
+def _log(c, step: int, window: list[dict], elapsed: float, counter: "flops.StepCost", writer) -> dict[str, Any]:
+  n = len(window)
+  out = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+  out.update(step=step, step_time=elapsed / n, examples_per_s=c.batch_size * n / elapsed,
+             tokens_per_s=counter.tokens_per_step * n / elapsed)
+  out["mfu"] = counter.flops_per_step / out["step_time"] / counter.peak_flops
+  logging.info("step %d: loss %.4f, grad norm %.3f, lr %.2e, %.3f s/step, %.1f examples/s, %.0f tokens/s, MFU %.1f%%",
+               step, out["loss"], out["grad_norm"], out["lr"], out["step_time"], out["examples_per_s"],
+               out["tokens_per_s"], 100 * out["mfu"])
+  if writer is not None:
+    for k, v in out.items():
+      if k != "step":
+        writer.add_scalar(f"train/{k}", v, step)
+    writer.flush()
+  return out
+
+
+def _writer(c, workdir: str):
+  if not c.log.tensorboard or jax.process_index() != 0:
+    return None
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  return SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+
+def _sample_sheet_fn(c, workdir: str, setup: Setup, mesh):
+  """A function that samples the first storyline and writes its storyboard, or None when disabled."""
+  if not c.log.sample_every_steps or c.data.path or jax.process_index() != 0:
+    return None
+  from cinema_jax import sampling  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(toy_root(c, workdir), "storylines.jsonl")) as f:
+    story = json.loads(f.readline())
+  sampler = sampling.Sampler(c, setup.graphdef)
+
+  def write(state, step: int, writer) -> None:
+    params = state["ema"] if c.optimizer.ema_decay > 0 else state["params"]
+    shots = story["captions"][: c.sample.max_shots or None]
+    frames = sampler.keyframes(params, shots, seed=c.seed)
+    out = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    img = sampling.storyboard_image(frames, shots, title=f"{story['title']} - step {step}")
+    img.save(out)
+    if writer is not None:
+      writer.add_image("samples/storyboard", np.asarray(img), step, dataformats="HWC")
+    logging.info("sample sheet: %s", out)
+
+  return write
