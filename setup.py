@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "msgpack==1.2.4",
     "pillow==13.0.0",
+    "tensorboardX==2.6.5",
 ]
 
 EXTRAS_REQUIRE = {

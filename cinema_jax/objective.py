@@ -50,11 +50,27 @@ def drop_captions(key: jax.Array, states, mask, pooled, rate: float):
   return states * keep[..., None, None], mask & keep[..., None], pooled * keep[..., None]
 
 
+def velocity(out_BPNC: jax.Array, x_t_BPNC: jax.Array, t_BP: jax.Array, prediction: str, t_min: float = 0.05
+             ) -> jax.Array:
+  """The flow velocity from the network output: itself ("v", FLUX), or from a clean-image estimate ("x").
+
+  x-prediction (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise") lets a narrow
+  network with large patches work: a token wider than the model cannot carry the noise through, but
+  the clean image lies on a low-dimensional manifold. v = (x_t - x0_hat) / t, with t clamped at t_min.
+  """
+  if prediction == "v":
+    return out_BPNC
+  if prediction == "x":
+    return (x_t_BPNC - out_BPNC) / jnp.maximum(t_BP, t_min)[..., None, None]
+  raise ValueError(f"config.objective.prediction={prediction!r}: expected 'v' or 'x'")
+
+
 def flow_loss(apply: Callable[..., jax.Array], x0_BPNC: jax.Array, key: jax.Array, o: ml_collections.ConfigDict
               ) -> tuple[jax.Array, dict[str, Any]]:
   """Mean squared velocity error over the pairs that carry loss.
 
-  apply(x_t, t) -> v_pred: the model with its text conditioning bound.
+  apply(x_t, t) -> v_pred: the model with its text conditioning bound, its output already turned into
+  a velocity (see `velocity`).
   """
   b, p, n, _ = x0_BPNC.shape
   k_t, k_eps = jax.random.split(key)

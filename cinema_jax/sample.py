@@ -28,7 +28,8 @@ from cinema_jax import trainer
 from data_pipelines import records
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is used).", required=True)
-_STORYLINES = flags.DEFINE_string("storylines", None, "JSONL file of storylines.", required=True)
+_STORYLINES = flags.DEFINE_string("storylines", None, "JSONL file of storylines, or 'toy': the held-out "
+                                  "storylines of the toy world the model was trained on.", required=True)
 _OUTDIR = flags.DEFINE_string("outdir", None, "Where keyframes, storyboards and manifests go.", required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed; storyline i uses seed + i.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Euler steps (default: the config's sample.num_steps).")
@@ -78,10 +79,15 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:
-    stories = read_storylines(_STORYLINES.value)
+    if _STORYLINES.value != "toy":
+      stories = read_storylines(_STORYLINES.value)
     if not os.path.isdir(os.path.join(_WORKDIR.value, checkpoints.CHECKPOINT_DIR)):
       raise records.DataError(f"no checkpoints in {_WORKDIR.value}: train first (python -m cinema_jax.train)")
     c, graphdef, params, step = load(_WORKDIR.value)
+    if _STORYLINES.value == "toy":
+      if c.data.path:
+        raise records.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
+      stories = read_storylines(os.path.join(trainer.toy_root(c, _WORKDIR.value), "storylines.jsonl"))
   except (records.DataError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   with c.unlocked():

@@ -71,7 +71,7 @@ class Sampler:
       t = jnp.where(new_P, times[i], 0.0)
       xx = jnp.stack([x, x])
       tt = jnp.stack([t, t])
-      v = model(xx, tt, *text, grid=self.grid, causal=causal)
+      v = objective.velocity(model(xx, tt, *text, grid=self.grid, causal=causal), xx, tt, c.objective.prediction)
       v = v[1] + guidance * (v[0] - v[1])
       return jnp.where(new_P[:, None, None], x + (times[i + 1] - times[i]) * v, x)
 

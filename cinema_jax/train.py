@@ -13,6 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from cinema_jax import cli
 from cinema_jax import sharding
 from cinema_jax import trainer
 from data_pipelines import pipeline
@@ -20,6 +21,8 @@ from data_pipelines import records
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "Config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and the toy data go here.", required=True)
+_STOP_AT = flags.DEFINE_integer("stop_at_step", None, "End this run at this step with a checkpoint, as a preempted "
+                                "or time-sliced job would; rerunning with the same workdir continues exactly.")
 
 
 def main(argv):
@@ -28,10 +31,10 @@ def main(argv):
   logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(), jax.process_count(),
                jax.device_count(), jax.default_backend())
   try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
   except (pipeline.ConfigError, sharding.MeshError, records.DataError, trainer.TrainingError) as e:
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -54,6 +54,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if m.vae_downsample != 1 and not c.data.path:
     raise pipeline.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads pre-computed latents; "
                                "the toy world (empty path) is pixels, use a toy variant (demo, tiny)")
+  if c.objective.prediction not in ("v", "x"):
+    raise pipeline.ConfigError(f"config.objective.prediction={c.objective.prediction!r}: expected 'v' or 'x'")
   if c.objective.loss_pairs not in ("all", "last"):
     raise pipeline.ConfigError(f"config.objective.loss_pairs={c.objective.loss_pairs!r}: expected 'all' or 'last'")
   if c.sample.mode not in ("autoregressive", "joint"):
@@ -136,7 +138,7 @@ def image_key(c: ml_collections.ConfigDict) -> str:
 
 
 def make_train_step(c: ml_collections.ConfigDict, s: Setup):
-  """(state, batch) -> (state, metrics); a non-finite loss or gradient leaves the state unchanged."""
+  """(state, batch) -> (state, metrics); a non-finite loss, gradient or update leaves the state unchanged."""
   o, gh_gw = c.objective, grid(c)
   ema_decay = c.optimizer.ema_decay
 
@@ -146,17 +148,18 @@ def make_train_step(c: ml_collections.ConfigDict, s: Setup):
     text = objective.drop_captions(k_drop, *model.encode_text(batch), o.caption_dropout)
     x0 = keyframe.patchify(batch[image_key(c)], c.model.patch)
     guidance = jnp.full(x0.shape[:2], o.guidance, jnp.float32) if c.model.guidance_embed else None
-    apply = lambda x_t, t: model(x_t, t, *text, grid=gh_gw, guidance_BP=guidance)
+    apply = lambda x_t, t: objective.velocity(model(x_t, t, *text, grid=gh_gw, guidance_BP=guidance), x_t, t,
+                                              o.prediction)
     return objective.flow_loss(apply, x0, k_flow, o)
 
   def step(state, batch):
     key = jax.random.fold_in(jax.random.key(c.seed), state["step"])
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = s.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
     new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
     keep = lambda n, old: jnp.where(finite, n, old)
     new = {k: (jax.tree.map(keep, new[k], state[k]) if k != "step" else new[k]) for k in new}
@@ -174,8 +177,12 @@ def _global_batch(batch: dict, mesh) -> dict:
           for k, v in batch.items()}
 
 
-def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains to config.total_steps (resuming from workdir's latest checkpoint); returns the last metrics."""
+def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]:
+  """Trains to config.total_steps (resuming from workdir's latest checkpoint); returns the last metrics.
+
+  stop_at_step: end this run early at that step with a checkpoint, as a preempted or time-sliced job
+  would; the schedule still runs to total_steps, and a later run continues exactly.
+  """
   validate(c)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -207,7 +214,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
     window, pending, last = [], None, {}
     t_window = time.perf_counter()
-    for step in range(start + 1, c.total_steps + 1):
+    last_step = min(c.total_steps, stop_at_step or c.total_steps)
+    for step in range(start + 1, last_step + 1):
       batch = _global_batch(next(data_iter), mesh)
       if train_step is None:
         batch_shardings = {k: v.sharding for k, v in batch.items()}
@@ -218,15 +226,15 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
       if pending is not None:
         window.append(_check(pending, mngr))
       pending = (step, metrics)
-      if step % c.log.every_steps == 0 or step == c.total_steps:
+      if step % c.log.every_steps == 0 or step == last_step:
         window.append(_check(pending, mngr))
         pending = None
         elapsed = time.perf_counter() - t_window
         last = _log(c, step, window, elapsed, counter, writer)
         window, t_window = [], time.perf_counter()
-      if sheet and (step % c.log.sample_every_steps == 0 or step == c.total_steps):
+      if sheet and (step % c.log.sample_every_steps == 0 or step == last_step):
         sheet(state, step, writer)
-      if step % c.checkpoint.every_steps == 0 or step == c.total_steps:
+      if step % c.checkpoint.every_steps == 0 or step == last_step:
         if pending is not None:
           window.append(_check(pending, mngr))
           pending = None
@@ -245,7 +253,7 @@ def _check(pending: tuple[int, dict], mngr) -> dict[str, float]:
   if not m.pop("finite"):
     mngr.wait_until_finished()
     saved = mngr.latest_step()
-    raise TrainingError(f"non-finite loss or gradient at step {step} (loss {m['loss']}, grad norm {m['grad_norm']}); "
+    raise TrainingError(f"non-finite loss, gradient or update at step {step} (loss {m['loss']}, grad norm {m['grad_norm']}); "
                         f"stopped without applying it. The last checkpoint "
                         f"({'step ' + str(saved) if saved is not None else 'none'}) is intact.")
   return m

@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from cinema_jax import cli
 from cinema_jax import storyboard
 from data_pipelines import pipeline
 from data_pipelines import records
@@ -98,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

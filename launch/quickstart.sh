@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-command setup and run on a machine with Python >= 3.11 and access to the package index.
 #
-#   bash launch/quickstart.sh demo   # the main job on the embedded default (toy-movie world)
-#   bash launch/quickstart.sh test   # the whole test suite
+#   bash launch/quickstart.sh demo   # build the toy-movie world, train the demo model, sample storyboards
+#   bash launch/quickstart.sh test   # the whole test suite (installs the PyTorch references too)
 #
 # Creates .venv beside the checkout on first use (PYTHON=... picks the interpreter, VENV=... the
 # folder) and reinstalls only when setup.py changes.
@@ -16,21 +16,28 @@ VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha1(open("setup.py","rb").read()).hexdigest()[:12])')"
-if [ ! -f "$stamp" ]; then
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
-  rm -f "$VENV"/.installed-*
-  touch "$stamp"
-fi
+install() {  # $1: the extras; reinstalls only when setup.py or the extras change
+  local stamp="$VENV/.installed-$1-$("$PYTHON" -c 'import hashlib; print(hashlib.sha1(open("setup.py","rb").read()).hexdigest()[:12])')"
+  if [ ! -f "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[$1]"
+    touch "$stamp"
+  fi
+}
 
 case "${1:-}" in
   demo)
     shift
-    exec "$VENV/bin/python" -m data_pipelines.preview --config=configs/keyframe.py --workdir=runs/demo "$@"
+    install dev
+    workdir=${WORKDIR:-runs/demo}
+    "$VENV/bin/python" -m cinema_jax.train --config=configs/keyframe.py:demo --workdir="$workdir" "$@"
+    "$VENV/bin/python" -m cinema_jax.sample --workdir="$workdir" --storylines=toy --outdir="$workdir/storyboards"
+    echo "storyboards of the held-out toy storylines: $workdir/storyboards/*/storyboard.png"
+    echo "training curves (TensorBoard event files): $workdir/tensorboard"
     ;;
   test)
     shift
+    install dev,torch
     exec "$VENV/bin/python" -m pytest -n 2 "$@" tests
     ;;
   *)

@@ -1,0 +1,30 @@
+"""configs/keyframe.py: variants build and validate; flux_dev is FLUX.1-dev's size, checked abstractly."""
+
+import jax
+import pytest
+
+from cinema_jax import trainer
+from cinema_jax.models import keyframe
+from configs import keyframe as keyframe_config
+
+
+@pytest.mark.parametrize("variant", ["demo", "tiny"])
+def test_toy_variants_validate(variant):
+  trainer.validate(keyframe_config.get_config(variant))
+
+
+def test_flux_dev_has_the_flux1_dev_parameter_count():
+  c = keyframe_config.get_config("flux_dev")
+  assert keyframe_config.get_config() .variant == "flux_dev"  # the default is the paper-scale model
+  model = keyframe.abstract(c)  # jax.eval_shape: no memory is allocated
+  count = sum(x.size for x in jax.tree.leaves(__import__("flax").nnx.state(model)))
+  # BFL's flux1-dev.safetensors holds 11,901,408,320 parameters; same layout, same count.
+  assert count == 11_901_408_320
+  assert c.model.hidden == 3072 and c.model.num_heads == 24
+  assert (c.model.depth_double, c.model.depth_single) == (19, 38)
+  assert (c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.grad_clip) == (4e-4, 500, 1.0)
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    keyframe_config.get_config("huge")

@@ -1,0 +1,92 @@
+"""Keyframe sampling: reproducible from the seed, causal in autoregressive mode, the CLI and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+
+from cinema_jax import sample as sample_cli
+from cinema_jax import sampling
+from cinema_jax.models import keyframe
+from configs import keyframe as keyframe_config
+from data_pipelines import records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAPTIONS = ["Wide shot in the forest. Mia, a small red circle, jumps.", "Close shot in the forest. Mia stands still.",
+            "Medium shot in the farm. Tom walks to the left.", "Wide shot in the farm. Mia comes closer."]
+
+
+@pytest.fixture(scope="module")
+def model():
+  """The tiny model with every parameter random, so sampling is not trivially the noise."""
+  c = keyframe_config.get_config("tiny")
+  graphdef, state = nnx.split(keyframe.build(c))
+  leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  return c, graphdef, params
+
+
+def test_same_seed_same_keyframes(model):
+  c, graphdef, params = model
+  s = sampling.Sampler(c, graphdef)
+  a = s.keyframes(params, CAPTIONS, seed=3)
+  assert a.shape == (4, 16, 32, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, s.keyframes(params, CAPTIONS, seed=3))
+  assert not np.array_equal(a, s.keyframes(params, CAPTIONS, seed=4))
+  assert a.std() > 5  # not a flat image
+  joint = s.keyframes(params, CAPTIONS[:3], seed=3, mode="joint")
+  np.testing.assert_array_equal(joint, s.keyframes(params, CAPTIONS[:3], seed=3, mode="joint"))
+
+
+def test_autoregressive_keyframes_do_not_depend_on_later_captions(model):
+  c, graphdef, params = model
+  s = sampling.Sampler(c, graphdef)
+  a = s.keyframes(params, CAPTIONS, seed=0)
+  b = s.keyframes(params, CAPTIONS[:2] + ["Close shot in the desert. Ava jumps.", CAPTIONS[3]], seed=0)
+  np.testing.assert_array_equal(a[:2], b[:2])
+  assert not np.array_equal(a[2], b[2])
+  # joint sampling is bidirectional: a later caption reaches earlier keyframes
+  ja = s.keyframes(params, CAPTIONS[:3], seed=0, mode="joint")
+  jb = s.keyframes(params, CAPTIONS[:2] + ["Close shot in the desert. Ava jumps."], seed=0, mode="joint")
+  assert not np.array_equal(ja[0], jb[0])
+
+
+def test_guidance_changes_the_result(model):
+  c, graphdef, params = model
+  s = sampling.Sampler(c, graphdef)
+  assert not np.array_equal(s.keyframes(params, CAPTIONS[:1], guidance=1.0), s.keyframes(params, CAPTIONS[:1], guidance=4.0))
+
+
+def test_schedule_runs_from_noise_to_data():
+  t = sampling.schedule(10, 128, shift=True)
+  assert t.shape == (11,) and t[0] == 1.0 and t[-1] == 0.0 and (np.diff(t) < 0).all()
+  np.testing.assert_allclose(sampling.schedule(4, 128, shift=False), [1, 0.75, 0.5, 0.25, 0])
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "no storylines"),
+    ("{not json\n", "line 1: not JSON"),
+    ('{"title": "x", "captions": []}\n', 'line 1: expected {"title": ..., "captions": [non-empty strings]}'),
+    ('{"title": "x", "captions": ["ok"]}\n[1, 2]\n', "line 2: expected"),
+])
+def test_bad_storylines_files(tmp_path, content, message):
+  path = tmp_path / "s.jsonl"
+  path.write_text(content)
+  with pytest.raises(records.DataError, match=message.replace("(", r"\(").replace("[", r"\[").replace("{", r"\{")):
+    sample_cli.read_storylines(str(path))
+
+
+def test_sample_cli_without_checkpoints_is_a_one_line_error(tmp_path):
+  stories = tmp_path / "s.jsonl"
+  stories.write_text(json.dumps({"title": "t", "captions": ["a"]}) + "\n")
+  done = subprocess.run([sys.executable, "-m", "cinema_jax.sample", f"--workdir={tmp_path / 'nothing'}",
+                         f"--storylines={stories}", f"--outdir={tmp_path / 'out'}"], cwd=REPO, capture_output=True,
+                        text=True, check=False)
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1].startswith("error: no checkpoints in ")

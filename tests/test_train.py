@@ -1,0 +1,143 @@
+"""The trainer: sharded step == unsharded step, bitwise resume across processes, non-finite guard,
+start-up validation."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cinema_jax import checkpoints
+from cinema_jax import sharding
+from cinema_jax import trainer
+from configs import keyframe as keyframe_config
+from data_pipelines import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(**kw):
+  c = keyframe_config.get_config("tiny")
+  c.update(kw)
+  return c
+
+
+def _mesh(data, fsdp, context, tensor, devices):
+  return sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, context=context, tensor=tensor)),
+                            devices)
+
+
+def _run_steps(c, mesh, batch_np, n):
+  setup = trainer.make_setup(c, mesh)
+  with jax.set_mesh(mesh):
+    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch_np.items()}
+    step = jax.jit(trainer.make_train_step(c, setup), donate_argnums=0,
+                   in_shardings=(setup.state_shardings, {k: v.sharding for k, v in batch.items()}),
+                   out_shardings=(setup.state_shardings, None))
+    state, losses = setup.init(), []
+    for _ in range(n):
+      state, metrics = step(state, batch)
+      losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+def test_sharded_step_equals_the_unsharded_step(toy_train):
+  c = _tiny(batch_size=4)
+  c.data.toy.num_frames = 2  # the shared toy fixture has 2 frames per shot
+  batch = next(pipeline.make_pipeline(c.data, toy_train, batch_size=4).iterator())
+  devices = jax.devices()
+  assert len(devices) == 8
+  one, one_losses = _run_steps(c, _mesh(1, 1, 1, 1, devices[:1]), batch, 2)
+  mesh = _mesh(2, 2, 1, 2, devices)
+  eight, eight_losses = _run_steps(c, mesh, batch, 2)
+  # the big parameters really are split over fsdp and tensor
+  qkv = eight["params"]["dit"]["double_blocks"]["img_attn"]["qkv"]["kernel"]
+  assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert qkv.addressable_shards[0].data.shape == (qkv.shape[0], qkv.shape[1] // 2, qkv.shape[2] // 2)
+  mu = eight["opt_state"][1][0].mu["dit"]["double_blocks"]["img_attn"]["qkv"]["kernel"]
+  assert mu.sharding.spec == qkv.sharding.spec  # optimizer state follows its parameter
+  np.testing.assert_allclose(eight_losses, one_losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(eight["params"]), jax.tree.leaves(one["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  assert one_losses[1] != one_losses[0]  # the step really changed the parameters
+
+
+def _train(workdir, steps, extra=()):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per process
+  cmd = [sys.executable, "-m", "cinema_jax.train", "--config=configs/keyframe.py:tiny", f"--workdir={workdir}",
+         f"--config.total_steps={steps}", "--config.checkpoint.every_steps=2", *extra]
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
+
+
+def _final_state(workdir, step):
+  c = checkpoints.saved_config(workdir)
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  setup = trainer.make_setup(c, mesh)
+  mngr = checkpoints.manager(workdir, read_only=True)
+  assert mngr.latest_step() == step
+  with jax.set_mesh(mesh):
+    return checkpoints.restore(mngr, step, setup.abstract_state)
+
+
+def test_restarted_run_is_bitwise_identical_to_an_uninterrupted_one(tmp_path):
+  whole = _train(tmp_path / "whole", 6)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  first = _train(tmp_path / "split", 6, ["--stop_at_step=3"])  # saves at 2 and 3, then the process exits
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = _train(tmp_path / "split", 6)  # a new process resumes from step 3
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming from step 3" in second.stderr
+  a, b = _final_state(tmp_path / "whole", 6), _final_state(tmp_path / "split", 6)
+  assert int(a["step"]) == int(b["step"]) == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+  c = _tiny(batch_size=8, total_steps=2)  # 8 fake devices: data-parallel 8
+  trainer.train_and_evaluate(c, str(tmp_path))
+  before = _final_state(tmp_path, 2)
+  bad = _tiny(batch_size=8, total_steps=4)
+  bad.optimizer.lr = float("nan")  # every update is NaN from step 3 on
+  with pytest.raises(trainer.TrainingError, match=r"non-finite loss, gradient or update at step 3 .* The last checkpoint "
+                     r"\(step 2\) is intact"):
+    trainer.train_and_evaluate(bad, str(tmp_path))
+  after = _final_state(tmp_path, 2)
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert np.isfinite(np.asarray(x, np.float64)).all()
+
+
+def test_startup_validation_is_one_line(tmp_path):
+  three = _tiny()
+  three.mesh.data = 3
+  with pytest.raises(sharding.MeshError, match=r"needs 3 devices, there are 8"):
+    trainer.train_and_evaluate(three, str(tmp_path))
+  with pytest.raises(pipeline.ConfigError, match=r"config.batch_size=2: not a multiple of the data-parallel size 8"):
+    trainer.train_and_evaluate(_tiny(), str(tmp_path))
+  with pytest.raises(pipeline.ConfigError, match=r"config.data.path is empty: variant 'flux_dev' reads"):
+    trainer.validate(keyframe_config.get_config())
+  bad = _tiny()
+  bad.model.axes_dim = (4, 4, 4)
+  with pytest.raises(pipeline.ConfigError, match=r"config.model.axes_dim=\(4, 4, 4\) sums to 12, the head dim is 16"):
+    trainer.validate(bad)
+  with pytest.raises(sharding.MeshError, match="at most one axis may be -1"):
+    sharding.mesh_shape(ml_collections.ConfigDict(dict(data=-1, fsdp=-1, context=1, tensor=1)), 8)
+  assert sharding.mesh_shape(ml_collections.ConfigDict(dict(data=2, fsdp=-1, context=1, tensor=2)), 8) == (2, 2, 1, 2)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.hiden=3", 'bad config override (--config.model.hiden=3): '),
+    ("--config.batch_size=abc", "flag --config.batch_size=abc: invalid literal for int()"),
+])
+def test_bad_overrides_are_one_line_errors(tmp_path, override, message):
+  done = subprocess.run([sys.executable, "-m", "cinema_jax.train", "--config=configs/keyframe.py:tiny",
+                         f"--workdir={tmp_path}", override], cwd=REPO, capture_output=True, text=True, check=False)
+  assert done.returncode == 1
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, done.stderr[-2000:]
+  assert "Traceback" not in done.stderr
