@@ -16,7 +16,6 @@ yields), so an epoch has a fixed length and example i is found in O(1): epoch i 
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 
@@ -75,6 +74,7 @@ class WindowPlan:
       self.strides.append(fits)
       self.quota[m] = min(sizes[s] for s in fits) if fits else 0
     self.epoch_length = int(self.quota.sum())
+    self._epochs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     if self.epoch_length == 0:
       raise ValueError(f"no movie has the {num_pairs} shots a window needs (longest: "
                        f"{max(self.num_shots, default=0)})")
@@ -86,9 +86,15 @@ class WindowPlan:
   def __len__(self) -> int:
     return sys.maxsize if self.num_epochs is None else self.epoch_length * self.num_epochs
 
-  @functools.lru_cache(maxsize=4)
   def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(movie int32 [L], shots int32 [L, P], stride int32 [L]) of one epoch, in shuffled order."""
+    if epoch not in self._epochs:
+      if len(self._epochs) >= 4:  # readers move forward: keep the few most recent epochs
+        self._epochs.pop(next(iter(self._epochs)))
+      self._epochs[epoch] = self._plan(epoch)
+    return self._epochs[epoch]
+
+  def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     movies, shots, strides = [], [], []
     for m, n in enumerate(self.num_shots):
       if not self.quota[m]:

@@ -8,7 +8,6 @@ import sys
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from cinema_jax import checkpoints
