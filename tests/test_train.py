@@ -154,3 +154,25 @@ def test_bfloat16_compute_keeps_float32_parameters(toy_train):
   # loss in any precision. Step 3 runs a trained network: close to fp32, but not equal.
   assert abs(losses[2] - fp32_losses[2]) < 0.05 * fp32_losses[2]
   assert losses[2] != fp32_losses[2]
+
+
+def test_logs_metrics_and_sample_sheets(tmp_path):
+  c = _tiny(batch_size=8, total_steps=2)
+  c.log.update(tensorboard=True, sample_every_steps=2)
+  last = trainer.train_and_evaluate(c, str(tmp_path))
+  assert last["step"] == 2 and np.isfinite(last["loss"])
+  for key in ("grad_norm", "lr", "step_time", "examples_per_s", "tokens_per_s", "mfu"):
+    assert last[key] > 0, key
+  sheet = tmp_path / "samples" / "step_0000002.png"
+  assert sheet.exists() and sheet.stat().st_size > 1000
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+  tags = set()
+  data = events.read_bytes()
+  pos = 0
+  while pos < len(data):  # TFRecord framing: length (8), crc (4), payload, crc (4)
+    n = int.from_bytes(data[pos:pos + 8], "little")
+    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+    tags |= {v.tag for v in event.summary.value}
+    pos += n + 16
+  assert {"train/loss", "train/mfu", "train/tokens_per_s", "samples/storyboard"} <= tags
