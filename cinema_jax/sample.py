@@ -26,6 +26,7 @@ from cinema_jax import sampling
 from cinema_jax import sharding
 from cinema_jax import trainer
 from data_pipelines import records
+from data_pipelines import toy_movies
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is used).", required=True)
 _STORYLINES = flags.DEFINE_string("storylines", None, "JSONL file of storylines, or 'toy': the held-out "
@@ -87,7 +88,7 @@ def main(argv):
     if _STORYLINES.value == "toy":
       if c.data.path:
         raise records.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
-      stories = read_storylines(os.path.join(trainer.toy_root(c, _WORKDIR.value), "storylines.jsonl"))
+      stories = read_storylines(os.path.join(toy_movies.root_for_config(c.data, _WORKDIR.value), "storylines.jsonl"))
   except (records.DataError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   with c.unlocked():

@@ -28,7 +28,6 @@ from cinema_jax import sharding
 from cinema_jax.models import keyframe
 from data_pipelines import pipeline
 from data_pipelines import toy_movies
-from data_pipelines import toy_world
 
 
 class TrainingError(RuntimeError):
@@ -70,21 +69,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
       text.validate()
   except ValueError as e:
     raise pipeline.ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from None
-
-
-def data_path(c: ml_collections.ConfigDict, workdir: str) -> str:
-  """config.data.path, or the toy world of config.data.toy built under workdir/data (process 0 builds)."""
-  if c.data.path:
-    return c.data.path
-  return os.path.join(toy_root(c, workdir), "train")
-
-
-def toy_root(c: ml_collections.ConfigDict, workdir: str) -> str:
-  t = c.data.toy
-  world = toy_world.WorldConfig(height=c.data.resolution[0], width=c.data.resolution[1], num_frames=t.num_frames,
-                                min_shots=t.min_shots, max_shots=t.max_shots)
-  return toy_movies.ensure(os.path.join(workdir, "data"), num_movies=t.num_movies, seed=t.seed, world=world,
-                           log=logging.info)
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -192,7 +176,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   if c.batch_size % dp:
     raise pipeline.ConfigError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp} "
                                f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
-  pipe = pipeline.make_pipeline(c.data, data_path(c, workdir), batch_size=c.batch_size,
+  pipe = pipeline.make_pipeline(c.data, toy_movies.train_path(c.data, workdir, logging.info), batch_size=c.batch_size,
                                 process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = pipe.iterator()
 
@@ -288,7 +272,7 @@ def _sample_sheet_fn(c, workdir: str, setup: Setup, mesh):
   if not c.log.sample_every_steps or c.data.path or jax.process_index() != 0:
     return None
   from cinema_jax import sampling  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(toy_root(c, workdir), "storylines.jsonl")) as f:
+  with open(os.path.join(toy_movies.root_for_config(c.data, workdir), "storylines.jsonl")) as f:
     story = json.loads(f.readline())
   sampler = sampling.Sampler(c, setup.graphdef)
 

@@ -25,26 +25,14 @@ from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import tokenizer
 from data_pipelines import toy_movies
-from data_pipelines import toy_world
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the toy data and the preview go.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 8, "Batches to draw and summarise.")
 
 
-def data_path(c, workdir: str, log=print) -> str:
-  """config.data.path, or the toy world of config.data.toy built under workdir/data."""
-  if c.data.path:
-    return c.data.path
-  t = c.data.toy
-  world = toy_world.WorldConfig(height=c.data.resolution[0], width=c.data.resolution[1],
-                                num_frames=t.num_frames, min_shots=t.min_shots, max_shots=t.max_shots)
-  return os.path.join(toy_movies.ensure(os.path.join(workdir, "data"), num_movies=t.num_movies, seed=t.seed,
-                                        world=world, log=log), "train")
-
-
 def summarise(c, workdir: str, num_batches: int) -> str:
-  path = data_path(c, workdir)
+  path = toy_movies.train_path(c.data, workdir, log=print)
   p = pipeline.make_pipeline(c.data, path, batch_size=c.batch_size)
   ix = p.reader.index
   shots = np.array([m["num_shots"] for m in ix.movies])

@@ -356,10 +356,15 @@ class ShotReader:
     self.__dict__.update(state)
     self._readers = {}
 
+  def _shard_of(self, record: int) -> tuple[int, int]:
+    """(shard number, position in the shard) of a global record index."""
+    s = int(np.searchsorted(self._offsets, record, side="right") - 1)
+    return s, int(record - self._offsets[s])
+
   def locate(self, record: int) -> tuple[str, int]:
     """(shard file, position in the shard) of a global record index."""
-    s = int(np.searchsorted(self._offsets, record, side="right") - 1)
-    return self.index.shards[s]["path"], int(record - self._offsets[s])
+    s, pos = self._shard_of(record)
+    return self.index.shards[s]["path"], pos
 
   def _reader(self, shard: int):
     if shard not in self._readers:
@@ -378,14 +383,13 @@ class ShotReader:
   def read_bytes(self, record: int) -> bytes:
     if not 0 <= record < len(self):
       raise IndexError(f"record {record} out of range [0, {len(self)})")
-    s = int(np.searchsorted(self._offsets, record, side="right") - 1)
+    s, pos = self._shard_of(record)
     try:
-      return self._reader(s).read([int(record - self._offsets[s])])[0]
+      return self._reader(s).read([pos])[0]
     except BadRecordError:
       raise
     except Exception as e:
-      name, pos = self.locate(record)
-      raise BadRecordError(f"{os.path.join(self.path, name)} record {pos}: unreadable ({e})") from None
+      raise BadRecordError(f"{self.where(record)}: unreadable ({e})") from None
 
   def read(self, record: int) -> Shot:
     """The decoded record, checked against the dataset's contract."""

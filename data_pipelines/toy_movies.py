@@ -130,6 +130,22 @@ def ensure(root: str, *, num_movies: int, seed: int, world: toy_world.WorldConfi
   return out
 
 
+def root_for_config(data_config, workdir: str, log=lambda msg: None) -> str:
+  """The toy world a data config asks for (config.data.toy at config.data.resolution), built on first
+  use under workdir/data; returns its root (train/, eval/, storylines.jsonl)."""
+  t = data_config.toy
+  world = toy_world.WorldConfig(height=data_config.resolution[0], width=data_config.resolution[1],
+                                num_frames=t.num_frames, min_shots=t.min_shots, max_shots=t.max_shots)
+  return ensure(os.path.join(workdir, "data"), num_movies=t.num_movies, seed=t.seed, world=world, log=log)
+
+
+def train_path(data_config, workdir: str, log=lambda msg: None) -> str:
+  """config.data.path, or the training split of the toy world of root_for_config."""
+  if data_config.path:
+    return data_config.path
+  return os.path.join(root_for_config(data_config, workdir, log), "train")
+
+
 def _define_flags() -> dict:
   """CLI flags, defined only when run as a script (the module is also a library: no global flags)."""
   return {
