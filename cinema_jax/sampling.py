@@ -5,7 +5,9 @@ autoregressive  keyframe k is denoised with keyframes max(0, k-P+1)..k-1 (alread
                 compiled program serves every shot (slots after the new pair cannot affect it).
 joint           all keyframes of a storyline denoised together with bidirectional attention.
 
-CFG drops only the new pairs' captions (the context keeps its own), the way training drops them.
+CFG drops only the new pairs' captions (the context keeps its own), the way training drops them. A
+guidance-distilled model (model.guidance_embed, FLUX.1-dev) instead gets the scale through its guidance
+embedding and runs one conditional pass per step.
 """
 
 from __future__ import annotations
@@ -59,20 +61,28 @@ class Sampler:
     c = self.c
     model = nnx.merge(self.graphdef, params)
     states, mask, pooled = model.encode_text({"text_tokens": tokens_PL[None], "text_mask": mask_PL[None]})
-    keep = ~new_P[None]  # CFG: the unconditional branch loses the new pairs' captions only
-    text = (jnp.concatenate([states, states * keep[..., None, None]]),
-            jnp.concatenate([mask, mask & keep[..., None]]),
-            jnp.concatenate([pooled, pooled * keep[..., None]]))
+    distilled = c.model.guidance_embed  # FLUX.1-dev style: the scale goes into guidance_in, one pass
+    if distilled:
+      text = (states, mask, pooled)
+    else:
+      keep = ~new_P[None]  # CFG: the unconditional branch loses the new pairs' captions only
+      text = (jnp.concatenate([states, states * keep[..., None, None]]),
+              jnp.concatenate([mask, mask & keep[..., None]]),
+              jnp.concatenate([pooled, pooled * keep[..., None]]))
     times = jnp.asarray(schedule(c.sample.num_steps, self.grid[0] * self.grid[1], c.objective.shift))
     noise = jax.random.normal(key, x_PNC.shape, jnp.float32)
     x = jnp.where(new_P[:, None, None], noise, x_PNC)
 
     def body(i, x):
       t = jnp.where(new_P, times[i], 0.0)
-      xx = jnp.stack([x, x])
-      tt = jnp.stack([t, t])
-      v = objective.velocity(model(xx, tt, *text, grid=self.grid, causal=causal), xx, tt, c.objective.prediction)
-      v = v[1] + guidance * (v[0] - v[1])
+      if distilled:
+        g = jnp.full((1, t.shape[0]), guidance, jnp.float32)
+        out = model(x[None], t[None], *text, grid=self.grid, guidance_BP=g, causal=causal)
+        v = objective.velocity(out, x[None], t[None], c.objective.prediction)[0]
+      else:
+        xx, tt = jnp.stack([x, x]), jnp.stack([t, t])
+        v = objective.velocity(model(xx, tt, *text, grid=self.grid, causal=causal), xx, tt, c.objective.prediction)
+        v = v[1] + guidance * (v[0] - v[1])
       return jnp.where(new_P[:, None, None], x + (times[i + 1] - times[i]) * v, x)
 
     return jax.lax.fori_loop(0, c.sample.num_steps, body, x)

@@ -142,7 +142,8 @@ def make_train_step(c: ml_collections.ConfigDict, s: Setup):
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = s.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params)
+    ema = (jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params)
+           if ema_decay > 0 else state["ema"])  # ema_decay 0: no EMA copy ({}) is kept
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
     new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
     keep = lambda n, old: jnp.where(finite, n, old)

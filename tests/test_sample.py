@@ -90,3 +90,40 @@ def test_sample_cli_without_checkpoints_is_a_one_line_error(tmp_path):
                         text=True, check=False)
   assert done.returncode == 1
   assert done.stderr.strip().splitlines()[-1].startswith("error: no checkpoints in ")
+
+
+def test_guidance_distilled_models_take_the_scale_through_their_embedding():
+  c = keyframe_config.get_config("tiny")
+  c.model.guidance_embed = True
+  graphdef, state = nnx.split(keyframe.build(c))
+  leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  params = jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  s = sampling.Sampler(c, graphdef)
+  low = s.keyframes(params, CAPTIONS[:2], guidance=1.0)
+  np.testing.assert_array_equal(low, s.keyframes(params, CAPTIONS[:2], guidance=1.0))
+  assert not np.array_equal(low, s.keyframes(params, CAPTIONS[:2], guidance=4.0))
+
+
+def _sample_cli(workdir, outdir, *extra):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  done = subprocess.run([sys.executable, "-m", "cinema_jax.sample", f"--workdir={workdir}", "--storylines=toy",
+                         f"--outdir={outdir}", "--max_shots=2", *extra], cwd=REPO, env=env, capture_output=True,
+                        text=True, check=False, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  (story,) = [p for p in sorted(os.listdir(outdir)) if p.startswith("000-")]
+  manifest = json.loads(open(os.path.join(outdir, story, "manifest.json")).read())
+  assert manifest["keyframes"] == ["keyframe_000.png", "keyframe_001.png"] and manifest["checkpoint_step"] == 4
+  return [np.asarray(__import__("PIL.Image").Image.open(os.path.join(outdir, story, k))) for k in manifest["keyframes"]]
+
+
+def test_sample_cli_uses_the_ema_unless_asked_for_raw_parameters(tmp_path):
+  from cinema_jax import trainer  # pylint: disable=g-import-not-at-top
+  c = keyframe_config.get_config("tiny")
+  c.update(batch_size=8, total_steps=4)  # 8 fake devices in this process
+  c.optimizer.ema_decay = 0.5
+  trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  ema = _sample_cli(tmp_path / "run", tmp_path / "ema")
+  raw = _sample_cli(tmp_path / "run", tmp_path / "raw", "--raw_params")
+  assert not all(np.array_equal(a, b) for a, b in zip(ema, raw))
+  np.testing.assert_array_equal(ema[0], _sample_cli(tmp_path / "run", tmp_path / "again")[0])

@@ -67,8 +67,10 @@ def test_sharded_step_equals_the_unsharded_step(toy_train):
 
 def _train(workdir, steps, extra=()):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per process
+  # async saves, as real runs use: the resume test then also checks that what they commit is whole
   cmd = [sys.executable, "-m", "cinema_jax.train", "--config=configs/keyframe.py:tiny", f"--workdir={workdir}",
-         f"--config.total_steps={steps}", "--config.checkpoint.every_steps=2", *extra]
+         f"--config.total_steps={steps}", "--config.checkpoint.every_steps=2", "--config.checkpoint.async_save=True",
+         *extra]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
 
 
@@ -176,3 +178,16 @@ def test_logs_metrics_and_sample_sheets(tmp_path):
     tags |= {v.tag for v in event.summary.value}
     pos += n + 16
   assert {"train/loss", "train/mfu", "train/tokens_per_s", "samples/storyboard"} <= tags
+
+
+def test_trains_without_ema_and_with_a_guidance_embedding(tmp_path):
+  c = _tiny(batch_size=8, total_steps=2)
+  c.optimizer.ema_decay = 0.0
+  c.model.guidance_embed = True
+  c.objective.guidance = 3.5
+  last = trainer.train_and_evaluate(c, str(tmp_path))
+  assert np.isfinite(last["loss"])
+  state = _final_state(tmp_path, 2)
+  assert not jax.tree.leaves(state["ema"])  # no EMA copy is kept or saved
+  assert "guidance_in" in state["params"]["dit"]
+  assert np.abs(np.asarray(state["params"]["dit"]["guidance_in"]["in_layer"]["kernel"])).sum() > 0
