@@ -28,16 +28,23 @@ from cinema_jax import trainer
 from data_pipelines import records
 from data_pipelines import toy_movies
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is used).", required=True)
-_STORYLINES = flags.DEFINE_string("storylines", None, "JSONL file of storylines, or 'toy': the held-out "
-                                  "storylines of the toy world the model was trained on.", required=True)
-_OUTDIR = flags.DEFINE_string("outdir", None, "Where keyframes, storyboards and manifests go.", required=True)
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed; storyline i uses seed + i.")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Euler steps (default: the config's sample.num_steps).")
-_GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the config's sample.guidance).")
-_MODE = flags.DEFINE_enum("mode", None, ["autoregressive", "joint"], "Default: the config's sample.mode.")
-_MAX_SHOTS = flags.DEFINE_integer("max_shots", None, "Keyframes per storyline (default: the config's; 0 = all).")
-_RAW = flags.DEFINE_bool("raw_params", False, "Sample with the raw parameters instead of the EMA copy.")
+
+def _define_flags() -> dict:
+  """CLI flags, defined only when run as a script (cinema_jax.evaluate imports this module)."""
+  return {
+      "workdir": flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is used).",
+                                     required=True),
+      "storylines": flags.DEFINE_string("storylines", None, "JSONL file of storylines, or 'toy': the held-out "
+                                        "storylines of the toy world the model was trained on.", required=True),
+      "outdir": flags.DEFINE_string("outdir", None, "Where keyframes, storyboards and manifests go.", required=True),
+      "seed": flags.DEFINE_integer("seed", 0, "Sampling seed; storyline i uses seed + i."),
+      "num_steps": flags.DEFINE_integer("num_steps", None, "Euler steps (default: the config's sample.num_steps)."),
+      "guidance": flags.DEFINE_float("guidance", None, "CFG scale (default: the config's sample.guidance)."),
+      "mode": flags.DEFINE_enum("mode", None, ["autoregressive", "joint"], "Default: the config's sample.mode."),
+      "max_shots": flags.DEFINE_integer("max_shots", None, "Keyframes per storyline (default: the config's; "
+                                        "0 = all)."),
+      "raw_params": flags.DEFINE_bool("raw_params", False, "Sample with the raw parameters instead of the EMA copy."),
+  }
 
 
 def read_storylines(path: str) -> list[dict]:
@@ -63,8 +70,28 @@ def read_storylines(path: str) -> list[dict]:
   return out
 
 
-def load(workdir: str):
-  """(config, graphdef, sampling params, step) of the latest checkpoint in workdir."""
+def save_storyline(outdir: str, index: int, story: dict, frames, captions: list[str], *, title_suffix: str = "",
+                   **info) -> dict:
+  """Writes OUT/<index>-<slug>/ (keyframe PNGs, storyboard.png, manifest.json); returns the manifest."""
+  slug = re.sub(r"[^a-z0-9]+", "-", story["title"].lower()).strip("-")[:40]
+  name = f"{index:03d}-{slug}"
+  out = os.path.join(outdir, name)
+  os.makedirs(out, exist_ok=True)
+  files = []
+  for k, frame in enumerate(frames):
+    files.append(f"keyframe_{k:03d}.png")
+    Image.fromarray(frame).save(os.path.join(out, files[-1]))
+  sampling.storyboard_image(frames, captions, title=story["title"] + title_suffix).save(
+      os.path.join(out, "storyboard.png"))
+  manifest = {"dir": name, "title": story["title"], "movie_id": story.get("movie_id"), "captions": captions,
+              "keyframes": files, "storyboard": "storyboard.png", **info}
+  with open(os.path.join(out, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=1)
+  return manifest
+
+
+def load(workdir: str, raw_params: bool = False):
+  """(config, graphdef, sampling params, step) of the latest checkpoint in workdir (EMA unless raw)."""
   c = checkpoints.saved_config(workdir)
   mesh = sharding.make_mesh(c.mesh)
   setup = trainer.make_setup(c, mesh)
@@ -72,55 +99,44 @@ def load(workdir: str):
   step = mngr.latest_step()
   with jax.set_mesh(mesh):
     state = checkpoints.restore(mngr, step, setup.abstract_state)
-  params = state["params"] if _RAW.value or not state["ema"] else state["ema"]
+  params = state["params"] if raw_params or not state["ema"] else state["ema"]
   return c, setup.graphdef, params, step
 
 
-def main(argv):
+def main(argv, f: dict):
+  v = {k: flag.value for k, flag in f.items()}
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:
-    if _STORYLINES.value != "toy":
-      stories = read_storylines(_STORYLINES.value)
-    if not os.path.isdir(os.path.join(_WORKDIR.value, checkpoints.CHECKPOINT_DIR)):
-      raise records.DataError(f"no checkpoints in {_WORKDIR.value}: train first (python -m cinema_jax.train)")
-    c, graphdef, params, step = load(_WORKDIR.value)
-    if _STORYLINES.value == "toy":
+    if v["storylines"] != "toy":
+      stories = read_storylines(v["storylines"])
+    if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
+      raise records.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
+    c, graphdef, params, step = load(v["workdir"], v["raw_params"])
+    if v["storylines"] == "toy":
       if c.data.path:
         raise records.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
-      stories = read_storylines(os.path.join(toy_movies.root_for_config(c.data, _WORKDIR.value), "storylines.jsonl"))
+      stories = read_storylines(os.path.join(toy_movies.root_for_config(c.data, v["workdir"]), "storylines.jsonl"))
   except (records.DataError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   with c.unlocked():
-    for field, flag in (("num_steps", _NUM_STEPS), ("guidance", _GUIDANCE), ("mode", _MODE), ("max_shots", _MAX_SHOTS)):
-      if flag.value is not None:
-        c.sample[field] = flag.value
+    for field in ("num_steps", "guidance", "mode", "max_shots"):
+      if v[field] is not None:
+        c.sample[field] = v[field]
   sampler = sampling.Sampler(c, graphdef)
-  os.makedirs(_OUTDIR.value, exist_ok=True)
+  os.makedirs(v["outdir"], exist_ok=True)
   for i, story in enumerate(stories):
     captions = story["captions"][: c.sample.max_shots or None]
     start = time.perf_counter()
-    frames = sampler.keyframes(params, captions, seed=_SEED.value + i)
-    slug = re.sub(r"[^a-z0-9]+", "-", story["title"].lower()).strip("-")[:40]
-    out = os.path.join(_OUTDIR.value, f"{i:03d}-{slug}")
-    os.makedirs(out, exist_ok=True)
-    files = []
-    for k, frame in enumerate(frames):
-      name = f"keyframe_{k:03d}.png"
-      Image.fromarray(frame).save(os.path.join(out, name))
-      files.append(name)
-    sampling.storyboard_image(frames, captions, title=f"{story['title']} (step {step})").save(
-        os.path.join(out, "storyboard.png"))
-    manifest = {"title": story["title"], "movie_id": story["movie_id"], "captions": captions, "keyframes": files,
-                "storyboard": "storyboard.png", "checkpoint_step": step, "seed": _SEED.value + i,
-                "mode": c.sample.mode, "num_steps": c.sample.num_steps, "guidance": c.sample.guidance,
-                "seconds": round(time.perf_counter() - start, 2)}
-    with open(os.path.join(out, "manifest.json"), "w") as f:
-      json.dump(manifest, f, indent=1)
+    frames = sampler.keyframes(params, captions, seed=v["seed"] + i)
+    manifest = save_storyline(v["outdir"], i, story, frames, captions, title_suffix=f" (step {step})",
+                              checkpoint_step=step, seed=v["seed"] + i, mode=c.sample.mode,
+                              num_steps=c.sample.num_steps, guidance=c.sample.guidance,
+                              seconds=round(time.perf_counter() - start, 2))
     logging.info("storyline %d: %d keyframes in %.1f s", i, len(frames), manifest["seconds"])
-    print(f"storyboard: {os.path.join(out, 'storyboard.png')}")
-
+    print(f"storyboard: {os.path.join(v['outdir'], manifest['dir'], 'storyboard.png')}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _flags = _define_flags()
+  app.run(lambda argv: main(argv, _flags))

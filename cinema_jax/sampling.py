@@ -1,8 +1,10 @@
 """Keyframe sampling: Euler on the shifted rectified-flow schedule with classifier-free guidance.
 
 autoregressive  keyframe k is denoised with keyframes max(0, k-P+1)..k-1 (already generated, clean)
-                as its context, block-causal attention; the window always has P pair slots so one
-                compiled program serves every shot (slots after the new pair cannot affect it).
+                as its context, block-causal attention. P is the training window unless the caller
+                asks for another (context_pairs=1: no memory, every shot from its caption alone). The
+                window is padded to a multiple of 8 pair slots (at most P), so a few compiled programs
+                serve every shot; slots after the new pair cannot affect it.
 joint           all keyframes of a storyline denoised together with bidirectional attention.
 
 CFG drops only the new pairs' captions (the context keeps its own), the way training drops them. A
@@ -27,6 +29,9 @@ from cinema_jax.models import keyframe
 from data_pipelines import tokenizer
 
 
+_SLOT_BUCKET = 8  # autoregressive windows are padded to a multiple of this many pairs
+
+
 def schedule(num_steps: int, num_image_tokens: int, shift: bool) -> np.ndarray:
   """Times from 1 (noise) to 0 (data), [num_steps + 1], shifted like training."""
   t = np.linspace(1.0, 0.0, num_steps + 1, dtype=np.float64)
@@ -39,7 +44,7 @@ def schedule(num_steps: int, num_image_tokens: int, shift: bool) -> np.ndarray:
 class Sampler:
   """Samples keyframes of storylines for the model of config `c` (its params passed per call)."""
 
-  def __init__(self, c: ml_collections.ConfigDict, graphdef):
+  def __init__(self, c: ml_collections.ConfigDict, graphdef, context_pairs: int | None = None):
     if c.model.text_encoder != "bytes":
       raise ValueError("sampling from caption text needs the byte text encoder (config.model.text_encoder="
                        "'bytes'); models on pre-computed T5/CLIP states need those encoders (pretrained-weights issue)")
@@ -49,7 +54,9 @@ class Sampler:
     cell = c.model.patch
     self.h, self.w = c.data.resolution
     self.grid = (self.h // cell, self.w // cell)
-    self.num_pairs = c.data.num_pairs
+    self.num_pairs = context_pairs or c.data.num_pairs  # pairs in the autoregressive window
+    if self.num_pairs < 1:
+      raise ValueError(f"context_pairs must be >= 1, got {context_pairs}")
 
   def _text(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     enc = [tokenizer.encode(cap, self.c.data.text_len)[:2] for cap in captions]
@@ -107,12 +114,13 @@ class Sampler:
       for k in range(len(captions)):
         lo = max(0, k - p + 1)
         n = k - lo + 1
-        x = np.zeros((p, n_tok, chans), np.float32)
+        slots = min(p, -(-n // _SLOT_BUCKET) * _SLOT_BUCKET)
+        x = np.zeros((slots, n_tok, chans), np.float32)
         x[:n - 1] = tok[lo:k]
-        win_tokens = np.zeros((p, tokens.shape[1]), np.int32)
-        win_masks = np.zeros((p, tokens.shape[1]), bool)
+        win_tokens = np.zeros((slots, tokens.shape[1]), np.int32)
+        win_masks = np.zeros((slots, tokens.shape[1]), bool)
         win_tokens[:n], win_masks[:n] = tokens[lo:k + 1], masks[lo:k + 1]
-        new = np.arange(p) == n - 1
+        new = np.arange(slots) == n - 1
         out = self._denoise(params, x, win_tokens, win_masks, new, True, jax.random.fold_in(key, k), g)
         tok[k] = np.asarray(out[n - 1])
     else:

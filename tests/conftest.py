@@ -49,3 +49,16 @@ def replace_record(dataset: str, shard: str, position: int, data: bytes) -> None
 @pytest.fixture(name="replace_record")
 def replace_record_fixture():
   return replace_record
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> str:
+  """A workdir of the tiny keyframe config trained 4 steps (EMA decay 0.5), built once per session."""
+  from cinema_jax import trainer  # pylint: disable=g-import-not-at-top
+  from configs import keyframe as keyframe_config  # pylint: disable=g-import-not-at-top
+  c = keyframe_config.get_config("tiny")
+  c.update(batch_size=8, total_steps=4)  # 8 fake devices in this process
+  c.optimizer.ema_decay = 0.5
+  workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
+  trainer.train_and_evaluate(c, workdir)
+  return workdir

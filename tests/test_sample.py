@@ -117,13 +117,25 @@ def _sample_cli(workdir, outdir, *extra):
   return [np.asarray(__import__("PIL.Image").Image.open(os.path.join(outdir, story, k))) for k in manifest["keyframes"]]
 
 
-def test_sample_cli_uses_the_ema_unless_asked_for_raw_parameters(tmp_path):
-  from cinema_jax import trainer  # pylint: disable=g-import-not-at-top
-  c = keyframe_config.get_config("tiny")
-  c.update(batch_size=8, total_steps=4)  # 8 fake devices in this process
-  c.optimizer.ema_decay = 0.5
-  trainer.train_and_evaluate(c, str(tmp_path / "run"))
-  ema = _sample_cli(tmp_path / "run", tmp_path / "ema")
-  raw = _sample_cli(tmp_path / "run", tmp_path / "raw", "--raw_params")
+def test_sample_cli_uses_the_ema_unless_asked_for_raw_parameters(tiny_run, tmp_path):
+  ema = _sample_cli(tiny_run, tmp_path / "ema")
+  raw = _sample_cli(tiny_run, tmp_path / "raw", "--raw_params")
   assert not all(np.array_equal(a, b) for a, b in zip(ema, raw))
-  np.testing.assert_array_equal(ema[0], _sample_cli(tmp_path / "run", tmp_path / "again")[0])
+  np.testing.assert_array_equal(ema[0], _sample_cli(tiny_run, tmp_path / "again")[0])
+
+
+def test_context_window_sets_what_a_keyframe_remembers(model):
+  c, graphdef, params = model
+  other_first = ["Close shot in the desert. Ava jumps."] + CAPTIONS[1:]
+  alone = sampling.Sampler(c, graphdef, context_pairs=1)  # no memory: each shot from its caption
+  a, b = alone.keyframes(params, CAPTIONS, seed=0), alone.keyframes(params, other_first, seed=0)
+  np.testing.assert_array_equal(a[1:], b[1:])
+  two = sampling.Sampler(c, graphdef, context_pairs=2)  # keyframe k sees keyframe k-1 only
+  a, b = two.keyframes(params, CAPTIONS, seed=0), two.keyframes(params, other_first, seed=0)
+  assert not np.array_equal(a[1], b[1])
+  # Window padding (8-slot buckets vs exactly 4 slots) does not change what comes out.
+  wide = sampling.Sampler(c, graphdef, context_pairs=10).keyframes(params, CAPTIONS, seed=0)
+  exact = sampling.Sampler(c, graphdef, context_pairs=4).keyframes(params, CAPTIONS, seed=0)
+  assert np.abs(wide.astype(int) - exact.astype(int)).max() <= 1
+  with pytest.raises(ValueError, match="context_pairs must be >= 1"):
+    sampling.Sampler(c, graphdef, context_pairs=-1)
