@@ -69,7 +69,7 @@ def train_configs(quick: bool) -> dict:
 
 def synthetic_batch(c) -> dict[str, np.ndarray]:
   """A toy-pipeline batch (pixels in [-1, 1], byte tokens, padded captions) of random content."""
-  assert trainer.image_key(c) == "image" and c.data.text_source == "bytes", "toy (pixel, byte-text) configs only"
+  assert c.model.vae_downsample == 1 and c.data.text_source == "bytes", "toy (pixel, byte-text) configs only"
   b, p, L = c.batch_size, c.data.num_pairs, c.data.text_len
   h, w = c.data.resolution
   rng = np.random.default_rng(0)
@@ -201,7 +201,7 @@ def _torch_peak(n: int, repeats: int = 5) -> float:
 
 def _describe(c) -> str:
   dit, _ = keyframe.configs(c)
-  gh, gw = trainer.grid(c)
+  gh, gw = keyframe.full_grid(c)
   cost = flops.StepCost(c)
   txt = cost.tokens_per_step // (c.batch_size * c.data.num_pairs) - gh * gw
   return (f"{dit.hidden} wide, {dit.depth_double}+{dit.depth_single} blocks, patch {c.model.patch}, "

@@ -6,13 +6,22 @@ of 2x2-packed latents), keeping the grid's aspect. Frames are levelled in groups
 groups of a fixed size (the paper's Figure 4 counts use groups of 4), or the paper's "3 groups x N/4"
 (the newest quarter at full resolution, then one group per level). Text is never compressed.
 
-This module is the schedule and the arithmetic; resizing frames and wiring levels into the pipeline and
-the model belong to the long-context memory issue, which is not done yet.
+A window of P pairs becomes `plan(...)`: consecutive groups of pairs (oldest first) that share a token
+grid; each group is one dense array for the model (static shapes per config). A compressed frame keeps
+RoPE coordinates that span the full-resolution grid (`positions`), so it is the same picture seen
+coarser. Frames are resized in pixel space before the autoencoder (the paper; the pipeline does it on
+uint8 frames, `resize_frames`) or on the model's input array (`resize_array`: latents, or pixels on
+device), by config.data.goldenmem.resize; both average areas (a box filter for any ratio).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 PHI = (1 + math.sqrt(5)) / 2
 
@@ -51,3 +60,75 @@ def token_count(num_pairs: int, *, grid: tuple[int, int] = (25, 50), text_tokens
   aspect = max(h, w) / min(h, w)
   image = sum(sides[i] * math.floor(sides[i] * aspect + 1e-9) for i in lv)
   return image + num_pairs * text_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """`num_pairs` consecutive pairs whose frames share the token grid `grid` (h, w)."""
+
+  level: int
+  num_pairs: int
+  grid: tuple[int, int]
+
+
+def level_grid(full_grid: tuple[int, int], side: int) -> tuple[int, int]:
+  """The token grid with short side `side` and the full grid's aspect (long side floored)."""
+  h, w = full_grid
+  if h <= w:
+    return side, max(1, math.floor(side * w / h + 1e-9))
+  return max(1, math.floor(side * h / w + 1e-9)), side
+
+
+def plan(num_pairs: int, full_grid: tuple[int, int], group_size: int | str = 4, phi: float = PHI
+         ) -> tuple[Group, ...]:
+  """The groups of a window of `num_pairs` pairs, oldest first; levels sharing a grid are merged."""
+  lv = levels(num_pairs, group_size)
+  sides = level_sides(min(full_grid), max(lv, default=0) + 1, phi)
+  groups: list[Group] = []
+  for level in lv:
+    grid = level_grid(full_grid, sides[level])
+    if groups and groups[-1].grid == grid:
+      groups[-1] = dataclasses.replace(groups[-1], num_pairs=groups[-1].num_pairs + 1)
+    else:
+      groups.append(Group(level=level, num_pairs=1, grid=grid))
+  return tuple(groups)
+
+
+def positions(full_grid: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+  """float32 [h * w, 2] (row, col) of each token of `grid`, in the full grid's coordinates.
+
+  Token (r, c) of an h x w grid covers full-grid rows [r H/h, (r + 1) H/h): its centre is
+  (r + 0.5) H/h - 0.5, which is r itself at full resolution.
+  """
+  (fh, fw), (h, w) = full_grid, grid
+  rows = (np.arange(h, dtype=np.float32) + 0.5) * (fh / h) - 0.5
+  cols = (np.arange(w, dtype=np.float32) + 0.5) * (fw / w) - 0.5
+  r, c = np.meshgrid(rows, cols, indexing="ij")
+  return np.stack([r.ravel(), c.ravel()], axis=-1)
+
+
+def resize_frames(frames_NHWC: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """uint8 frames resized to (h, w) pixels by area averaging, as before the autoencoder."""
+  h, w = size
+  if frames_NHWC.shape[1:3] == (h, w):
+    return frames_NHWC
+  rows, cols = _area_weights(h, frames_NHWC.shape[1]), _area_weights(w, frames_NHWC.shape[2])
+  out = np.einsum("hH,nHWc,wW->nhwc", rows, frames_NHWC.astype(np.float32), cols)
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _area_weights(out_size: int, in_size: int) -> np.ndarray:
+  """[out, in]: the share of each input cell in each output cell (rows sum to 1), as a box filter."""
+  edges_out = np.arange(out_size + 1) * (in_size / out_size)
+  lo = np.maximum(edges_out[:-1, None], np.arange(in_size)[None])
+  hi = np.minimum(edges_out[1:, None], np.arange(1, in_size + 1)[None])
+  return (np.clip(hi - lo, 0, None) / (in_size / out_size)).astype(np.float32)
+
+
+def resize_array(x_BNHWC: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Float frames or latents resized to (h, w) by area averaging (the box filter of resize_frames)."""
+  h, w = size
+  if x_BNHWC.shape[2:4] == (h, w):
+    return x_BNHWC
+  rows, cols = _area_weights(h, x_BNHWC.shape[2]), _area_weights(w, x_BNHWC.shape[3])
+  return jnp.einsum("hH,bnHWc,wW->bnhwc", rows, x_BNHWC, cols)

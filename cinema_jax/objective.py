@@ -2,6 +2,8 @@
 
 Every pair draws its own t (logit-normal, shifted by the image-token count as in SD3/FLUX), so a
 training example mixes clean-ish and noisy pairs, the way the context looks at sampling time.
+Image tokens are one array [B, P, N, C] or a tuple of GoldenMem groups [B, n_g, N_g, C] (oldest first);
+per-pair quantities ([B, P]) are split over the groups.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def pair_times(key: jax.Array, batch: int, num_pairs: int, o: ml_collections.Con
   if o.loss_pairs == "all":
     return t, jnp.ones((batch, num_pairs), jnp.float32)
   if o.loss_pairs == "last":
-    context = jax.random.uniform(k2, (batch, num_pairs), maxval=o.context_t_max)
+    lo, hi = o.context_t
+    context = jax.random.uniform(k2, (batch, num_pairs), minval=lo, maxval=hi)
     is_last = jnp.arange(num_pairs) == num_pairs - 1
     return jnp.where(is_last, t, context), jnp.broadcast_to(is_last, (batch, num_pairs)).astype(jnp.float32)
   raise ValueError(f"config.objective.loss_pairs={o.loss_pairs!r}: expected 'all' or 'last'")
@@ -50,35 +53,52 @@ def drop_captions(key: jax.Array, states, mask, pooled, rate: float):
   return states * keep[..., None, None], mask & keep[..., None], pooled * keep[..., None]
 
 
-def velocity(out_BPNC: jax.Array, x_t_BPNC: jax.Array, t_BP: jax.Array, prediction: str, t_min: float = 0.05
-             ) -> jax.Array:
+def split_pairs(a_BP: jax.Array, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """A per-pair array [B, P, ...] cut into the pair groups of `xs` ([B, n_g, ...] each)."""
+  out, first = [], 0
+  for x in xs:
+    out.append(a_BP[:, first:first + x.shape[1]])
+    first += x.shape[1]
+  return tuple(out)
+
+
+def velocity(out_BPNC, x_t_BPNC, t_BP: jax.Array, prediction: str, t_min: float = 0.05):
   """The flow velocity from the network output: itself ("v", FLUX), or from a clean-image estimate ("x").
 
   x-prediction (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise") lets a narrow
   network with large patches work: a token wider than the model cannot carry the noise through, but
   the clean image lies on a low-dimensional manifold. v = (x_t - x0_hat) / t, with t clamped at t_min.
+  Works on one array or on a tuple of groups.
   """
+  if prediction not in ("v", "x"):
+    raise ValueError(f"config.objective.prediction={prediction!r}: expected 'v' or 'x'")
   if prediction == "v":
     return out_BPNC
-  if prediction == "x":
-    return (x_t_BPNC - out_BPNC) / jnp.maximum(t_BP, t_min)[..., None, None]
-  raise ValueError(f"config.objective.prediction={prediction!r}: expected 'v' or 'x'")
+  if isinstance(out_BPNC, (tuple, list)):
+    return tuple(velocity(o, x, t, prediction, t_min)
+                 for o, x, t in zip(out_BPNC, x_t_BPNC, split_pairs(t_BP, tuple(out_BPNC))))
+  return (x_t_BPNC - out_BPNC) / jnp.maximum(t_BP, t_min)[..., None, None]
 
 
-def flow_loss(apply: Callable[..., jax.Array], x0_BPNC: jax.Array, key: jax.Array, o: ml_collections.ConfigDict
-              ) -> tuple[jax.Array, dict[str, Any]]:
-  """Mean squared velocity error over the pairs that carry loss.
+def flow_loss(apply: Callable[..., Any], x0_BPNC, key: jax.Array, o: ml_collections.ConfigDict,
+              num_image_tokens: int | None = None) -> tuple[jax.Array, dict[str, Any]]:
+  """Mean squared velocity error over the pairs that carry loss (each pair's error a mean over its tokens).
 
   apply(x_t, t) -> v_pred: the model with its text conditioning bound, its output already turned into
-  a velocity (see `velocity`).
+  a velocity (see `velocity`). x0 is one array or a tuple of groups; num_image_tokens (for the time
+  shift) defaults to the newest group's tokens per frame, the full resolution.
   """
-  b, p, n, _ = x0_BPNC.shape
+  grouped = isinstance(x0_BPNC, (tuple, list))
+  xs = tuple(x0_BPNC) if grouped else (x0_BPNC,)
+  b, p = xs[0].shape[0], sum(x.shape[1] for x in xs)
   k_t, k_eps = jax.random.split(key)
-  t, weight = pair_times(k_t, b, p, o, n)
-  eps = jax.random.normal(k_eps, x0_BPNC.shape, x0_BPNC.dtype)
-  tt = t[..., None, None]
-  x_t = (1 - tt) * x0_BPNC + tt * eps
-  v = apply(x_t, t)
-  err = jnp.mean(jnp.square(v.astype(jnp.float32) - (eps - x0_BPNC)), axis=(2, 3))  # [B, P]
+  t, weight = pair_times(k_t, b, p, o, num_image_tokens or xs[-1].shape[2])
+  eps = tuple(jax.random.normal(k, x.shape, x.dtype) for k, x in zip(jax.random.split(k_eps, len(xs)), xs))
+  x_t = tuple((1 - tt[..., None, None]) * x + tt[..., None, None] * e
+              for x, e, tt in zip(xs, eps, split_pairs(t, xs)))
+  v = apply(x_t if grouped else x_t[0], t)
+  v = tuple(v) if grouped else (v,)
+  err = jnp.concatenate([jnp.mean(jnp.square(vv.astype(jnp.float32) - (e - x)), axis=(2, 3))
+                         for vv, e, x in zip(v, eps, xs)], axis=1)  # [B, P]
   loss = jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
   return loss, {"loss": loss, "t_mean": jnp.mean(t)}

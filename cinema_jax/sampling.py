@@ -7,6 +7,10 @@ autoregressive  keyframe k is denoised with keyframes max(0, k-P+1)..k-1 (alread
                 serve every shot; slots after the new pair cannot affect it.
 joint           all keyframes of a storyline denoised together with bidirectional attention.
 
+With GoldenMem (config.data.memory_levels) the window's history is re-levelled for every new keyframe:
+older keyframes enter at their level's smaller grid (one compiled program per window length, up to P).
+Context pairs can be re-noised to t ~ U[config.sample.context_t] (the paper's noisy context).
+
 CFG drops only the new pairs' captions (the context keeps its own), the way training drops them. A
 guidance-distilled model (model.guidance_embed, FLUX.1-dev) instead gets the scale through its guidance
 embedding and runs one conditional pass per step.
@@ -23,6 +27,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from cinema_jax import goldenmem
 from cinema_jax import objective
 from cinema_jax import storyboard
 from cinema_jax.models import keyframe
@@ -62,9 +67,10 @@ class Sampler:
     enc = [tokenizer.encode(cap, self.c.data.text_len)[:2] for cap in captions]
     return np.stack([e[0] for e in enc]), np.stack([e[1] for e in enc])
 
-  @functools.partial(jax.jit, static_argnums=(0, 6))
-  def _denoise(self, params, x_PNC, tokens_PL, mask_PL, new_P, causal: bool, key, guidance):
-    """Denoises the pairs flagged in new_P (the others are clean context); returns x [P, N, C]."""
+  @functools.partial(jax.jit, static_argnums=(0, 6, 7))
+  def _denoise(self, params, xs, tokens_PL, mask_PL, new_P, causal: bool, group_grids, key, guidance):
+    """Denoises the pairs flagged in new_P; the others are context (clean, or re-noised to
+    sample.context_t). xs: groups [n_g, N_g, C] on group_grids, oldest first. Returns the groups."""
     c = self.c
     model = nnx.merge(self.graphdef, params)
     states, mask, pooled = model.encode_text({"text_tokens": tokens_PL[None], "text_mask": mask_PL[None]})
@@ -77,22 +83,50 @@ class Sampler:
               jnp.concatenate([mask, mask & keep[..., None]]),
               jnp.concatenate([pooled, pooled * keep[..., None]]))
     times = jnp.asarray(schedule(c.sample.num_steps, self.grid[0] * self.grid[1], c.objective.shift))
-    noise = jax.random.normal(key, x_PNC.shape, jnp.float32)
-    x = jnp.where(new_P[:, None, None], noise, x_PNC)
+    k_ctx, k_ctx_t = jax.random.split(jax.random.fold_in(key, 1))
+    lo, hi = c.sample.context_t
+    t_ctx = jnp.where(new_P, 0.0, jax.random.uniform(k_ctx_t, new_P.shape, minval=lo, maxval=hi))
+    batched = tuple(x[None] for x in xs)  # split_pairs cuts axis 1: the pairs of [B, P, ...]
+    news = objective.split_pairs(new_P[None], batched)
+    t_ctxs = objective.split_pairs(t_ctx[None], batched)
+    noise_keys = [key] if len(xs) == 1 else jax.random.split(key, len(xs))
+    noise = [jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(noise_keys, xs)]
+    ctx_eps = [jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(jax.random.split(k_ctx, len(xs)), xs)]
+    xs = tuple(jnp.where(n[0, :, None, None], e, (1 - t[0, :, None, None]) * x + t[0, :, None, None] * ce)
+               for x, n, t, e, ce in zip(xs, news, t_ctxs, noise, ctx_eps))
 
-    def body(i, x):
-      t = jnp.where(new_P, times[i], 0.0)
+    def body(i, xs):
+      t = jnp.where(new_P, times[i], t_ctx)
+      run = lambda xx, tt, txt, g=None: model(xx, tt, *txt, grid=self.grid, guidance_BP=g, causal=causal,
+                                               group_grids=group_grids)
       if distilled:
         g = jnp.full((1, t.shape[0]), guidance, jnp.float32)
-        out = model(x[None], t[None], *text, grid=self.grid, guidance_BP=g, causal=causal)
-        v = objective.velocity(out, x[None], t[None], c.objective.prediction)[0]
+        xb = tuple(x[None] for x in xs)
+        v = tuple(x[0] for x in objective.velocity(run(xb, t[None], text, g), xb, t[None], c.objective.prediction))
       else:
-        xx, tt = jnp.stack([x, x]), jnp.stack([t, t])
-        v = objective.velocity(model(xx, tt, *text, grid=self.grid, causal=causal), xx, tt, c.objective.prediction)
-        v = v[1] + guidance * (v[0] - v[1])
-      return jnp.where(new_P[:, None, None], x + (times[i + 1] - times[i]) * v, x)
+        xb, tt = tuple(jnp.stack([x, x]) for x in xs), jnp.stack([t, t])
+        v = objective.velocity(run(xb, tt, text), xb, tt, c.objective.prediction)
+        v = tuple(vv[1] + guidance * (vv[0] - vv[1]) for vv in v)
+      return tuple(jnp.where(n[0, :, None, None], x + (times[i + 1] - times[i]) * vv, x)
+                   for x, vv, n in zip(xs, v, news))
 
-    return jax.lax.fori_loop(0, c.sample.num_steps, body, x)
+    return jax.lax.fori_loop(0, c.sample.num_steps, body, xs)
+
+  def _context(self, frames_KHWC: np.ndarray, plan) -> tuple[np.ndarray, ...]:
+    """GoldenMem: each group's frames (the last pair a placeholder) resized to its grid, as tokens."""
+    c, p = self.c, self.c.model.patch
+    out, first = [], 0
+    for g in plan:
+      size = (g.grid[0] * p, g.grid[1] * p)
+      x = frames_KHWC[first:first + g.num_pairs]
+      if c.data.goldenmem.resize == "pixels":  # what the pipeline does: uint8 frames, box filter
+        u8 = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        x = goldenmem.resize_frames(u8, size).astype(np.float32) / 127.5 - 1.0
+      else:
+        x = np.asarray(goldenmem.resize_array(jnp.asarray(x)[None], size)[0])
+      out.append(np.asarray(keyframe.patchify(jnp.asarray(x)[None], p)[0]))
+      first += g.num_pairs
+    return tuple(out)
 
   def keyframes(self, params, captions: list[str], *, seed: int = 0, mode: str | None = None,
                 guidance: float | None = None) -> np.ndarray:
@@ -104,29 +138,38 @@ class Sampler:
     tokens, masks = self._text(captions)
     n_tok = self.grid[0] * self.grid[1]
     chans = 3 * c.model.patch ** 2
+    full = (tuple(self.grid),)
+    to_pixels = lambda tok: keyframe.unpatchify(jnp.asarray(tok)[None], c.model.patch, self.h, self.w)[0]
     if mode == "joint":
-      x = np.zeros((len(captions), n_tok, chans), np.float32)
-      x = self._denoise(params, x, tokens, masks, jnp.ones(len(captions), bool), False, key, g)
-      tok = np.asarray(x)
+      x = (np.zeros((len(captions), n_tok, chans), np.float32),)
+      (x,) = self._denoise(params, x, tokens, masks, jnp.ones(len(captions), bool), False, full, key, g)
+      pixels = to_pixels(x)
     elif mode == "autoregressive":
       p = self.num_pairs
-      tok = np.zeros((len(captions), n_tok, chans), np.float32)
+      pixels = np.zeros((len(captions), self.h, self.w, 3), np.float32)
       for k in range(len(captions)):
         lo = max(0, k - p + 1)
         n = k - lo + 1
-        slots = min(p, -(-n // _SLOT_BUCKET) * _SLOT_BUCKET)
-        x = np.zeros((slots, n_tok, chans), np.float32)
-        x[:n - 1] = tok[lo:k]
+        plan = keyframe.memory_plan(c, n)
+        if plan is None:  # every context frame in full, in a window padded to a multiple of 8 slots
+          slots = min(p, -(-n // _SLOT_BUCKET) * _SLOT_BUCKET)
+          x = np.zeros((slots, n_tok, chans), np.float32)
+          x[:n - 1] = np.asarray(keyframe.patchify(jnp.asarray(pixels[lo:k])[None], c.model.patch)[0])
+          xs, grids = (x,), full
+        else:  # GoldenMem: the history re-levelled for this window; shapes fixed per window length
+          slots = n
+          xs = self._context(pixels[lo:k + 1], plan)
+          grids = tuple(grp.grid for grp in plan)
         win_tokens = np.zeros((slots, tokens.shape[1]), np.int32)
         win_masks = np.zeros((slots, tokens.shape[1]), bool)
         win_tokens[:n], win_masks[:n] = tokens[lo:k + 1], masks[lo:k + 1]
         new = np.arange(slots) == n - 1
-        out = self._denoise(params, x, win_tokens, win_masks, new, True, jax.random.fold_in(key, k), g)
-        tok[k] = np.asarray(out[n - 1])
+        out = self._denoise(params, xs, win_tokens, win_masks, new, True, grids, jax.random.fold_in(key, k), g)
+        last = out[-1][-1] if plan is not None else out[0][n - 1]
+        pixels[k] = np.asarray(to_pixels(last[None])[0])
     else:
       raise ValueError(f"sample mode {mode!r}: expected 'autoregressive' or 'joint'")
-    pixels = keyframe.unpatchify(jnp.asarray(tok)[None], c.model.patch, self.h, self.w)[0]
-    return np.asarray(jnp.clip(jnp.round((pixels + 1.0) * 127.5), 0, 255)).astype(np.uint8)
+    return np.asarray(jnp.clip(jnp.round((jnp.asarray(pixels) + 1.0) * 127.5), 0, 255)).astype(np.uint8)
 
 
 def storyboard_image(frames_KHWC: np.ndarray, captions: list[str], title: str = "") -> Image.Image:

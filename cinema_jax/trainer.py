@@ -57,6 +57,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise pipeline.ConfigError(f"config.objective.prediction={c.objective.prediction!r}: expected 'v' or 'x'")
   if c.objective.loss_pairs not in ("all", "last"):
     raise pipeline.ConfigError(f"config.objective.loss_pairs={c.objective.loss_pairs!r}: expected 'all' or 'last'")
+  if (c.data.memory_levels == "goldenmem" and c.data.goldenmem.resize == "pixels" and m.vae_downsample != 1):
+    raise pipeline.ConfigError("config.data.goldenmem.resize='pixels': this model reads pre-computed latents, so "
+                               "frames can only be resized as latents (resize='latents')")
+  lo, hi = c.objective.context_t
+  if not 0 <= lo <= hi < 1:
+    raise pipeline.ConfigError(f"config.objective.context_t={tuple(c.objective.context_t)}: expected 0 <= a <= b < 1")
+  lo, hi = c.sample.context_t
+  if not 0 <= lo <= hi < 1:
+    raise pipeline.ConfigError(f"config.sample.context_t={tuple(c.sample.context_t)}: expected 0 <= a <= b < 1")
   if c.sample.mode not in ("autoregressive", "joint"):
     raise pipeline.ConfigError(f"config.sample.mode={c.sample.mode!r}: expected 'autoregressive' or 'joint'")
   for section, field in (("checkpoint", "every_steps"), ("log", "every_steps")):
@@ -112,29 +121,21 @@ def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                init=jax.jit(init, out_shardings=state_shardings))
 
 
-def grid(c: ml_collections.ConfigDict) -> tuple[int, int]:
-  cell = c.model.vae_downsample * c.model.patch
-  return c.data.resolution[0] // cell, c.data.resolution[1] // cell
-
-
-def image_key(c: ml_collections.ConfigDict) -> str:
-  return "image" if c.model.vae_downsample == 1 else "latent"
-
-
 def make_train_step(c: ml_collections.ConfigDict, s: Setup):
   """(state, batch) -> (state, metrics); a non-finite loss, gradient or update leaves the state unchanged."""
-  o, gh_gw = c.objective, grid(c)
+  o, gh_gw = c.objective, keyframe.full_grid(c)
   ema_decay = c.optimizer.ema_decay
 
   def loss_fn(params, batch, key):
     model = nnx.merge(s.graphdef, params)
     k_drop, k_flow = jax.random.split(key)
     text = objective.drop_captions(k_drop, *model.encode_text(batch), o.caption_dropout)
-    x0 = keyframe.patchify(batch[image_key(c)], c.model.patch)
-    guidance = jnp.full(x0.shape[:2], o.guidance, jnp.float32) if c.model.guidance_embed else None
-    apply = lambda x_t, t: objective.velocity(model(x_t, t, *text, grid=gh_gw, guidance_BP=guidance), x_t, t,
-                                              o.prediction)
-    return objective.flow_loss(apply, x0, k_flow, o)
+    x0, group_grids = keyframe.image_tokens(c, batch)
+    shape = text[2].shape[:2]  # [B, P]
+    guidance = jnp.full(shape, o.guidance, jnp.float32) if c.model.guidance_embed else None
+    apply = lambda x_t, t: objective.velocity(
+        model(x_t, t, *text, grid=gh_gw, guidance_BP=guidance, group_grids=group_grids), x_t, t, o.prediction)
+    return objective.flow_loss(apply, x0, k_flow, o, num_image_tokens=gh_gw[0] * gh_gw[1])
 
   def step(state, batch):
     key = jax.random.fold_in(jax.random.key(c.seed), state["step"])
@@ -178,7 +179,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
     raise pipeline.ConfigError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp} "
                                f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
   pipe = pipeline.make_pipeline(c.data, toy_movies.train_path(c.data, workdir, logging.info), batch_size=c.batch_size,
-                                process_index=jax.process_index(), process_count=jax.process_count())
+                                process_index=jax.process_index(), process_count=jax.process_count(),
+                                image_groups=keyframe.pipeline_image_groups(c))
   data_iter = pipe.iterator()
 
   setup = make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names

@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.prediction = "v"  # what the network outputs: "v" (FLUX) | "x" (the clean image; for narrow toy models)
   o.shift = True  # shift t by the image-token count (mu 0.5 at 256 tokens, 1.15 at 4096)
   o.loss_pairs = "all"  # "all": every pair has its own t and carries loss | "last": only the last pair
-  o.context_t_max = 0.0  # loss_pairs="last": context pairs get t ~ U[0, context_t_max] (0: clean)
+  o.context_t = (0.0, 0.0)  # loss_pairs="last": context pairs get t ~ U[a, b] (paper: 1..250 of 1000)
   o.caption_dropout = 0.1  # per pair, for classifier-free guidance
   o.guidance = 3.5  # the guidance value fed to guidance_in during training (guidance_embed models)
 
@@ -85,6 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.guidance = 3.5  # CFG scale (or the distilled guidance for guidance_embed models)
   s.mode = "autoregressive"  # one keyframe at a time, block-causal | "joint": all at once, bidirectional
   s.max_shots = 0  # 0: every shot of a storyline
+  s.context_t = (0.0, 0.0)  # autoregressive context pairs re-noised to t ~ U[a, b] (paper: 1..250 of 1000)
 
   if variant in ("demo", "demo_long"):
     # Sized for a 2-core CPU: ~0.4 s a step, ~11 minutes of training. Patch 8 (32 tokens per 32x64

@@ -2,7 +2,7 @@
 
   windows (WindowPlan, random access, one slice per JAX process)
     -> load + decode each window's P records, tokenise captions, normalise images   [grain workers]
-    -> context order hook, memory-level hook                                        [grain workers]
+    -> context order hook; GoldenMem: frames of each level group resized             [grain workers]
     -> skip-or-raise on bad records, batch                                          [this process]
 
 Deterministic from the seed for any worker count; the iterator's state (a grain DatasetIterator)
@@ -10,6 +10,8 @@ is saved with Orbax (grain.checkpoint.CheckpointSave) and resumes at exactly the
 
 An example (all numpy, P = num_pairs):
   image        float32 [P, H, W, 3] in [-1, 1]  (PNG keyframes)  | latent float32 [P, h, w, C]
+               with GoldenMem resizing in pixel space instead: image_g0, image_g1, ... float32
+               [n_g, h_g, w_g, 3], one per level group, oldest first (the caller's image_groups)
   text_tokens  int32 [P, L] byte tokens, text_mask bool [P, L]    (text_source="bytes")
   text_states  float32 [P, L, D], text_mask, text_pooled [P, D]   (text_source="precomputed")
   image_embedding float32 [P, D]   when the records carry one
@@ -27,13 +29,14 @@ import grain
 import ml_collections
 import numpy as np
 
+from cinema_jax import goldenmem
 from data_pipelines import records
 from data_pipelines import tokenizer
 from data_pipelines import windows
 
 Example = dict[str, Any]
 _BAD = "_bad_record"
-_PIXELS = ("image", "frames")  # uint8 keys normalised to float32 [-1, 1] once per batch
+_PIXELS = ("image", "frames")  # uint8 keys (and image_g*) normalised to float32 [-1, 1] once per batch
 
 
 def normalise(pixels: np.ndarray) -> np.ndarray:
@@ -48,10 +51,10 @@ class ConfigError(ValueError):
   """A config field has a value the pipeline cannot use; the message names the field."""
 
 
-# Hooks applied to each decoded example. Identity for now: retrieval orders (issue: long-context
-# memory) and GoldenMem levels register here and are chosen by config name.
+# Hooks applied to each decoded example, chosen by config name. Identity for now: retrieval orders
+# (long-context memory issue) register here.
 CONTEXT_ORDERS: dict[str, Callable[[Example], Example]] = {"chronological": lambda ex: ex}
-MEMORY_LEVELS: dict[str, Callable[[Example], Example]] = {"none": lambda ex: ex}
+MEMORY_LEVELS = ("none", "goldenmem")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -70,7 +73,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.text_len = 192  # text tokens per pair (captions are truncated, the count is logged)
   c.load_frames = False  # also decode each shot's frames (video model)
   c.context_order = "chronological"  # a key of CONTEXT_ORDERS
-  c.memory_levels = "none"  # a key of MEMORY_LEVELS
+  c.memory_levels = "none"  # "none": every context frame at full resolution | "goldenmem"
+  c.goldenmem = ml_collections.ConfigDict(dict(
+      group_size=4,  # frames per level, newest first; or "quarters": the newest P/4 full, 3 groups after
+      resize="pixels",  # "pixels": resize frames before the autoencoder (here: in the pipeline)
+                        # | "latents": resize the model's input array (latents) on device
+      phi=(1 + 5 ** 0.5) / 2))  # shrink factor per level
   c.worker_count = 0  # grain worker processes (0: decode in this process)
   c.worker_buffer_size = 4  # examples each worker keeps ready
   c.bad_records = "error"  # "error": stop at a malformed record | "skip": drop its window and count it
@@ -99,7 +107,14 @@ def check_config(c: ml_collections.ConfigDict, batch_size: int, process_count: i
   need(c.text_source in ("bytes", "precomputed"), "text_source", "'bytes' or 'precomputed'")
   need(isinstance(c.text_len, int) and c.text_len >= 1, "text_len", "an int >= 1")
   need(c.context_order in CONTEXT_ORDERS, "context_order", f"one of {sorted(CONTEXT_ORDERS)}")
-  need(c.memory_levels in MEMORY_LEVELS, "memory_levels", f"one of {sorted(MEMORY_LEVELS)}")
+  need(c.memory_levels in MEMORY_LEVELS, "memory_levels", f"one of {list(MEMORY_LEVELS)}")
+  g = c.goldenmem
+  if not (g.group_size == "quarters" or (isinstance(g.group_size, int) and g.group_size >= 1)):
+    raise ConfigError(f"config.data.goldenmem.group_size={g.group_size!r}: expected an int >= 1 or 'quarters'")
+  if g.resize not in ("pixels", "latents"):
+    raise ConfigError(f"config.data.goldenmem.resize={g.resize!r}: expected 'pixels' or 'latents'")
+  if not g.phi > 1:
+    raise ConfigError(f"config.data.goldenmem.phi={g.phi!r}: expected a number > 1")
   need(isinstance(c.worker_count, int) and c.worker_count >= 0, "worker_count", "an int >= 0")
   need(isinstance(c.worker_buffer_size, int) and c.worker_buffer_size >= 1, "worker_buffer_size", "an int >= 1")
   need(c.bad_records in ("error", "skip"), "bad_records", "'error' or 'skip'")
@@ -118,7 +133,7 @@ class LoadWindow(grain.transforms.Map):
   load_frames: bool
   skip_bad: bool
   context_order: str
-  memory_levels: str
+  image_groups: tuple[tuple[int, tuple[int, int]], ...] | None = None  # (pairs, (h, w) pixels) per group
 
   def map(self, window: dict[str, Any]) -> Example:
     try:
@@ -128,7 +143,14 @@ class LoadWindow(grain.transforms.Map):
         raise
       return {_BAD: str(e)}
     ex = CONTEXT_ORDERS[self.context_order](ex)
-    return MEMORY_LEVELS[self.memory_levels](ex)
+    if self.image_groups:  # GoldenMem in pixel space: each level group's frames at its size
+      if "image" not in ex:
+        raise records.BadRecordError(f"{self.reader.path}: GoldenMem resizes pixels, the records hold latents")
+      frames, first = ex.pop("image"), 0
+      for g, (n, size) in enumerate(self.image_groups):
+        ex[f"image_g{g}"] = goldenmem.resize_frames(frames[first:first + n], size)
+        first += n
+    return ex
 
   def _load(self, window: dict[str, Any]) -> Example:
     movie = self.reader.index.movies[window["movie"]]
@@ -210,8 +232,8 @@ class BatchIterator(grain.DatasetIterator):
         continue
       batch.append(ex)
     out = {k: np.stack([ex[k] for ex in batch]) for k in batch[0]}
-    for k in _PIXELS:
-      if k in out:
+    for k in out:
+      if k in _PIXELS or k.startswith("image_g"):
         out[k] = normalise(out[k])
     return out
 
@@ -237,9 +259,10 @@ class Pipeline:
 
 
 def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, process_index: int = 0,
-                  process_count: int = 1) -> Pipeline:
+                  process_count: int = 1, image_groups=None) -> Pipeline:
   """The pipeline of config section `c` (data) over the dataset at `path`, `batch_size` examples a step
-  over all processes.
+  over all processes. image_groups: GoldenMem's (pairs, (height, width) pixels) per level group, oldest
+  first, when frames are resized in pixel space (the model config knows the token grid).
 
   Process `process_index` of `process_count` gets windows process_index, process_index + count, ...
   of the global window sequence, so processes see disjoint windows and together all of them.
@@ -262,7 +285,8 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
   ds = grain.MapDataset.source(plan)[process_index::process_count]
   ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len,
                          load_frames=c.load_frames, skip_bad=c.bad_records == "skip",
-                         context_order=c.context_order, memory_levels=c.memory_levels))
+                         context_order=c.context_order,
+                         image_groups=tuple((int(n), tuple(size)) for n, size in image_groups or ()) or None))
   it = ds.to_iter_dataset()
   if c.worker_count > 0:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(

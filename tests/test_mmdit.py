@@ -72,8 +72,8 @@ def test_pair_by_pair_attention_equals_masked_full_attention():
   ids = jnp.concatenate(mmdit.position_ids(P, L, GH, GW)[::-1], axis=1)
   cos, sin = rope.frequencies(jnp.broadcast_to(ids, (B, *ids.shape)), (4, 10, 10), 1e4)
   valid = jnp.ones((B, P, shape[2]), bool).at[:, :, 1:3].set(False)
-  ctx = mmdit.Context(cos_BPTF=cos, sin_BPTF=sin, kv_mask_BPT=valid, causal=False, backend="xla")
-  out = mmdit._attend(q, kk, v, ctx, across_pairs=False)  # pylint: disable=protected-access
+  ctx = mmdit.Context(cos_BPTF=(cos,), sin_BPTF=(sin,), kv_mask_BPT=(valid,), causal=False, backend="xla")
+  out = mmdit._attend_within_pairs(q, kk, v, ctx)  # pylint: disable=protected-access
 
   # Reference: one sequence of all pairs, with a block-diagonal (same-pair) mask.
   t = P * shape[2]
@@ -151,3 +151,29 @@ def test_config_errors():
     dataclasses.replace(CFG, axes_dim=(4, 10, 8)).validate()
   with pytest.raises(ValueError, match="model.remat='some'"):
     dataclasses.replace(CFG, remat="some").validate()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pairs_in_groups_compute_what_one_group_computes(causal):
+  """Splitting the pairs into groups (GoldenMem's levels, here all at one grid) changes nothing."""
+  model, x = _model(), _inputs(p=4)
+  whole = model(**x, causal=causal)
+  split = lambda a: (a[:, :1], a[:, 1:3], a[:, 3:])
+  grouped = model(**dict(x, img_BPNC=split(x["img_BPNC"]), img_ids_BPN3=split(x["img_ids_BPN3"])), causal=causal)
+  np.testing.assert_allclose(jnp.concatenate(grouped, axis=1), whole, atol=2e-5, rtol=1e-4)
+
+
+def test_groups_may_have_their_own_token_grids():
+  model, x = _model(), _inputs(p=3)
+  small = jax.random.normal(jax.random.key(9), (B, 2, 2, 12))  # two older pairs at a 1x2 grid
+  ids = jnp.broadcast_to(jnp.array([[[p, 0.5, 1.5], [p, 0.5, 5.5]] for p in range(2)]), (B, 2, 2, 3))
+  groups = dict(x, img_BPNC=(small, x["img_BPNC"][:, 2:]), img_ids_BPN3=(ids, x["img_ids_BPN3"][:, 2:]))
+  old, new = model(**groups, causal=True)
+  assert old.shape == (B, 2, 2, 12) and new.shape == (B, 1, GH * GW, 12)
+  # Block-causal: the compressed context does not see the newest pair, the newest pair sees it.
+  moved = dict(groups, img_BPNC=(small, groups["img_BPNC"][1] + 1.0))
+  np.testing.assert_allclose(model(**moved, causal=True)[0], old, atol=1e-6)
+  changed = dict(groups, img_BPNC=(small + 1.0, groups["img_BPNC"][1]))
+  assert not np.allclose(model(**changed, causal=True)[1], new, atol=1e-4)
+  with pytest.raises(ValueError, match="image groups hold 2 pairs, t_BP has 3"):
+    model(**dict(groups, img_BPNC=(small,), img_ids_BPN3=(ids,)))

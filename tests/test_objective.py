@@ -10,7 +10,7 @@ from cinema_jax import objective
 
 
 def _o(**kw):
-  o = ml_collections.ConfigDict(dict(t_mean=0.0, t_std=1.0, shift=True, loss_pairs="all", context_t_max=0.0,
+  o = ml_collections.ConfigDict(dict(t_mean=0.0, t_std=1.0, shift=True, loss_pairs="all", context_t=(0.0, 0.0),
                                      caption_dropout=0.1, guidance=0.0))
   o.update(kw)
   return o
@@ -35,9 +35,11 @@ def test_every_pair_gets_its_own_time():
 
 
 def test_last_pair_mode_keeps_context_light():
-  t, w = objective.pair_times(jax.random.key(0), 64, 8, _o(loss_pairs="last", context_t_max=0.25), 128)
+  t, w = objective.pair_times(jax.random.key(0), 64, 8, _o(loss_pairs="last", context_t=(0.0, 0.25)), 128)
   np.testing.assert_array_equal(w, np.broadcast_to(np.arange(8) == 7, (64, 8)))
   assert float(t[:, :7].max()) <= 0.25 and float(t[:, 7].std()) > 0.1
+  noisy, _ = objective.pair_times(jax.random.key(2), 64, 8, _o(loss_pairs="last", context_t=(0.001, 0.25)), 128)
+  assert 0.001 <= float(noisy[:, :7].min()) and float(noisy[:, :7].max()) <= 0.25
   clean, _ = objective.pair_times(jax.random.key(1), 4, 8, _o(loss_pairs="last"), 128)
   np.testing.assert_array_equal(clean[:, :7], 0.0)
 
@@ -67,7 +69,7 @@ def test_only_loss_pairs_count():
     v = (x_t - x0) / jnp.maximum(t[..., None, None], 1e-6)
     return v.at[:, :-1].set(1e3)  # garbage everywhere except the last pair
 
-  last, _ = objective.flow_loss(wrong_but_last, x0, jax.random.key(4), _o(loss_pairs="last", context_t_max=0.1))
+  last, _ = objective.flow_loss(wrong_but_last, x0, jax.random.key(4), _o(loss_pairs="last", context_t=(0.0, 0.1)))
   every, _ = objective.flow_loss(wrong_but_last, x0, jax.random.key(4), _o())
   assert float(last) < 1e-4 and float(every) > 1e4
 
@@ -82,3 +84,20 @@ def test_caption_dropout():
   per_pair = half[1].any(-1)
   assert 0.2 < float(per_pair.mean()) < 0.8
   np.testing.assert_array_equal(half[2][..., 0] == 1, per_pair)  # pooled goes with its pair's caption
+
+
+def test_loss_over_groups_of_pairs():
+  """GoldenMem groups of pairs (with their own token counts) go through the same loss, pair by pair."""
+  x0 = _data()
+  groups = (x0[:, :2, :4], x0[:, 2:])  # two older pairs compressed to 4 tokens, the newest at 16
+
+  def oracle(x_t, t):
+    return tuple((x - g) / tt[..., None, None] for x, g, tt in zip(x_t, groups, objective.split_pairs(t, groups)))
+
+  loss, _ = objective.flow_loss(oracle, groups, jax.random.key(3), _o())
+  assert float(loss) < 1e-6
+  zero, _ = objective.flow_loss(lambda x_t, t: tuple(jnp.zeros_like(x) for x in x_t), groups, jax.random.key(3), _o())
+  assert 1.6 < float(zero) < 2.4
+  v = objective.velocity(groups, tuple(g * 2 for g in groups), jnp.full((4, 3), 0.5), "x")
+  np.testing.assert_allclose(v[0], groups[0] * 2)
+  np.testing.assert_allclose(v[1], groups[1] * 2)

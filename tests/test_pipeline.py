@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from cinema_jax import goldenmem
 from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import tokenizer
@@ -59,6 +60,21 @@ def test_examples_hold_the_windows_records(toy_train):
       np.testing.assert_allclose(batch["image"][b, i], keyframe / 127.5 - 1.0, atol=1e-6)
       assert tokenizer.decode(batch["text_tokens"][b, i]) == shot.caption
       assert batch["text_mask"][b, i].sum() == len(shot.caption.encode())
+
+
+def test_goldenmem_groups_come_resized_in_pixel_space(toy_train):
+  c = _config(memory_levels="goldenmem")
+  groups = ((2, (4, 8)), (1, (8, 16)), (1, (16, 32)))  # oldest first
+  (plain,), _ = _take(_pipe(_config(), toy_train), 1)
+  (batch,), _ = _take(_pipe(c, toy_train, image_groups=groups), 1)
+  assert "image" not in batch and [batch[f"image_g{i}"].shape for i in range(3)] == [
+      (3, 2, 4, 8, 3), (3, 1, 8, 16, 3), (3, 1, 16, 32, 3)]
+  np.testing.assert_array_equal(batch["shot_index"], plain["shot_index"])
+  u8 = np.rint((plain["image"] + 1.0) * 127.5).astype(np.uint8)
+  for b in range(3):
+    np.testing.assert_allclose(batch["image_g0"][b], goldenmem.resize_frames(u8[b, :2], (4, 8)) / 127.5 - 1.0,
+                               atol=1e-6)
+  np.testing.assert_allclose(batch["image_g2"], plain["image"][:, 3:], atol=1e-6)
 
 
 def test_frames_are_loaded_when_asked(toy_train):
@@ -207,11 +223,15 @@ def test_run_fails_once_skips_pass_the_fraction(bad_train):
     ("bad_records", "ignore", "config.data.bad_records='ignore': expected 'error' or 'skip'"),
     ("context_order", "clip", "config.data.context_order='clip': expected one of ['chronological']"),
     ("worker_count", -1, "config.data.worker_count=-1: expected an int >= 0"),
+    ("memory_levels", "lru", "config.data.memory_levels='lru': expected one of ['none', 'goldenmem']"),
+    ("goldenmem.group_size", 0, "config.data.goldenmem.group_size=0: expected an int >= 1 or 'quarters'"),
+    ("goldenmem.resize", "vae", "config.data.goldenmem.resize='vae': expected 'pixels' or 'latents'"),
 ])
 def test_config_errors_name_the_field(toy_train, field, value, message):
   c = _config()
+  section, _, name = field.rpartition(".")
   with c.ignore_type():
-    setattr(c, field, value)
+    setattr(c[section] if section else c, name, value)
   with pytest.raises(pipeline.ConfigError) as e:
     _pipe(c, toy_train)
   assert str(e.value) == message

@@ -139,3 +139,30 @@ def test_context_window_sets_what_a_keyframe_remembers(model):
   assert np.abs(wide.astype(int) - exact.astype(int)).max() <= 1
   with pytest.raises(ValueError, match="context_pairs must be >= 1"):
     sampling.Sampler(c, graphdef, context_pairs=-1)
+
+
+def test_goldenmem_sampling_relevels_the_history(model):
+  c, graphdef, params = model
+  c = c.copy_and_resolve_references()
+  c.data.memory_levels = "goldenmem"
+  c.data.goldenmem.group_size = 1  # the tiny window of 3 pairs: 1x2, 2x4 and 4x8 tokens
+  s = sampling.Sampler(c, graphdef)
+  a = s.keyframes(params, CAPTIONS, seed=0)
+  assert a.shape == (4, 16, 32, 3)
+  np.testing.assert_array_equal(a, s.keyframes(params, CAPTIONS, seed=0))
+  # The first keyframe has no history, so it is the plain sampler's; later ones see compressed context.
+  plain = sampling.Sampler(model[0], graphdef).keyframes(params, CAPTIONS, seed=0)
+  np.testing.assert_array_equal(a[0], plain[0])
+  assert not np.array_equal(a[2:], plain[2:])
+  b = s.keyframes(params, ["Close shot in the desert. Ava jumps."] + CAPTIONS[1:], seed=0)
+  assert not np.array_equal(a[1], b[1])  # the compressed history still reaches the new keyframe
+
+
+def test_noisy_context_changes_only_what_has_context(model):
+  c, graphdef, params = model
+  c = c.copy_and_resolve_references()
+  c.sample.context_t = (0.001, 0.25)
+  noisy = sampling.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=0)
+  clean = sampling.Sampler(model[0], graphdef).keyframes(params, CAPTIONS, seed=0)
+  np.testing.assert_array_equal(noisy[0], clean[0])
+  assert not np.array_equal(noisy[1:], clean[1:])

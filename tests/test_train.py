@@ -13,6 +13,7 @@ import pytest
 from cinema_jax import checkpoints
 from cinema_jax import sharding
 from cinema_jax import trainer
+from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 
@@ -44,10 +45,15 @@ def _run_steps(c, mesh, batch_np, n):
   return state, losses
 
 
-def test_sharded_step_equals_the_unsharded_step(toy_train):
+@pytest.mark.parametrize("memory", ["none", "goldenmem"])
+def test_sharded_step_equals_the_unsharded_step(toy_train, memory):
   c = _tiny(batch_size=4)
   c.data.toy.num_frames = 2  # the shared toy fixture has 2 frames per shot
-  batch = next(pipeline.make_pipeline(c.data, toy_train, batch_size=4).iterator())
+  c.data.memory_levels = memory
+  c.data.goldenmem.group_size = 1  # 3 pairs at 3 levels: 1x2, 2x4 and 4x8 tokens
+  groups = keyframe.pipeline_image_groups(c)
+  assert memory == "none" or groups == ((1, (4, 8)), (1, (8, 16)), (1, (16, 32)))
+  batch = next(pipeline.make_pipeline(c.data, toy_train, batch_size=4, image_groups=groups).iterator())
   devices = jax.devices()
   assert len(devices) == 8
   one, one_losses = _run_steps(c, _mesh(1, 1, 1, 1, devices[:1]), batch, 2)

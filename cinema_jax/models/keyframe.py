@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cinema_jax import goldenmem
 from cinema_jax import sharding
 from cinema_jax.models import mmdit
 from cinema_jax.models import text_encoder
@@ -47,12 +48,65 @@ class KeyframeModel(nnx.Module):
     return batch["text_states"], batch["text_mask"], batch["text_pooled"]
 
   def __call__(self, x_BPNC, t_BP, txt_BPLE, txt_mask_BPL, y_BPV, grid: tuple[int, int], guidance_BP=None,
-               causal: bool = False) -> jax.Array:
-    b, p, _, _ = x_BPNC.shape
-    img_ids, txt_ids = mmdit.position_ids(p, txt_BPLE.shape[2], *grid)
+               causal: bool = False, group_grids: tuple[tuple[int, int], ...] | None = None):
+    """Velocities of the image tokens: x is [B, P, N, C] on `grid`, or a tuple of GoldenMem groups
+    [B, n_g, N_g, C] on `group_grids` (oldest first), their coordinates spanning the full `grid`."""
+    grouped = isinstance(x_BPNC, (tuple, list))
+    xs = tuple(x_BPNC) if grouped else (x_BPNC,)
+    grids = tuple(group_grids) if grouped else (tuple(grid),)
+    if len(grids) != len(xs):
+      raise ValueError(f"{len(xs)} image groups but {len(grids)} group grids")
+    b = xs[0].shape[0]
+    img_ids, txt_ids = mmdit.group_position_ids(tuple(grid), [(x.shape[1], g) for x, g in zip(xs, grids)], txt_BPLE.shape[2])
     bcast = lambda ids: jnp.broadcast_to(ids, (b, *ids.shape))
-    return self.dit(x_BPNC, bcast(img_ids), txt_BPLE, bcast(txt_ids), txt_mask_BPL, t_BP, y_BPV, guidance_BP,
-                    causal=causal)
+    out = self.dit(xs, tuple(bcast(i) for i in img_ids), txt_BPLE,
+                   bcast(txt_ids), txt_mask_BPL, t_BP, y_BPV, guidance_BP, causal=causal)
+    return out if grouped else out[0]
+
+
+def full_grid(c: ml_collections.ConfigDict) -> tuple[int, int]:
+  """The token grid of a full-resolution keyframe."""
+  cell = c.model.vae_downsample * c.model.patch
+  return c.data.resolution[0] // cell, c.data.resolution[1] // cell
+
+
+def memory_plan(c: ml_collections.ConfigDict, num_pairs: int | None = None) -> tuple[goldenmem.Group, ...] | None:
+  """GoldenMem's level groups of a window of num_pairs (default: the config's) pairs; None without it."""
+  if c.data.memory_levels != "goldenmem":
+    return None
+  g = c.data.goldenmem
+  return goldenmem.plan(num_pairs or c.data.num_pairs, full_grid(c), g.group_size, g.phi)
+
+
+def pipeline_image_groups(c: ml_collections.ConfigDict):
+  """(pairs, (h, w) pixels) per group for a pipeline that resizes in pixel space; None otherwise."""
+  plan = memory_plan(c)
+  if plan is None or c.data.goldenmem.resize != "pixels":
+    return None
+  cell = c.model.vae_downsample * c.model.patch
+  return tuple((g.num_pairs, (g.grid[0] * cell, g.grid[1] * cell)) for g in plan)
+
+
+def image_tokens(c: ml_collections.ConfigDict, batch: dict):
+  """The clean image tokens of a batch: [B, P, N, C], or GoldenMem's groups and their token grids.
+
+  Returns (tokens, group_grids); group_grids is None without GoldenMem. Groups come from the
+  pipeline (image_g0, ... resized in pixel space) or are resized here (resize="latents").
+  """
+  key = "image" if c.model.vae_downsample == 1 else "latent"
+  p = c.model.patch
+  plan = memory_plan(c)
+  if plan is None:
+    return patchify(batch[key], p), None
+  if f"{key}_g0" in batch:
+    arrays = [batch[f"{key}_g{i}"] for i in range(len(plan))]
+  else:
+    arrays, first = [], 0
+    for g in plan:
+      size = (g.grid[0] * p, g.grid[1] * p)
+      arrays.append(goldenmem.resize_array(batch[key][:, first:first + g.num_pairs], size))
+      first += g.num_pairs
+  return tuple(patchify(a, p) for a in arrays), tuple(g.grid for g in plan)
 
 
 def configs(c: ml_collections.ConfigDict) -> tuple[mmdit.MMDiTConfig, text_encoder.TextEncoderConfig | None]:

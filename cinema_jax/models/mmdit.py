@@ -8,6 +8,10 @@ Tensors keep the pair axis: image tokens x_BPND, text tokens c_BPLD, per-pair co
 - Single-stream blocks see all pairs: the pair axis is flattened into the sequence; bidirectional in
   training, block-causal (pair i sees pairs <= i) for autoregressive sampling; text padding is masked.
 - RoPE ids per token are (pair index, row, col); text tokens of pair i sit at (i, 0, 0).
+- Pairs come in groups that share a token grid (GoldenMem levels: older pairs at smaller grids). Each
+  group is a dense [B, n, N_group, C] array, oldest group first; double-stream blocks run group by
+  group, single-stream blocks concatenate every group's tokens into one attention. Without GoldenMem
+  there is one group.
 
 Parameter names follow BFL's FLUX (img_in, txt_in, time_in, vector_in, guidance_in, double_blocks.
 {img,txt}_{mod,attn,mlp}, single_blocks.{linear1,linear2,norm,modulation}, final_layer), stacked over
@@ -21,7 +25,9 @@ import dataclasses
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from cinema_jax import goldenmem
 from cinema_jax.models import attention as attention_lib
 from cinema_jax.models import layers
 from cinema_jax.models import rope
@@ -116,35 +122,54 @@ class MLP(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-  """Per-call inputs every block needs: RoPE tables, masks, the attention choice."""
+  """Per-call inputs every block needs, per group of pairs: RoPE tables, masks; the attention choice."""
 
-  cos_BPTF: jax.Array  # RoPE of each pair's [text; image] tokens
-  sin_BPTF: jax.Array
-  kv_mask_BPT: jax.Array  # valid tokens (text padding is False)
+  cos_BPTF: tuple[jax.Array, ...]  # RoPE of each pair's [text; image] tokens
+  sin_BPTF: tuple[jax.Array, ...]
+  kv_mask_BPT: tuple[jax.Array, ...]  # valid tokens (text padding is False)
   causal: bool
   backend: str
 
+  def group(self, g: int) -> "Context":
+    return dataclasses.replace(self, cos_BPTF=(self.cos_BPTF[g],), sin_BPTF=(self.sin_BPTF[g],),
+                               kv_mask_BPT=(self.kv_mask_BPT[g],))
 
-def _attend(q_BPTHD, k_BPTHD, v_BPTHD, ctx: Context, *, across_pairs: bool) -> jax.Array:
-  """Attention with RoPE; within each pair, or across all pairs. Returns [B, P, T, H*D]."""
-  q = rope.apply(q_BPTHD, ctx.cos_BPTF, ctx.sin_BPTF)
-  k = rope.apply(k_BPTHD, ctx.cos_BPTF, ctx.sin_BPTF)
+
+def _attend_within_pairs(q_BPTHD, k_BPTHD, v_BPTHD, ctx: Context) -> jax.Array:
+  """Attention inside each pair of one group: pairs folded into the batch, no mask over pairs."""
+  (cos,), (sin,), (kv_mask,) = ctx.cos_BPTF, ctx.sin_BPTF, ctx.kv_mask_BPT
+  q, k = rope.apply(q_BPTHD, cos, sin), rope.apply(k_BPTHD, cos, sin)
   b, p, t, h, d = q.shape
-  if across_pairs:
-    pairs = jnp.repeat(jnp.arange(p), t)
-    out = attention_lib.attention(
-        q.reshape(b, p * t, h, d), k.reshape(b, p * t, h, d), v_BPTHD.reshape(b, p * t, h, d),
-        kv_mask_BS=ctx.kv_mask_BPT.reshape(b, p * t), q_pairs_T=pairs, kv_pairs_S=pairs,
-        causal=ctx.causal, backend=ctx.backend)
-  else:  # pairs folded into the batch: block-diagonal attention without a mask over pairs
-    out = attention_lib.attention(
-        q.reshape(b * p, t, h, d), k.reshape(b * p, t, h, d), v_BPTHD.reshape(b * p, t, h, d),
-        kv_mask_BS=ctx.kv_mask_BPT.reshape(b * p, t), backend=ctx.backend)
+  out = attention_lib.attention(q.reshape(b * p, t, h, d), k.reshape(b * p, t, h, d),
+                                v_BPTHD.reshape(b * p, t, h, d), kv_mask_BS=kv_mask.reshape(b * p, t),
+                                backend=ctx.backend)
   return out.reshape(b, p, t, h * d)
 
 
+def _attend_across_pairs(qs, ks, vs, ctx: Context) -> tuple[jax.Array, ...]:
+  """One attention over every group's tokens (pair i's queries see pairs <= i when causal)."""
+  flat = lambda x: x.reshape(x.shape[0], -1, *x.shape[3:])
+  q = jnp.concatenate([flat(rope.apply(q, c, s)) for q, c, s in zip(qs, ctx.cos_BPTF, ctx.sin_BPTF)], axis=1)
+  k = jnp.concatenate([flat(rope.apply(k, c, s)) for k, c, s in zip(ks, ctx.cos_BPTF, ctx.sin_BPTF)], axis=1)
+  v = jnp.concatenate([flat(v) for v in vs], axis=1)
+  mask = jnp.concatenate([m.reshape(m.shape[0], -1) for m in ctx.kv_mask_BPT], axis=1)
+  pairs, first = [], 0
+  for x in qs:
+    pairs.append(jnp.repeat(first + jnp.arange(x.shape[1]), x.shape[2]))
+    first += x.shape[1]
+  pairs = jnp.concatenate(pairs)
+  out = attention_lib.attention(q, k, v, kv_mask_BS=mask, q_pairs_T=pairs, kv_pairs_S=pairs, causal=ctx.causal,
+                                backend=ctx.backend)
+  outs, start = [], 0
+  for x in qs:
+    b, p, t, h, d = x.shape
+    outs.append(out[:, start:start + p * t].reshape(b, p, t, h * d))
+    start += p * t
+  return tuple(outs)
+
+
 class DoubleStreamBlock(nnx.Module):
-  """Separate weights for text and image tokens, one joint attention per pair."""
+  """Separate weights for text and image tokens, one joint attention per pair (of one group)."""
 
   def __init__(self, cfg: MMDiTConfig, rngs: nnx.Rngs):
     kw = _kw(cfg)
@@ -160,7 +185,7 @@ class DoubleStreamBlock(nnx.Module):
     img_q, img_k, img_v = self.img_attn.qkv_heads(layers.modulate(self.img_norm1(img_BPND), *img_mod[:2]))
     txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(layers.modulate(self.txt_norm1(txt_BPLD), *txt_mod[:2]))
     cat = lambda a, b: jnp.concatenate([a, b], axis=2)  # each pair's sequence is [text; image]
-    out = _attend(cat(txt_q, img_q), cat(txt_k, img_k), cat(txt_v, img_v), ctx, across_pairs=False)
+    out = _attend_within_pairs(cat(txt_q, img_q), cat(txt_k, img_k), cat(txt_v, img_v), ctx)
     num_txt = txt_BPLD.shape[2]
     txt_out, img_out = out[:, :, :num_txt], out[:, :, num_txt:]
     img = img_BPND + img_mod[2] * self.img_attn.proj(img_out)
@@ -182,16 +207,19 @@ class SingleStreamBlock(nnx.Module):
     self.pre_norm = layers.layer_norm(cfg.hidden, rngs, **kw)
     self.modulation = layers.Modulation(cfg.hidden, 3, rngs, **kw)
 
-  def __call__(self, x_BPTD, vec_BPD, ctx: Context):
-    shift, scale, gate = self.modulation(vec_BPD)
-    h = self.linear1(layers.modulate(self.pre_norm(x_BPTD), shift, scale))
-    qkv, mlp = h[..., :3 * self.hidden], h[..., 3 * self.hidden:]
-    qkv = qkv.reshape(*qkv.shape[:-1], 3, self.num_heads, -1)
-    q = self.norm.query_norm(qkv[..., 0, :, :])
-    k = self.norm.key_norm(qkv[..., 1, :, :])
-    attn = _attend(q, k, qkv[..., 2, :, :], ctx, across_pairs=True)
-    out = self.linear2(jnp.concatenate([attn, jax.nn.gelu(mlp, approximate=True)], axis=-1))
-    return x_BPTD + gate * out
+  def __call__(self, xs_BPTD: tuple[jax.Array, ...], vecs_BPD: tuple[jax.Array, ...], ctx: Context):
+    mods = [self.modulation(vec) for vec in vecs_BPD]
+    qs, ks, vs, mlps = [], [], [], []
+    for x, (shift, scale, _) in zip(xs_BPTD, mods):
+      h = self.linear1(layers.modulate(self.pre_norm(x), shift, scale))
+      qkv = h[..., :3 * self.hidden].reshape(*h.shape[:-1], 3, self.num_heads, -1)
+      qs.append(self.norm.query_norm(qkv[..., 0, :, :]))
+      ks.append(self.norm.key_norm(qkv[..., 1, :, :]))
+      vs.append(qkv[..., 2, :, :])
+      mlps.append(h[..., 3 * self.hidden:])
+    attn = _attend_across_pairs(qs, ks, vs, ctx)
+    return tuple(x + gate * self.linear2(jnp.concatenate([a, jax.nn.gelu(m, approximate=True)], axis=-1))
+                 for x, a, m, (_, _, gate) in zip(xs_BPTD, attn, mlps, mods))
 
 
 class LastLayer(nnx.Module):
@@ -248,45 +276,78 @@ class MMDiT(nnx.Module):
     self.single_blocks = _stack(lambda r: SingleStreamBlock(cfg, r), cfg.depth_single, rngs)
     self.final_layer = LastLayer(cfg, rngs)
 
-  def __call__(self, img_BPNC: jax.Array, img_ids_BPN3: jax.Array, txt_BPLE: jax.Array, txt_ids_BPL3: jax.Array,
+  def __call__(self, img_BPNC, img_ids_BPN3, txt_BPLE: jax.Array, txt_ids_BPL3: jax.Array,
                txt_mask_BPL: jax.Array, t_BP: jax.Array, y_BPV: jax.Array, guidance_BP: jax.Array | None = None,
-               *, causal: bool = False) -> jax.Array:
-    """Velocity [B, P, N, C] of the image tokens of every pair.
+               *, causal: bool = False):
+    """Velocity [B, P, N, C] of the image tokens of every pair (a tuple of them per group, for groups).
 
-    img: noisy image tokens; txt: text token states; y: pooled text vector; t: flow time per pair in
-    [0, 1] (1 = noise); guidance: FLUX's distilled guidance scale per pair (when guidance_embed).
-    causal: block-causal attention across pairs (autoregressive sampling) instead of bidirectional.
+    img: noisy image tokens, [B, P, N, C] or a tuple of groups [B, n_g, N_g, C] (oldest first, the
+    n_g summing to P), with img_ids to match; txt: text token states; y: pooled text vector; t: flow
+    time per pair in [0, 1] (1 = noise); guidance: FLUX's distilled guidance scale per pair (when
+    guidance_embed). causal: block-causal attention across pairs (autoregressive sampling) instead of
+    bidirectional.
     """
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    img = self.img_in(img_BPNC.astype(dtype))
-    txt = self.txt_in(txt_BPLE.astype(dtype))
+    grouped = isinstance(img_BPNC, (tuple, list))
+    imgs = tuple(img_BPNC) if grouped else (img_BPNC,)
+    img_ids = tuple(img_ids_BPN3) if grouped else (img_ids_BPN3,)
     vec = self.time_in(layers.timestep_embedding(t_BP).astype(dtype))
     if self.guidance_in is not None:
       if guidance_BP is None:
         raise ValueError("this model embeds a guidance scale: pass guidance_BP")
       vec = vec + self.guidance_in(layers.timestep_embedding(guidance_BP).astype(dtype))
     vec = vec + self.vector_in(y_BPV.astype(dtype))
+    txt = self.txt_in(txt_BPLE.astype(dtype))
 
-    ids = jnp.concatenate([txt_ids_BPL3, img_ids_BPN3], axis=2)
-    cos, sin = rope.frequencies(ids, cfg.axes_dim, cfg.theta)
-    mask = jnp.concatenate([txt_mask_BPL, jnp.ones(img_ids_BPN3.shape[:3], bool)], axis=2)
-    ctx = Context(cos_BPTF=cos, sin_BPTF=sin, kv_mask_BPT=mask, causal=causal, backend=cfg.attention)
+    bounds = np.cumsum([0] + [x.shape[1] for x in imgs])
+    if bounds[-1] != t_BP.shape[1]:
+      raise ValueError(f"image groups hold {bounds[-1]} pairs, t_BP has {t_BP.shape[1]}")
+    part = lambda a, g: a[:, bounds[g]:bounds[g + 1]]
+    vecs = tuple(part(vec, g) for g in range(len(imgs)))
+    txts = tuple(part(txt, g) for g in range(len(imgs)))
+    cos, sin, masks = [], [], []
+    for g, ids in enumerate(img_ids):
+      c, s = rope.frequencies(jnp.concatenate([part(txt_ids_BPL3, g).astype(jnp.float32),
+                                               ids.astype(jnp.float32)], axis=2), cfg.axes_dim, cfg.theta)
+      cos.append(c)
+      sin.append(s)
+      masks.append(jnp.concatenate([part(txt_mask_BPL, g), jnp.ones(ids.shape[:3], bool)], axis=2))
+    ctx = Context(cos_BPTF=tuple(cos), sin_BPTF=tuple(sin), kv_mask_BPT=tuple(masks), causal=causal,
+                  backend=cfg.attention)
 
-    img, txt = _scan(self.double_blocks, (img, txt), lambda blk, c: blk(c[0], c[1], vec, ctx), cfg.remat)
-    x = jnp.concatenate([txt, img], axis=2)
-    x = _scan(self.single_blocks, x, lambda blk, c: blk(c, vec, ctx), cfg.remat)
-    img = x[:, :, txt.shape[2]:]
-    return self.final_layer(img, vec).astype(jnp.float32)
+    imgs = tuple(self.img_in(x.astype(dtype)) for x in imgs)
+
+    def double(blk, carry):
+      return tuple(zip(*(blk(i, t, v, ctx.group(g)) for g, (i, t, v) in enumerate(zip(*carry, vecs)))))
+
+    imgs, txts = _scan(self.double_blocks, (imgs, txts), double, cfg.remat)
+    xs = tuple(jnp.concatenate([t, i], axis=2) for t, i in zip(txts, imgs))
+    xs = _scan(self.single_blocks, xs, lambda blk, c: blk(c, vecs, ctx), cfg.remat)
+    out = tuple(self.final_layer(x[:, :, t.shape[2]:], v).astype(jnp.float32) for x, t, v in zip(xs, txts, vecs))
+    return out if grouped else out[0]
 
 
 def position_ids(num_pairs: int, num_text: int, grid_h: int, grid_w: int) -> tuple[jax.Array, jax.Array]:
-  """(img_ids [P, h*w, 3], txt_ids [P, L, 3]): (pair, row, col) per image token, (pair, 0, 0) per text token."""
-  pair = jnp.arange(num_pairs, dtype=jnp.int32)
-  rows, cols = jnp.meshgrid(jnp.arange(grid_h), jnp.arange(grid_w), indexing="ij")
-  grid = jnp.stack([rows.ravel(), cols.ravel()], axis=-1).astype(jnp.int32)
-  img = jnp.concatenate([jnp.broadcast_to(pair[:, None, None], (num_pairs, grid_h * grid_w, 1)),
-                         jnp.broadcast_to(grid[None], (num_pairs, grid_h * grid_w, 2))], axis=-1)
-  txt = jnp.concatenate([jnp.broadcast_to(pair[:, None, None], (num_pairs, num_text, 1)),
-                         jnp.zeros((num_pairs, num_text, 2), jnp.int32)], axis=-1)
+  """(img_ids [P, h*w, 3], txt_ids [P, L, 3]) of P pairs at full resolution: (pair, row, col) per image
+  token, (pair, 0, 0) per text token."""
+  (img,), txt = group_position_ids((grid_h, grid_w), [(num_pairs, (grid_h, grid_w))], num_text)
   return img, txt
+
+
+def group_position_ids(full_grid: tuple[int, int], groups: list[tuple[int, tuple[int, int]]], num_text: int):
+  """(img_ids per group [n_g, N_g, 3], txt_ids [P, L, 3]) for groups of (num_pairs, token grid).
+
+  Image tokens get (pair, row, col) with rows and cols in full-grid coordinates (a compressed frame
+  spans the same extent as a full one); text tokens of pair i sit at (i, 0, 0).
+  """
+  img, first = [], 0
+  for n, grid in groups:
+    pos = jnp.asarray(goldenmem.positions(full_grid, grid))
+    pair = (first + jnp.arange(n, dtype=jnp.float32))[:, None, None]
+    img.append(jnp.concatenate([jnp.broadcast_to(pair, (n, pos.shape[0], 1)),
+                                jnp.broadcast_to(pos[None], (n, *pos.shape))], axis=-1))
+    first += n
+  pair = jnp.arange(first, dtype=jnp.float32)[:, None, None]
+  txt = jnp.concatenate([jnp.broadcast_to(pair, (first, num_text, 1)), jnp.zeros((first, num_text, 2))], axis=-1)
+  return tuple(img), txt
