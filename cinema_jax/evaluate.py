@@ -2,10 +2,12 @@
 
   python -m cinema_jax.evaluate --workdir=DIR --storylines=FILE|toy --out=REPORT_DIR
       [--num_pairs=1,8,16,24,32] [--max_storylines=N] [--max_shots=K] [--num_steps=S] [--guidance=G]
+      [--memory=none|goldenmem] [--context_t=a,b]
   python -m cinema_jax.evaluate --samples=DIR[,DIR...] --storylines=FILE --out=REPORT_DIR
 
 The first form samples every storyline once per context length (1 pair: the no-memory baseline, each
-shot from its caption alone; N: the last N - 1 keyframes in full as context) into REPORT_DIR/samples/,
+shot from its caption alone; N: the last N - 1 keyframes as context, in full or GoldenMem-compressed as
+the model's config (or --memory) says) into REPORT_DIR/samples/,
 the second judges folders that cinema_jax.sample (or an earlier evaluate) wrote. The ground truth is
 storylines_truth.jsonl beside FILE (data_pipelines.toy_movies writes both). The real renders of the same
 shots are judged too, as the reference row. Writes REPORT_DIR/report.json and report.md.
@@ -135,11 +137,16 @@ def _sample_all(v: dict, stories: list[dict], out: str) -> list[tuple[str, int, 
     for field in ("num_steps", "guidance"):
       if v[field] is not None:
         c.sample[field] = v[field]
+    if v["memory"]:
+      c.data.memory_levels = v["memory"]
+    if v["context_t"]:
+      c.sample.context_t = tuple(float(x) for x in v["context_t"])  # checked in main
   done = []
   for pairs in v["num_pairs"]:
     sampler = sampling.Sampler(c, graphdef, context_pairs=pairs)
-    setting = "no memory" if pairs == 1 else "full context"
-    folder = os.path.join(out, "samples", f"pairs-{pairs:02d}")
+    setting = "no memory" if pairs == 1 else (
+        "GoldenMem" if c.data.memory_levels == "goldenmem" else "full context")
+    folder = os.path.join(out, "samples", f"{setting.replace(' ', '-').lower()}-{pairs:02d}")
     start_all = time.perf_counter()
     for i, story in enumerate(stories):
       captions = story["captions"][: v["max_shots"] or None]
@@ -169,6 +176,10 @@ def _define_flags() -> dict:
       "num_steps": flags.DEFINE_integer("num_steps", None, "Euler steps (default: the config's)."),
       "guidance": flags.DEFINE_float("guidance", None, "CFG scale (default: the config's)."),
       "seed": flags.DEFINE_integer("seed", 0, "Sampling seed; storyline i uses seed + i."),
+      "memory": flags.DEFINE_enum("memory", None, ["none", "goldenmem"], "Context memory at sampling "
+                                  "(default: the model's config.data.memory_levels)."),
+      "context_t": flags.DEFINE_list("context_t", None, "Re-noise context pairs to t ~ U[a, b]: 'a,b' "
+                                     "(default: the config's sample.context_t)."),
       "raw_params": flags.DEFINE_bool("raw_params", False, "Sample with the raw parameters, not the EMA."),
   }
 
@@ -185,6 +196,13 @@ def main(argv, f: dict) -> None:
       raise ValueError
   except ValueError:
     sys.exit(f"error: --num_pairs must be a list of integers >= 1, got {f['num_pairs'].value}")
+  if v["context_t"] is not None:
+    try:
+      lo, hi = (float(x) for x in v["context_t"])
+      if not 0 <= lo <= hi < 1:
+        raise ValueError
+    except ValueError:
+      sys.exit(f"error: --context_t must be 'a,b' with 0 <= a <= b < 1, got {','.join(v['context_t'])}")
   try:
     storylines = v["storylines"]
     if storylines == "toy":

@@ -2,6 +2,7 @@
 
 Forward FLOPs = 2 x (tokens each linear sees) x (its in x out) + 4 x (query tokens) x (key tokens) x width
 per attention; a training step is 3x the forward. adaLN linears see one vector per pair, not per token.
+With GoldenMem each pair counts its own level's image tokens.
 """
 
 from __future__ import annotations
@@ -35,25 +36,27 @@ class StepCost:
 
   def __init__(self, c: ml_collections.ConfigDict):
     dit, text = keyframe.configs(c)
-    h, w = c.data.resolution
-    cell = c.model.vae_downsample * c.model.patch
-    n_img = (h // cell) * (w // cell)
+    gh, gw = keyframe.full_grid(c)
     n_txt = c.data.text_len // (text.pool_stride if text else 1)
     p, b, d, m = c.data.num_pairs, c.batch_size, dit.hidden, dit.mlp_hidden
-    t = n_img + n_txt
+    plan = keyframe.memory_plan(c)  # GoldenMem: older pairs have fewer image tokens
+    n_img = [gh * gw] * p if plan is None else [g.grid[0] * g.grid[1] for g in plan for _ in range(g.num_pairs)]
+    t = [n + n_txt for n in n_img]  # tokens per pair
+    total = sum(t)
     per_pair_vec = 2 * (d * 6 * d * 2 * dit.depth_double + d * 3 * d * dit.depth_single + d * 2 * d)
-    double = dit.depth_double * (2 * t * (3 * d * d + d * d + 2 * d * m) + 4 * t * t * d)
-    single = dit.depth_single * (2 * t * (d * (3 * d + m) + (d + m) * d) + 4 * t * (p * t) * d)
-    embed = 2 * (n_img * dit.in_channels * d + n_txt * dit.context_dim * d + n_img * d * dit.in_channels)
-    forward_per_pair = double + single + embed + per_pair_vec
+    double = dit.depth_double * sum(2 * ti * (3 * d * d + d * d + 2 * d * m) + 4 * ti * ti * d for ti in t)
+    single = dit.depth_single * (2 * total * (d * (3 * d + m) + (d + m) * d) + 4 * total * total * d)
+    embed = sum(2 * (ni * dit.in_channels * d + n_txt * dit.context_dim * d + ni * d * dit.in_channels)
+                for ni in n_img)
     text_fwd = 0
     if text is not None:
       tw, tl = text.width, c.data.text_len
       text_fwd = text.depth * (2 * tl * (3 * tw * tw + tw * tw + 8 * tw * tw) + 4 * tl * tl * tw)
-    self.flops_per_step = 3 * b * p * (forward_per_pair + text_fwd)
-    self.tokens_per_step = b * p * t
+    self.flops_per_step = 3 * b * (double + single + embed + p * (per_pair_vec + text_fwd))
+    self.tokens_per_step = b * total
     self.num_params = sum(x.size for x in jax.tree.leaves(_param_shapes(c)))
-    self._desc = f"{p} pairs x ({n_img} image + {n_txt} text tokens), batch {b}"
+    self._desc = (f"{p} pairs x ({gh * gw} image + {n_txt} text tokens), batch {b}" if plan is None else
+                  f"{p} pairs ({sum(n_img)} GoldenMem image tokens in all + {n_txt} text tokens each), batch {b}")
 
   @functools.cached_property
   def peak_flops(self) -> float:

@@ -141,6 +141,8 @@ def test_evaluate_errors_name_the_culprit(tmp_path, movie):
   assert done.stderr.strip().splitlines()[-1].startswith(f"error: no ground truth for {storylines}")
   done = _run(f"--workdir={tmp_path}", "--num_pairs=0,8", f"--storylines={storylines}", f"--out={tmp_path / 'r'}")
   assert done.stderr.strip().splitlines()[-1] == "error: --num_pairs must be a list of integers >= 1, got ['0', '8']"
+  done = _run(f"--workdir={tmp_path}", "--context_t=0.5,0.2", f"--storylines={storylines}", f"--out={tmp_path / 'r'}")
+  assert done.stderr.strip().splitlines()[-1] == "error: --context_t must be 'a,b' with 0 <= a <= b < 1, got 0.5,0.2"
 
 
 def test_evaluate_samples_and_judges_a_trained_model(tiny_run, tmp_path):
@@ -152,6 +154,6 @@ def test_evaluate_samples_and_judges_a_trained_model(tiny_run, tmp_path):
   rows = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
   assert [(r["setting"], r["num_pairs"], r["keyframes"]) for r in rows] == [
       ("no memory", 1, 3), ("full context", 2, 3), ("real renders (reference)", None, 3)]
-  manifest = json.loads((tmp_path / "report" / "samples" / "pairs-02" / os.listdir(
-      tmp_path / "report" / "samples" / "pairs-02")[0] / "manifest.json").read_text())
+  folder = tmp_path / "report" / "samples" / "full-context-02"
+  manifest = json.loads((folder / os.listdir(folder)[0] / "manifest.json").read_text())
   assert manifest["context_pairs"] == 2 and len(manifest["keyframes"]) == 3
