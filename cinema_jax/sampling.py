@@ -1,7 +1,8 @@
 """Keyframe sampling: Euler on the shifted rectified-flow schedule with classifier-free guidance.
 
 autoregressive  keyframe k is denoised with keyframes max(0, k-P+1)..k-1 (already generated, clean)
-                as its context, block-causal attention. P is the training window unless the caller
+                as its context, block-causal attention; or, with retrieval (config.data.context_order),
+                with the P-1 earlier keyframes whose captions are most similar, the best last. P is the training window unless the caller
                 asks for another (context_pairs=1: no memory, every shot from its caption alone). The
                 window is padded to a multiple of 8 pair slots (at most P), so a few compiled programs
                 serve every shot; slots after the new pair cannot affect it.
@@ -29,6 +30,7 @@ from PIL import Image
 
 from cinema_jax import goldenmem
 from cinema_jax import objective
+from cinema_jax import retrieval
 from cinema_jax import storyboard
 from cinema_jax.models import keyframe
 from data_pipelines import tokenizer
@@ -146,23 +148,29 @@ class Sampler:
       pixels = to_pixels(x)
     elif mode == "autoregressive":
       p = self.num_pairs
+      order = c.data.context_order
+      emb = np.stack([retrieval.words_embedding(cap) for cap in captions]) if order == "text" else None
       pixels = np.zeros((len(captions), self.h, self.w, 3), np.float32)
       for k in range(len(captions)):
-        lo = max(0, k - p + 1)
-        n = k - lo + 1
+        # The context: the last P - 1 keyframes, or the P - 1 most relevant (retrieval), best last.
+        ctx = retrieval.select(order, k, p - 1, query=None if emb is None else emb[k],
+                               history=None if emb is None else emb[:k], recency=c.data.retrieval.recency)
+        sel = np.concatenate([ctx, [k]]).astype(np.int64)
+        n = len(sel)
         plan = keyframe.memory_plan(c, n)
         if plan is None:  # every context frame in full, in a window padded to a multiple of 8 slots
           slots = min(p, -(-n // _SLOT_BUCKET) * _SLOT_BUCKET)
           x = np.zeros((slots, n_tok, chans), np.float32)
-          x[:n - 1] = np.asarray(keyframe.patchify(jnp.asarray(pixels[lo:k])[None], c.model.patch)[0])
+          if n > 1:
+            x[:n - 1] = np.asarray(keyframe.patchify(jnp.asarray(pixels[ctx])[None], c.model.patch)[0])
           xs, grids = (x,), full
         else:  # GoldenMem: the history re-levelled for this window; shapes fixed per window length
           slots = n
-          xs = self._context(pixels[lo:k + 1], plan)
+          xs = self._context(pixels[sel], plan)
           grids = tuple(grp.grid for grp in plan)
         win_tokens = np.zeros((slots, tokens.shape[1]), np.int32)
         win_masks = np.zeros((slots, tokens.shape[1]), bool)
-        win_tokens[:n], win_masks[:n] = tokens[lo:k + 1], masks[lo:k + 1]
+        win_tokens[:n], win_masks[:n] = tokens[sel], masks[sel]
         new = np.arange(slots) == n - 1
         out = self._denoise(params, xs, win_tokens, win_masks, new, True, grids, jax.random.fold_in(key, k), g)
         last = out[-1][-1] if plan is not None else out[0][n - 1]

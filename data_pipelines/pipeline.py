@@ -2,7 +2,7 @@
 
   windows (WindowPlan, random access, one slice per JAX process)
     -> load + decode each window's P records, tokenise captions, normalise images   [grain workers]
-    -> context order hook; GoldenMem: frames of each level group resized             [grain workers]
+    -> context order (retrieval); GoldenMem: frames of each level group resized      [grain workers]
     -> skip-or-raise on bad records, batch                                          [this process]
 
 Deterministic from the seed for any worker count; the iterator's state (a grain DatasetIterator)
@@ -22,7 +22,7 @@ An example (all numpy, P = num_pairs):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 import grain
@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from cinema_jax import goldenmem
+from cinema_jax import retrieval
 from data_pipelines import records
 from data_pipelines import tokenizer
 from data_pipelines import windows
@@ -51,10 +52,9 @@ class ConfigError(ValueError):
   """A config field has a value the pipeline cannot use; the message names the field."""
 
 
-# Hooks applied to each decoded example, chosen by config name. Identity for now: retrieval orders
-# (long-context memory issue) register here.
-CONTEXT_ORDERS: dict[str, Callable[[Example], Example]] = {"chronological": lambda ex: ex}
 MEMORY_LEVELS = ("none", "goldenmem")
+_PER_PAIR = ("image", "latent", "frames", "text_tokens", "text_mask", "text_states", "text_pooled",
+             "image_embedding", "shot_index")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -72,7 +72,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.text_source = "bytes"  # "bytes": byte-tokenised captions | "precomputed": the records' t5/clip_pooled
   c.text_len = 192  # text tokens per pair (captions are truncated, the count is logged)
   c.load_frames = False  # also decode each shot's frames (video model)
-  c.context_order = "chronological"  # a key of CONTEXT_ORDERS
+  c.context_order = "chronological"  # the window's context as it comes | "text": retrieval orders it
+                                     # by caption similarity to the last shot (cinema_jax.retrieval)
+  c.retrieval = ml_collections.ConfigDict(dict(
+      encoder="words",  # caption embedding for "text": "words" (hashed bag of words, the toy world)
+      recency=0.0))  # weight of recency against similarity in the retrieval score
   c.memory_levels = "none"  # "none": every context frame at full resolution | "goldenmem"
   c.goldenmem = ml_collections.ConfigDict(dict(
       group_size=4,  # frames per level, newest first; or "quarters": the newest P/4 full, 3 groups after
@@ -106,7 +110,12 @@ def check_config(c: ml_collections.ConfigDict, batch_size: int, process_count: i
   need(c.num_epochs is None or c.num_epochs >= 1, "num_epochs", "None or an int >= 1")
   need(c.text_source in ("bytes", "precomputed"), "text_source", "'bytes' or 'precomputed'")
   need(isinstance(c.text_len, int) and c.text_len >= 1, "text_len", "an int >= 1")
-  need(c.context_order in CONTEXT_ORDERS, "context_order", f"one of {sorted(CONTEXT_ORDERS)}")
+  need(c.context_order in retrieval.ORDERS, "context_order", f"one of {list(retrieval.ORDERS)}")
+  if c.retrieval.encoder != "words":
+    raise ConfigError(f"config.data.retrieval.encoder={c.retrieval.encoder!r}: expected 'words' (CLIP text "
+                      "embeddings arrive with the pretrained-weights issue)")
+  if not 0 <= c.retrieval.recency <= 1:
+    raise ConfigError(f"config.data.retrieval.recency={c.retrieval.recency!r}: expected a weight in [0, 1]")
   need(c.memory_levels in MEMORY_LEVELS, "memory_levels", f"one of {list(MEMORY_LEVELS)}")
   g = c.goldenmem
   if not (g.group_size == "quarters" or (isinstance(g.group_size, int) and g.group_size >= 1)):
@@ -133,6 +142,7 @@ class LoadWindow(grain.transforms.Map):
   load_frames: bool
   skip_bad: bool
   context_order: str
+  recency: float = 0.0
   image_groups: tuple[tuple[int, tuple[int, int]], ...] | None = None  # (pairs, (h, w) pixels) per group
 
   def map(self, window: dict[str, Any]) -> Example:
@@ -142,7 +152,8 @@ class LoadWindow(grain.transforms.Map):
       if not self.skip_bad:
         raise
       return {_BAD: str(e)}
-    ex = CONTEXT_ORDERS[self.context_order](ex)
+    if self.context_order != "chronological":
+      ex = self._retrieve(ex)
     if self.image_groups:  # GoldenMem in pixel space: each level group's frames at its size
       if "image" not in ex:
         raise records.BadRecordError(f"{self.reader.path}: GoldenMem resizes pixels, the records hold latents")
@@ -151,6 +162,15 @@ class LoadWindow(grain.transforms.Map):
         ex[f"image_g{g}"] = goldenmem.resize_frames(frames[first:first + n], size)
         first += n
     return ex
+
+  def _retrieve(self, ex: Example) -> Example:
+    """Reorders the context pairs (all but the last) by retrieval score against the last pair."""
+    emb = ex.pop("_caption_embedding")  # context_order "text"
+    p = len(emb)
+    ctx = retrieval.select(self.context_order, p - 1, p - 1, query=emb[-1], history=emb[:-1],
+                           recency=self.recency)
+    perm = np.concatenate([ctx, [p - 1]])
+    return {k: (v[perm] if k in _PER_PAIR else v) for k, v in ex.items()}
 
   def _load(self, window: dict[str, Any]) -> Example:
     movie = self.reader.index.movies[window["movie"]]
@@ -187,6 +207,8 @@ class LoadWindow(grain.transforms.Map):
         cols.setdefault("text_pooled", []).append(np.asarray(shot.clip_pooled, np.float32))
       if shot.image_embedding is not None:
         cols.setdefault("image_embedding", []).append(np.asarray(shot.image_embedding, np.float32))
+      if self.context_order == "text":
+        cols.setdefault("_caption_embedding", []).append(retrieval.words_embedding(shot.caption))
     ex = {k: np.stack(v) for k, v in cols.items()}
     ex["movie"] = np.int32(window["movie"])
     ex["shot_index"] = np.asarray(window["shots"], np.int32)
@@ -285,7 +307,7 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
   ds = grain.MapDataset.source(plan)[process_index::process_count]
   ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len,
                          load_frames=c.load_frames, skip_bad=c.bad_records == "skip",
-                         context_order=c.context_order,
+                         context_order=c.context_order, recency=float(c.retrieval.recency),
                          image_groups=tuple((int(n), tuple(size)) for n, size in image_groups or ()) or None))
   it = ds.to_iter_dataset()
   if c.worker_count > 0:

@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cinema_jax import goldenmem
+from cinema_jax import retrieval
 from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import tokenizer
@@ -75,6 +76,21 @@ def test_goldenmem_groups_come_resized_in_pixel_space(toy_train):
     np.testing.assert_allclose(batch["image_g0"][b], goldenmem.resize_frames(u8[b, :2], (4, 8)) / 127.5 - 1.0,
                                atol=1e-6)
   np.testing.assert_allclose(batch["image_g2"], plain["image"][:, 3:], atol=1e-6)
+
+
+def test_text_retrieval_reorders_the_context(toy_train):
+  (plain,), _ = _take(_pipe(_config(), toy_train), 1)
+  (batch,), _ = _take(_pipe(_config(context_order="text"), toy_train), 1)
+  assert batch.keys() == plain.keys()
+  np.testing.assert_array_equal(batch["shot_index"][:, -1], plain["shot_index"][:, -1])  # the new shot stays last
+  for b in range(3):
+    assert sorted(batch["shot_index"][b]) == sorted(plain["shot_index"][b])
+    i = list(plain["shot_index"][b]).index(batch["shot_index"][b][0])  # pairs move whole
+    np.testing.assert_array_equal(batch["image"][b, 0], plain["image"][b, i])
+    np.testing.assert_array_equal(batch["text_tokens"][b, 0], plain["text_tokens"][b, i])
+    emb = [retrieval.words_embedding(tokenizer.decode(t)) for t in batch["text_tokens"][b]]
+    sims = [float(e @ emb[-1]) for e in emb[:-1]]
+    assert sims == sorted(sims)  # ascending: the most similar context next to the new shot
 
 
 def test_frames_are_loaded_when_asked(toy_train):
@@ -221,7 +237,7 @@ def test_run_fails_once_skips_pass_the_fraction(bad_train):
     ("max_overlap", 1.5, "config.data.max_overlap=1.5: expected a fraction in [0, 1)"),
     ("text_source", "t5", "config.data.text_source='t5': expected 'bytes' or 'precomputed'"),
     ("bad_records", "ignore", "config.data.bad_records='ignore': expected 'error' or 'skip'"),
-    ("context_order", "clip", "config.data.context_order='clip': expected one of ['chronological']"),
+    ("context_order", "clip", "config.data.context_order='clip': expected one of ['chronological', 'text']"),
     ("worker_count", -1, "config.data.worker_count=-1: expected an int >= 0"),
     ("memory_levels", "lru", "config.data.memory_levels='lru': expected one of ['none', 'goldenmem']"),
     ("goldenmem.group_size", 0, "config.data.goldenmem.group_size=0: expected an int >= 1 or 'quarters'"),

@@ -166,3 +166,17 @@ def test_noisy_context_changes_only_what_has_context(model):
   clean = sampling.Sampler(model[0], graphdef).keyframes(params, CAPTIONS, seed=0)
   np.testing.assert_array_equal(noisy[0], clean[0])
   assert not np.array_equal(noisy[1:], clean[1:])
+
+
+def test_text_retrieval_chooses_the_context(model):
+  c, graphdef, params = model
+  c = c.copy_and_resolve_references()
+  c.data.context_order = "text"  # the tiny window holds 2 context pairs
+  captions = ["Wide shot in the forest. Mia jumps.", "Close shot in the desert. Tom jumps.",
+              "Medium shot in the farm. Ava stands still.", "Wide shot in the castle hall. Leo jumps.",
+              "Close shot in the forest. Mia walks to the left."]
+  a = sampling.Sampler(c, graphdef).keyframes(params, captions, seed=0)
+  plain = sampling.Sampler(model[0], graphdef).keyframes(params, captions, seed=0)
+  np.testing.assert_array_equal(a[:2], plain[:2])  # one or no context pair: nothing to choose
+  assert not np.array_equal(a[4], plain[4])  # shot 4 sees shot 0 (same place and person), not shots 2-3
+  np.testing.assert_array_equal(a, sampling.Sampler(c, graphdef).keyframes(params, captions, seed=0))
