@@ -39,6 +39,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
   return mngr.restore(step, args=ocp.args.Composite(**args))["state"]
 
 
+def restore_data_iter(mngr: ocp.CheckpointManager, step: int, data_iter) -> None:
+  """Restores only the data iterator of `step`, in place."""
+  mngr.restore(step, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+
+
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
   """The config the latest checkpoint of `workdir` was trained with."""
   mngr = manager(workdir, read_only=True)

@@ -66,6 +66,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   lo, hi = c.sample.context_t
   if not 0 <= lo <= hi < 1:
     raise pipeline.ConfigError(f"config.sample.context_t={tuple(c.sample.context_t)}: expected 0 <= a <= b < 1")
+  _validate_curriculum(c)
   if c.sample.mode not in ("autoregressive", "joint"):
     raise pipeline.ConfigError(f"config.sample.mode={c.sample.mode!r}: expected 'autoregressive' or 'joint'")
   for section, field in (("checkpoint", "every_steps"), ("log", "every_steps")):
@@ -78,6 +79,44 @@ def validate(c: ml_collections.ConfigDict) -> None:
       text.validate()
   except ValueError as e:
     raise pipeline.ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """Steps first..last (inclusive) train with `config` (the run's config at that stage's window)."""
+
+  first: int
+  last: int
+  config: ml_collections.ConfigDict
+
+
+def stages(c: ml_collections.ConfigDict) -> list[Stage]:
+  """The progressive long-context curriculum (config.curriculum), or one stage of the whole run."""
+  cur = c.curriculum
+  if not cur.pairs:
+    return [Stage(1, c.total_steps, c)]
+  out, first = [], 1
+  for pairs, steps in zip(cur.pairs, cur.steps):
+    sc = c.copy_and_resolve_references()
+    sc.data.num_pairs = int(pairs)
+    out.append(Stage(first, first + steps - 1, sc))
+    first += steps
+  return out
+
+
+def _validate_curriculum(c: ml_collections.ConfigDict) -> None:
+  pairs, steps = tuple(c.curriculum.pairs), tuple(c.curriculum.steps)
+  if not pairs and not steps:
+    return
+  if len(pairs) != len(steps) or not all(isinstance(x, int) and x >= 1 for x in pairs + steps):
+    raise pipeline.ConfigError(f"config.curriculum: pairs={pairs} and steps={steps} must be equally long lists of "
+                               "ints >= 1")
+  if sum(steps) != c.total_steps:
+    raise pipeline.ConfigError(f"config.curriculum.steps={steps} sum to {sum(steps)}, config.total_steps is "
+                               f"{c.total_steps}")
+  if pairs[-1] != c.data.num_pairs:
+    raise pipeline.ConfigError(f"config.curriculum.pairs={pairs} ends at {pairs[-1]} pairs, config.data.num_pairs "
+                               f"is {c.data.num_pairs} (the model's final window, which sampling uses)")
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -178,10 +217,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   if c.batch_size % dp:
     raise pipeline.ConfigError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp} "
                                f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
-  pipe = pipeline.make_pipeline(c.data, toy_movies.train_path(c.data, workdir, logging.info), batch_size=c.batch_size,
-                                process_index=jax.process_index(), process_count=jax.process_count(),
-                                image_groups=keyframe.pipeline_image_groups(c))
-  data_iter = pipe.iterator()
+  path = toy_movies.train_path(c.data, workdir, logging.info)
+  plan = stages(c)
 
   setup = make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names
   with jax.set_mesh(mesh):
@@ -191,29 +228,40 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
       state, start = setup.init(), 0
     else:
       logging.info("resuming from step %d in %s", start, workdir)
-      state = checkpoints.restore(mngr, start, setup.abstract_state, data_iter)
+      state = checkpoints.restore(mngr, start, setup.abstract_state)
 
-    train_step = None
     writer = _writer(c, workdir)
-    counter = flops.StepCost(c)
     sheet = _sample_sheet_fn(c, workdir, setup, mesh)
-    logging.info("model: %.2fM parameters; %s", counter.num_params / 1e6, counter.describe())
-
+    stage, data_iter, train_step = None, None, None
     window, pending, last = [], None, {}
     t_window = time.perf_counter()
     last_step = min(c.total_steps, stop_at_step or c.total_steps)
     for step in range(start + 1, last_step + 1):
+      if stage is None or step > stage.last:  # a new curriculum stage (or the run's only one)
+        stage = next(s for s in plan if s.first <= step <= s.last)
+        if data_iter is not None:
+          data_iter.close()
+        data_iter = pipeline.make_pipeline(
+            stage.config.data, path, batch_size=c.batch_size, process_index=jax.process_index(),
+            process_count=jax.process_count(), image_groups=keyframe.pipeline_image_groups(stage.config)).iterator()
+        if step == start + 1 and start >= stage.first:  # resuming inside this stage: its data position
+          checkpoints.restore_data_iter(mngr, start, data_iter)
+        train_step = None  # compiled once per stage: the window length changes the shapes
+        counter = flops.StepCost(stage.config)
+        logging.info("model: %.2fM parameters; steps %d-%d: %s", counter.num_params / 1e6, stage.first, stage.last,
+                     counter.describe())
       batch = _global_batch(next(data_iter), mesh)
       if train_step is None:
         batch_shardings = {k: v.sharding for k, v in batch.items()}
-        train_step = jax.jit(make_train_step(c, setup), in_shardings=(setup.state_shardings, batch_shardings),
+        train_step = jax.jit(make_train_step(stage.config, setup),
+                             in_shardings=(setup.state_shardings, batch_shardings),
                              out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
       state, metrics = train_step(state, batch)
       # Fetch the previous step's metrics after dispatching this one: the host never stalls the device.
       if pending is not None:
         window.append(_check(pending, mngr))
       pending = (step, metrics)
-      if step % c.log.every_steps == 0 or step == last_step:
+      if step % c.log.every_steps == 0 or step == last_step or step == stage.last:
         window.append(_check(pending, mngr))
         pending = None
         elapsed = time.perf_counter() - t_window
@@ -228,7 +276,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
         checkpoints.save(mngr, step, state, data_iter, c)
     mngr.wait_until_finished()
     mngr.close()
-  data_iter.close()
+  if data_iter is not None:
+    data_iter.close()
   if writer is not None:
     writer.close()
   return last

@@ -76,6 +76,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   opt.grad_clip = 1.0
   opt.ema_decay = 0.999  # 0 disables the EMA copy
 
+  # Progressive long-context tuning (paper: 1 -> 8 -> 16 -> 32 pairs): window length and steps per
+  # stage; the steps sum to total_steps and the last stage's pairs equal data.num_pairs. Empty: off.
+  c.curriculum = ml_collections.ConfigDict(dict(pairs=(), steps=()))
+
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))  # -1: the rest
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))

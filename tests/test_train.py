@@ -104,6 +104,29 @@ def test_restarted_run_is_bitwise_identical_to_an_uninterrupted_one(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_curriculum_resumes_across_a_stage_boundary(tmp_path):
+  """1 pair for steps 1-3, then 3 pairs for 4-6: stopping at the boundary and inside stage 2 changes nothing."""
+  stages = ["--config.curriculum.pairs=(1, 3)", "--config.curriculum.steps=(3, 3)"]
+  whole = _train(tmp_path / "whole", 6, stages)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  assert "steps 1-3: 1 pairs" in whole.stderr and "steps 4-6: 3 pairs" in whole.stderr
+  for stop in ("--stop_at_step=3", "--stop_at_step=4", None):
+    part = _train(tmp_path / "split", 6, stages + ([stop] if stop else []))
+    assert part.returncode == 0, part.stderr[-3000:]
+  assert "resuming from step 4" in part.stderr
+  a, b = _final_state(tmp_path / "whole", 6), _final_state(tmp_path / "split", 6)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  c = _tiny()
+  c.curriculum.update(pairs=(1, 2), steps=(2, 2))
+  with pytest.raises(pipeline.ConfigError, match=r"config.curriculum.pairs=\(1, 2\) ends at 2 pairs, "
+                     r"config.data.num_pairs is 3"):
+    trainer.validate(c)
+  c.curriculum.update(pairs=(1, 3), steps=(2, 1))
+  with pytest.raises(pipeline.ConfigError, match=r"config.curriculum.steps=\(2, 1\) sum to 3, config.total_steps is 4"):
+    trainer.validate(c)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
   c = _tiny(batch_size=8, total_steps=2)  # 8 fake devices: data-parallel 8
   trainer.train_and_evaluate(c, str(tmp_path))
