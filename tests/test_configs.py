@@ -8,7 +8,7 @@ from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
 
 
-@pytest.mark.parametrize("variant", ["demo", "tiny"])
+@pytest.mark.parametrize("variant", ["demo", "demo_long", "tiny"])
 def test_toy_variants_validate(variant):
   trainer.validate(keyframe_config.get_config(variant))
 
@@ -28,3 +28,24 @@ def test_flux_dev_has_the_flux1_dev_parameter_count():
 def test_unknown_variant():
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     keyframe_config.get_config("huge")
+
+
+@pytest.mark.parametrize("name,arg,field,value", [
+    ("goldenmem", "on,16", "data.memory_levels", "goldenmem"), ("goldenmem", "off,48", "data.num_pairs", 48),
+    ("retrieval", "recent", "data.context_order", "chronological"), ("retrieval", "mix", "data.retrieval.recency", 0.3),
+    ("context_noise", "0-0", "sample.context_t", (0.0, 0.0)), ("context_noise", "500-1000", "objective.context_t",
+                                                                (0.5, 0.999)),
+    ("curriculum", "on", "curriculum.pairs", (1, 4, 16)), ("curriculum", "off", "curriculum.pairs", ())])
+def test_ablations_validate_and_change_what_they_say(name, arg, field, value):
+  module = __import__(f"configs.ablations.{name}", fromlist=["get_config"])
+  c = module.get_config(arg)
+  trainer.validate(c)
+  got = c
+  for part in field.split("."):
+    got = got[part]
+  assert got == value
+  base = keyframe_config.get_config("demo_long").to_dict()
+  changed = {k for k, v in c.to_dict().items() if v != base[k]}
+  assert changed <= {"data", "objective", "sample", "curriculum", "batch_size"}, changed
+  with pytest.raises(ValueError, match=f"configs/ablations/{name}.py: arg 'bogus'"):
+    module.get_config("bogus")
