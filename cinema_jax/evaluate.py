@@ -2,7 +2,7 @@
 
   python -m cinema_jax.evaluate --workdir=DIR --storylines=FILE|toy --out=REPORT_DIR
       [--num_pairs=1,8,16,24,32] [--max_storylines=N] [--max_shots=K] [--num_steps=S] [--guidance=G]
-      [--memory=none|goldenmem] [--context_t=a,b]
+      [--memory=none|goldenmem] [--context_order=chronological|text] [--context_t=a,b]
   python -m cinema_jax.evaluate --samples=DIR[,DIR...] --storylines=FILE --out=REPORT_DIR
 
 The first form samples every storyline once per context length (1 pair: the no-memory baseline, each
@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from cinema_jax import checkpoints
+from cinema_jax import retrieval
 from cinema_jax import sample as sample_lib
 from cinema_jax import sampling
 from cinema_jax.eval import judge as judge_lib
@@ -139,6 +140,8 @@ def _sample_all(v: dict, stories: list[dict], out: str) -> list[tuple[str, int, 
         c.sample[field] = v[field]
     if v["memory"]:
       c.data.memory_levels = v["memory"]
+    if v["context_order"]:
+      c.data.context_order = v["context_order"]
     if v["context_t"]:
       c.sample.context_t = tuple(float(x) for x in v["context_t"])  # checked in main
   done = []
@@ -146,7 +149,12 @@ def _sample_all(v: dict, stories: list[dict], out: str) -> list[tuple[str, int, 
     sampler = sampling.Sampler(c, graphdef, context_pairs=pairs)
     setting = "no memory" if pairs == 1 else (
         "GoldenMem" if c.data.memory_levels == "goldenmem" else "full context")
-    folder = os.path.join(out, "samples", f"{setting.replace(' ', '-').lower()}-{pairs:02d}")
+    if pairs > 1 and c.data.context_order != "chronological":
+      setting += f", {c.data.context_order} retrieval"
+    if pairs > 1 and tuple(c.sample.context_t) != (0.0, 0.0):
+      setting += ", noisy context {:g}-{:g}".format(*c.sample.context_t)
+    slug = "".join(ch if ch.isalnum() or ch == "." else "-" for ch in setting.lower())
+    folder = os.path.join(out, "samples", f"{slug}-{pairs:02d}")
     start_all = time.perf_counter()
     for i, story in enumerate(stories):
       captions = story["captions"][: v["max_shots"] or None]
@@ -178,6 +186,8 @@ def _define_flags() -> dict:
       "seed": flags.DEFINE_integer("seed", 0, "Sampling seed; storyline i uses seed + i."),
       "memory": flags.DEFINE_enum("memory", None, ["none", "goldenmem"], "Context memory at sampling "
                                   "(default: the model's config.data.memory_levels)."),
+      "context_order": flags.DEFINE_enum("context_order", None, list(retrieval.ORDERS), "Which earlier shots "
+                                         "a new one sees (default: the config's data.context_order)."),
       "context_t": flags.DEFINE_list("context_t", None, "Re-noise context pairs to t ~ U[a, b]: 'a,b' "
                                      "(default: the config's sample.context_t)."),
       "raw_params": flags.DEFINE_bool("raw_params", False, "Sample with the raw parameters, not the EMA."),
@@ -208,7 +218,7 @@ def main(argv, f: dict) -> None:
     if storylines == "toy":
       if not v["workdir"]:
         raise records.DataError("--storylines=toy needs --workdir (the toy world of its config)")
-      c = checkpoints.saved_config(v["workdir"])
+      c = sample_lib.saved_config(v["workdir"])
       storylines = os.path.join(toy_movies.root_for_config(c.data, v["workdir"]), "storylines.jsonl")
     stories = sample_lib.read_storylines(storylines)[: v["max_storylines"] or None]
     truth = read_truth(storylines)

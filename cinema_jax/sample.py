@@ -25,6 +25,7 @@ from cinema_jax import checkpoints
 from cinema_jax import sampling
 from cinema_jax import sharding
 from cinema_jax import trainer
+from configs import keyframe as keyframe_config
 from data_pipelines import records
 from data_pipelines import toy_movies
 
@@ -90,9 +91,15 @@ def save_storyline(outdir: str, index: int, story: dict, frames, captions: list[
   return manifest
 
 
+def saved_config(workdir: str):
+  """A workdir's training config, over today's defaults of its variant (fields added since it was saved)."""
+  variant = checkpoints.saved_config(workdir).get("variant", "flux_dev")
+  return checkpoints.saved_config(workdir, keyframe_config.get_config(variant))
+
+
 def load(workdir: str, raw_params: bool = False):
   """(config, graphdef, sampling params, step) of the latest checkpoint in workdir (EMA unless raw)."""
-  c = checkpoints.saved_config(workdir)
+  c = saved_config(workdir)
   mesh = sharding.make_mesh(c.mesh)
   setup = trainer.make_setup(c, mesh)
   mngr = checkpoints.manager(workdir, read_only=True)

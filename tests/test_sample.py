@@ -180,3 +180,14 @@ def test_text_retrieval_chooses_the_context(model):
   np.testing.assert_array_equal(a[:2], plain[:2])  # one or no context pair: nothing to choose
   assert not np.array_equal(a[4], plain[4])  # shot 4 sees shot 0 (same place and person), not shots 2-3
   np.testing.assert_array_equal(a, sampling.Sampler(c, graphdef).keyframes(params, captions, seed=0))
+
+
+def test_an_older_checkpoints_config_gains_fields_added_since(tiny_run):
+  from cinema_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  defaults = keyframe_config.get_config("demo")  # another variant's values, plus a field the run never had
+  with defaults.unlocked():
+    defaults.data.added_later = 7
+  c = checkpoints.saved_config(tiny_run, defaults)
+  assert c.data.added_later == 7  # from today's defaults
+  assert c.data.resolution == (16, 32) and c.batch_size == 8 and c.variant == "tiny"  # from the checkpoint
+  assert sample_cli.saved_config(tiny_run).to_dict() == checkpoints.saved_config(tiny_run).to_dict()
