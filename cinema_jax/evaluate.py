@@ -41,6 +41,8 @@ _TABLE = (  # (report key, column title, format)
     ("character_consistency", "character consistency", "{:.3f}"),
     ("character_colour_consistency", "colour consistency", "{:.3f}"),
     ("location_consistency", "location consistency", "{:.3f}"),
+    ("place_consistency", "place", "{:.3f}"),
+    ("landmark_consistency", "landmark", "{:.3f}"),
     ("caption_alignment", "caption alignment", "{:.3f}"),
     ("frechet_distance", "Frechet distance (lower)", "{:.2f}"),
     ("diversity", "diversity", "{:.2f}"),

@@ -49,7 +49,8 @@ def _later_appearance(shots):
 
 def test_the_real_movie_scores_one(movie):
   r = _rates(movie["shots"], _render(movie["shots"]))
-  for key in ("character_consistency", "character_colour_consistency", "location_consistency",
+  for key in ("character_consistency", "character_colour_consistency", "location_consistency", "place_consistency",
+              "landmark_consistency",
               "alignment_location", "alignment_framing", "caption_alignment"):
     assert r[key] == 1.0, (key, r)
 
@@ -73,6 +74,7 @@ def test_a_moved_landmark_lowers_location_consistency(movie):
   shots[k]["location"] = {**loc, "landmark_x": 0.85 if loc["landmark_x"] < 0.5 else 0.15}
   r = _rates(movie["shots"], _render(shots))
   assert r["location_consistency"] < 1.0 and r["character_consistency"] == 1.0
+  assert r["landmark_consistency"] == r["location_consistency"] and r["place_consistency"] == 1.0
 
 
 def test_a_missing_character_breaks_alignment_not_binding(movie):

@@ -6,7 +6,9 @@ Each metric is a rate in [0, 1] (higher is better) unless its name says otherwis
                                 first generated appearance; counted over its later appearances
   character_colour_consistency  the same, on colour alone (what a small model learns first)
   location_consistency          a location keeps its first generated look (judged place, sky and
-                                ground colour, landmark position) whenever the story returns to it
+                                ground colour, landmark position) whenever the story returns to it;
+                                place_consistency: the judged place alone; landmark_consistency: the
+                                place and its landmark's position
   alignment_location / _framing / _count / _described
                                 the caption's location, framing, number of characters and described
                                 appearances are there; caption_alignment is their mean
@@ -65,6 +67,7 @@ def storyline_metrics(truth_shots: list[dict], judged: list[judge_lib.Judgement]
   detected = [j.appearances() for j in judged]
   refs: dict[str, tuple | None] = {}
   counts = {k: 0 for k in ("shots", "char_seen", "char_same", "char_same_colour", "loc_seen", "loc_same",
+                           "loc_same_place", "loc_same_landmark",
                            "loc_ok", "framing_ok", "count_ok", "described", "described_ok")}
   for k, (shot, judgement) in enumerate(zip(shots, judged)):
     counts["shots"] += 1
@@ -97,7 +100,11 @@ def storyline_metrics(truth_shots: list[dict], judged: list[judge_lib.Judgement]
     name = shot["location"]["name"]
     if name in first_look:
       counts["loc_seen"] += 1
-      counts["loc_same"] += same_look(first_look[name], judgement)
+      first = first_look[name]
+      counts["loc_same"] += same_look(first, judgement)
+      counts["loc_same_place"] += first.location == judgement.location
+      counts["loc_same_landmark"] += (first.location == judgement.location
+                                      and abs(first.landmark_x - judgement.landmark_x) <= LANDMARK_TOLERANCE)
     else:
       first_look[name] = judgement
   return {k: int(v) for k, v in counts.items()}
@@ -129,6 +136,8 @@ def rates(counts: dict[str, int]) -> dict[str, float | None]:
       "character_consistency": div("char_same", "char_seen"),
       "character_colour_consistency": div("char_same_colour", "char_seen"),
       "location_consistency": div("loc_same", "loc_seen"),
+      "place_consistency": div("loc_same_place", "loc_seen"),
+      "landmark_consistency": div("loc_same_landmark", "loc_seen"),
       "alignment_location": div("loc_ok", "shots"),
       "alignment_framing": div("framing_ok", "shots"),
       "alignment_count": div("count_ok", "shots"),
