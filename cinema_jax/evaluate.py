@@ -232,7 +232,10 @@ def main(argv, f: dict) -> None:
       runs = [(os.path.basename(os.path.normpath(d)), None, d) for d in v["samples"]]
     rows, reference = [], None
     for setting, pairs, folder in runs:
-      s = score(read_samples(folder), truth)
+      samples = read_samples(folder)
+      if pairs is None:  # a folder of samples: its manifests say how they were made
+        pairs = samples[0][0].get("context_pairs")
+      s = score(samples, truth)
       rows.append({"setting": setting, "num_pairs": pairs, "samples": folder, **s["result"]})
       reference = reference or {"setting": "real renders (reference)", "num_pairs": None, **s["reference"]}
   except (records.DataError, FileNotFoundError) as e:
