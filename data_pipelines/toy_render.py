@@ -71,8 +71,16 @@ def _blend(canvas: np.ndarray, alpha: np.ndarray, rgb: np.ndarray, top: int, lef
   region += a * (rgb - region)
 
 
+def draw_character(canvas: np.ndarray, shape: str, size_px: int, rgb: np.ndarray, top: int, left: int) -> None:
+  """Draws a character sprite (dark outline, then fill) onto a float canvas, in place."""
+  outline, fill = sprite(shape, size_px)
+  _blend(canvas, outline, rgb * 0.3, top, left)
+  _blend(canvas, fill, rgb, top, left)
+
+
 @functools.lru_cache(maxsize=512)
-def _background(look: tuple, framing: str, height: int, width: int) -> np.ndarray:
+def background(look: tuple, framing: str, height: int, width: int) -> np.ndarray:
+  """The read-only float canvas of a location look (sky, ground, horizon, landmark, its RGB and x)."""
   sky, ground, horizon, landmark, landmark_rgb, landmark_x = look
   canvas = np.empty((height, width, 3), np.float32)
   h = int(round(horizon * height))
@@ -101,22 +109,20 @@ def _look(location: dict) -> tuple:
 
 def render_shot(shot: dict, height: int, width: int) -> np.ndarray:
   """All frames of one shot, uint8 [F, height, width, 3]; frame 0 is the keyframe."""
-  background = _background(_look(shot["location"]), shot["framing"], height, width)
+  bg = background(_look(shot["location"]), shot["framing"], height, width)
   num_frames = len(shot["characters"][0]["path"])
   scale = toy_world.FRAMINGS[shot["framing"]]
   baseline = 0.88 * height  # where characters stand
   frames = np.empty((num_frames, height, width, 3), np.uint8)
   for f in range(num_frames):
-    canvas = background.copy()
+    canvas = bg.copy()
     for c in shot["characters"]:
       x, lift, grow = c["path"][f]
       size = max(3, int(round(toy_world.SIZES[c["size"]] * scale * grow * height)))
       rgb = np.asarray(toy_world.COLOURS[c["colour"]], np.float32)
-      outline, fill = sprite(c["shape"], size)
       top = int(round(baseline - lift * height)) - size - 1
       left = int(round(x * width)) - size // 2 - 1
-      _blend(canvas, outline, rgb * 0.3, top, left)
-      _blend(canvas, fill, rgb, top, left)
+      draw_character(canvas, c["shape"], size, rgb, top, left)
     np.rint(canvas, out=canvas)
     frames[f] = canvas
   return frames

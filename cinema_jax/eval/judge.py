@@ -79,7 +79,7 @@ def _background(location: str, sky, ground, framing: str, column: int, h: int, w
   _, _, horizon, landmark, landmark_rgb = toy_world.LOCATIONS[location]
   look = (tuple(int(round(v)) for v in sky), tuple(int(round(v)) for v in ground), horizon, landmark,
           tuple(landmark_rgb), column / w)
-  return toy_render._background(look, framing, h, w)  # noqa: SLF001 (the judge re-renders on purpose)
+  return toy_render.background(look, framing, h, w)
 
 
 def _fit_background(frame, location, sky, ground):
@@ -141,10 +141,7 @@ def _fit_character(obs, bg, fill, care, colour: int, box: tuple[slice, slice], h
 
 def _render_error(obs, bg, care, win, shape, size, colour, top, left) -> float:
   canvas = bg.copy()
-  outline, fill = toy_render.sprite(shape, size)
-  rgb = PALETTE[colour]
-  toy_render._blend(canvas, outline, rgb * 0.3, top, left)  # noqa: SLF001
-  toy_render._blend(canvas, fill, rgb, top, left)  # noqa: SLF001
+  toy_render.draw_character(canvas, shape, size, PALETTE[colour], top, left)
   diff = np.abs(np.rint(canvas[win]) - obs[win]).sum(-1)
   c = care[win]
   return float(diff[c].mean()) if c.any() else np.inf
