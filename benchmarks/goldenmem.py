@@ -52,12 +52,10 @@ def batch_for(c) -> dict[str, np.ndarray]:
   batch = bench.synthetic_batch(c)
   groups = keyframe.pipeline_image_groups(c)
   if groups:
-    frames, first = batch.pop("image"), 0
-    u8 = np.rint((frames + 1) * 127.5).astype(np.uint8)
-    for g, (n, size) in enumerate(groups):
-      resized = np.stack([goldenmem.resize_frames(x, size) for x in u8[:, first:first + n]])
-      batch[f"image_g{g}"] = pipeline.normalise(resized)
-      first += n
+    u8 = np.rint((batch.pop("image") + 1) * 127.5).astype(np.uint8)
+    per_example = [goldenmem.group_frames(x, groups) for x in u8]
+    for g in range(len(groups)):
+      batch[f"image_g{g}"] = pipeline.normalise(np.stack([ex[g] for ex in per_example]))
   return batch
 
 

@@ -44,17 +44,20 @@ def restore_data_iter(mngr: ocp.CheckpointManager, step: int, data_iter) -> None
   mngr.restore(step, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
 
 
-def saved_config(workdir: str, defaults: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+def saved_config(workdir: str, defaults=None) -> ml_collections.ConfigDict:
   """The config the latest checkpoint of `workdir` was trained with.
 
-  defaults: a current config to lay the saved one over, so that fields added since the checkpoint was
-  written (their defaults keep the old behaviour) are there for the code that reads them.
+  defaults: a current config (or a function of the saved dict returning one) to lay the saved one over,
+  so that fields added since the checkpoint was written (their defaults keep the old behaviour) are
+  there for the code that reads them.
   """
   mngr = manager(workdir, read_only=True)
   step = mngr.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)}")
   raw = _tuples(mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+  if callable(defaults):
+    defaults = defaults(raw)
   if defaults is None:
     return ml_collections.ConfigDict(raw)
   out = defaults.copy_and_resolve_references()

@@ -117,6 +117,16 @@ def resize_frames(frames_NHWC: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def group_frames(frames_NHWC: np.ndarray, groups) -> list[np.ndarray]:
+  """uint8 frames of a window cut into GoldenMem groups ((pairs, (h, w) pixels) each, oldest first)
+  and resized to each group's size: what the pipeline yields as image_g0, image_g1, ..."""
+  out, first = [], 0
+  for n, size in groups:
+    out.append(resize_frames(frames_NHWC[first:first + n], size))
+    first += n
+  return out
+
+
 def _area_weights(out_size: int, in_size: int) -> np.ndarray:
   """[out, in]: the share of each input cell in each output cell (rows sum to 1), as a box filter."""
   edges_out = np.arange(out_size + 1) * (in_size / out_size)

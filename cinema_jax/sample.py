@@ -93,8 +93,7 @@ def save_storyline(outdir: str, index: int, story: dict, frames, captions: list[
 
 def saved_config(workdir: str):
   """A workdir's training config, over today's defaults of its variant (fields added since it was saved)."""
-  variant = checkpoints.saved_config(workdir).get("variant", "flux_dev")
-  return checkpoints.saved_config(workdir, keyframe_config.get_config(variant))
+  return checkpoints.saved_config(workdir, lambda raw: keyframe_config.get_config(raw.get("variant", "flux_dev")))
 
 
 def load(workdir: str, raw_params: bool = False):

@@ -157,10 +157,8 @@ class LoadWindow(grain.transforms.Map):
     if self.image_groups:  # GoldenMem in pixel space: each level group's frames at its size
       if "image" not in ex:
         raise records.BadRecordError(f"{self.reader.path}: GoldenMem resizes pixels, the records hold latents")
-      frames, first = ex.pop("image"), 0
-      for g, (n, size) in enumerate(self.image_groups):
-        ex[f"image_g{g}"] = goldenmem.resize_frames(frames[first:first + n], size)
-        first += n
+      for g, frames in enumerate(goldenmem.group_frames(ex.pop("image"), self.image_groups)):
+        ex[f"image_g{g}"] = frames
     return ex
 
   def _retrieve(self, ex: Example) -> Example:

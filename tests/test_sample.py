@@ -156,6 +156,10 @@ def test_goldenmem_sampling_relevels_the_history(model):
   assert not np.array_equal(a[2:], plain[2:])
   b = s.keyframes(params, ["Close shot in the desert. Ava jumps."] + CAPTIONS[1:], seed=0)
   assert not np.array_equal(a[1], b[1])  # the compressed history still reaches the new keyframe
+  c.data.goldenmem.resize = "latents"  # the history resized on device instead of as uint8 frames
+  on_device = sampling.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=0)
+  np.testing.assert_array_equal(on_device[0], a[0])
+  assert np.abs(on_device.astype(int) - a.astype(int)).mean() < 8  # same history up to rounding
 
 
 def test_noisy_context_changes_only_what_has_context(model):

@@ -71,6 +71,24 @@ def test_sharded_step_equals_the_unsharded_step(toy_train, memory):
   assert one_losses[1] != one_losses[0]  # the step really changed the parameters
 
 
+def test_goldenmem_resizes_on_device_as_the_pipeline_does(toy_train):
+  c = _tiny(batch_size=4)
+  c.data.toy.num_frames = 2
+  c.data.memory_levels = "goldenmem"
+  c.data.goldenmem.group_size = 1
+  piped = next(pipeline.make_pipeline(c.data, toy_train, batch_size=4,
+                                      image_groups=keyframe.pipeline_image_groups(c)).iterator())
+  full = next(pipeline.make_pipeline(c.data, toy_train, batch_size=4).iterator())
+  tokens, grids = keyframe.image_tokens(c, piped)
+  c.data.goldenmem.resize = "latents"  # the step resizes the full-resolution input itself
+  assert keyframe.pipeline_image_groups(c) is None
+  on_device, device_grids = keyframe.image_tokens(c, full)
+  assert grids == device_grids == ((1, 2), (2, 4), (4, 8))
+  for a, b in zip(tokens, on_device):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, atol=1.01 / 127.5)  # the pipeline's frames are rounded to uint8
+
+
 def _train(workdir, steps, extra=()):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per process
   # async saves, as real runs use: the resume test then also checks that what they commit is whole
