@@ -32,19 +32,28 @@ def sample_t(key: jax.Array, shape: tuple[int, ...], o: ml_collections.ConfigDic
   return time_shift(t, shift_mu(num_image_tokens)) if o.shift else t
 
 
+LOSS_PAIRS = ("all", "last", "newest_group")
+
+
 def pair_times(key: jax.Array, batch: int, num_pairs: int, o: ml_collections.ConfigDict,
-               num_image_tokens: int) -> tuple[jax.Array, jax.Array]:
-  """(t [B, P], loss weight [B, P]) by config.objective.loss_pairs."""
+               num_image_tokens: int, newest_group: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """(t [B, P], loss weight [B, P]) by config.objective.loss_pairs.
+
+  all: every pair has its own t and carries loss. last / newest_group: only the last pair / the last
+  `newest_group` pairs (GoldenMem's full-resolution group; all pairs when there are no groups) do;
+  the others are context at t ~ U[config.objective.context_t].
+  """
   k1, k2 = jax.random.split(key)
   t = sample_t(k1, (batch, num_pairs), o, num_image_tokens)
   if o.loss_pairs == "all":
     return t, jnp.ones((batch, num_pairs), jnp.float32)
-  if o.loss_pairs == "last":
-    lo, hi = o.context_t
-    context = jax.random.uniform(k2, (batch, num_pairs), minval=lo, maxval=hi)
-    is_last = jnp.arange(num_pairs) == num_pairs - 1
-    return jnp.where(is_last, t, context), jnp.broadcast_to(is_last, (batch, num_pairs)).astype(jnp.float32)
-  raise ValueError(f"config.objective.loss_pairs={o.loss_pairs!r}: expected 'all' or 'last'")
+  if o.loss_pairs not in LOSS_PAIRS:
+    raise ValueError(f"config.objective.loss_pairs={o.loss_pairs!r}: expected one of {LOSS_PAIRS}")
+  carries = 1 if o.loss_pairs == "last" else (newest_group or num_pairs)
+  lo, hi = o.context_t
+  context = jax.random.uniform(k2, (batch, num_pairs), minval=lo, maxval=hi)
+  has_loss = jnp.arange(num_pairs) >= num_pairs - carries
+  return jnp.where(has_loss, t, context), jnp.broadcast_to(has_loss, (batch, num_pairs)).astype(jnp.float32)
 
 
 def drop_captions(key: jax.Array, states, mask, pooled, rate: float):
@@ -92,7 +101,7 @@ def flow_loss(apply: Callable[..., Any], x0_BPNC, key: jax.Array, o: ml_collecti
   xs = tuple(x0_BPNC) if grouped else (x0_BPNC,)
   b, p = xs[0].shape[0], sum(x.shape[1] for x in xs)
   k_t, k_eps = jax.random.split(key)
-  t, weight = pair_times(k_t, b, p, o, num_image_tokens or xs[-1].shape[2])
+  t, weight = pair_times(k_t, b, p, o, num_image_tokens or xs[-1].shape[2], newest_group=xs[-1].shape[1])
   eps = tuple(jax.random.normal(k, x.shape, x.dtype) for k, x in zip(jax.random.split(k_eps, len(xs)), xs))
   x_t = tuple((1 - tt[..., None, None]) * x + tt[..., None, None] * e
               for x, e, tt in zip(xs, eps, split_pairs(t, xs)))

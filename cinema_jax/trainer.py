@@ -55,8 +55,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
                                "the toy world (empty path) is pixels, use a toy variant (demo, tiny)")
   if c.objective.prediction not in ("v", "x"):
     raise pipeline.ConfigError(f"config.objective.prediction={c.objective.prediction!r}: expected 'v' or 'x'")
-  if c.objective.loss_pairs not in ("all", "last"):
-    raise pipeline.ConfigError(f"config.objective.loss_pairs={c.objective.loss_pairs!r}: expected 'all' or 'last'")
+  if c.objective.loss_pairs not in objective.LOSS_PAIRS:
+    raise pipeline.ConfigError(f"config.objective.loss_pairs={c.objective.loss_pairs!r}: expected one of "
+                               f"{', '.join(objective.LOSS_PAIRS)}")
   if (c.data.memory_levels == "goldenmem" and c.data.goldenmem.resize == "pixels" and m.vae_downsample != 1):
     raise pipeline.ConfigError("config.data.goldenmem.resize='pixels': this model reads pre-computed latents, so "
                                "frames can only be resized as latents (resize='latents')")

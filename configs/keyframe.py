@@ -62,8 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.t_std = 1.0
   o.prediction = "v"  # what the network outputs: "v" (FLUX) | "x" (the clean image; for narrow toy models)
   o.shift = True  # shift t by the image-token count (mu 0.5 at 256 tokens, 1.15 at 4096)
-  o.loss_pairs = "all"  # "all": every pair has its own t and carries loss | "last": only the last pair
-  o.context_t = (0.0, 0.0)  # loss_pairs="last": context pairs get t ~ U[a, b] (paper: 1..250 of 1000)
+  o.loss_pairs = "all"  # "all": every pair has its own t and carries loss | "last": only the last pair |
+                        # "newest_group": only GoldenMem's full-resolution group (all pairs without it)
+  o.context_t = (0.0, 0.0)  # pairs without loss get t ~ U[a, b] (paper: 1..250 of 1000)
   o.caption_dropout = 0.1  # per pair, for classifier-free guidance
   o.guidance = 3.5  # the guidance value fed to guidance_in during training (guidance_embed models)
 

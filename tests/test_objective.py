@@ -44,6 +44,21 @@ def test_last_pair_mode_keeps_context_light():
   np.testing.assert_array_equal(clean[:, :7], 0.0)
 
 
+def test_newest_group_mode_puts_loss_on_the_full_resolution_group():
+  o = _o(loss_pairs="newest_group", context_t=(0.001, 0.25))
+  t, w = objective.pair_times(jax.random.key(0), 64, 12, o, 128, newest_group=4)
+  np.testing.assert_array_equal(w, np.broadcast_to(np.arange(12) >= 8, (64, 12)))
+  assert 0.001 <= float(t[:, :8].min()) and float(t[:, :8].max()) <= 0.25
+  assert float(t[:, 8:].std()) > 0.1
+  _, w_all = objective.pair_times(jax.random.key(0), 4, 12, o, 128)  # no groups: every pair is newest
+  assert bool(jnp.all(w_all == 1))
+  # flow_loss passes the newest group's size: errors in compressed groups do not move the loss.
+  xs = (jnp.zeros((2, 8, 2, 6)), jnp.zeros((2, 4, 32, 6)))
+  fine = objective.flow_loss(lambda x_t, t: tuple(jnp.zeros_like(x) for x in x_t), xs, jax.random.key(1), o)[0]
+  bad_old = objective.flow_loss(lambda x_t, t: (x_t[0] + 5.0, jnp.zeros_like(x_t[1])), xs, jax.random.key(1), o)[0]
+  np.testing.assert_allclose(bad_old, fine)
+
+
 def _data(seed=0):
   return jax.random.normal(jax.random.key(seed), (4, 3, 16, 6))
 
