@@ -2,7 +2,7 @@
 
   python -m cinema_jax.evaluate --workdir=DIR --storylines=FILE|toy --out=REPORT_DIR
       [--num_pairs=1,8,16,24,32] [--max_storylines=N] [--max_shots=K] [--num_steps=S] [--guidance=G]
-      [--memory=none|goldenmem] [--context_order=chronological|text] [--context_t=a,b]
+      [--memory=none|goldenmem] [--context_order=chronological|text|image] [--context_t=a,b]
   python -m cinema_jax.evaluate --samples=DIR[,DIR...] --storylines=FILE --out=REPORT_DIR
 
 The first form samples every storyline once per context length (1 pair: the no-memory baseline, each
@@ -146,13 +146,14 @@ def _sample_all(v: dict, stories: list[dict], out: str) -> list[tuple[str, int, 
       c.data.context_order = v["context_order"]
     if v["context_t"]:
       c.sample.context_t = tuple(float(x) for x in v["context_t"])  # checked in main
+  clip = sample_lib.retrieval_clip(c, v["workdir"])
   done = []
   for pairs in v["num_pairs"]:
-    sampler = sampling.Sampler(c, graphdef, context_pairs=pairs)
+    sampler = sampling.Sampler(c, graphdef, context_pairs=pairs, clip=clip)
     setting = "no memory" if pairs == 1 else (
         "GoldenMem" if c.data.memory_levels == "goldenmem" else "full context")
     if pairs > 1 and c.data.context_order != "chronological":
-      setting += f", {c.data.context_order} retrieval"
+      setting += {"text": ", text-to-text retrieval", "image": ", text-to-image retrieval"}[c.data.context_order]
     if pairs > 1 and tuple(c.sample.context_t) != (0.0, 0.0):
       setting += ", noisy context {:g}-{:g}".format(*c.sample.context_t)
     slug = "".join(ch if ch.isalnum() or ch == "." else "-" for ch in setting.lower())

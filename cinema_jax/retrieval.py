@@ -6,12 +6,13 @@ so the most relevant context sits next to the new shot (GoldenMem keeps the newe
 resolution). Orders (config.data.context_order):
   chronological  the k most recent shots, oldest first (no retrieval)
   text           caption to caption similarity (text to text)
-The paper's best, text to image (the new caption against earlier keyframes in CLIP space), needs the
-CLIP encoders of the pretrained-weights issue; `scores` and `select` already take any embedding.
+  image          the new caption against the earlier keyframes (text to image, the paper's best), in
+                 a contrastive image/text space: ToyCLIP (cinema_jax.toy_clip) in the toy world; CLIP
+                 once the pretrained-weights issue lands
 Scores mix similarity with recency: (1 - recency) * similarity + recency * (position / count).
 
-Caption embeddings for the toy world: `words`, a hashed bag of words without stop words (names and
-places carry the meaning in toy captions); real data uses CLIP text embeddings.
+Caption embeddings for "text" in the toy world: `words`, a hashed bag of words without stop words
+(names and places carry the meaning in toy captions); real data uses CLIP text embeddings.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import re
 
 import numpy as np
 
-ORDERS = ("chronological", "text")
+ORDERS = ("chronological", "text", "image")
 WORDS_DIM = 512
 _STOP = frozenset("a an the in at on of to and shot wide medium close is are walks stands still comes closer "
                   "away jumps left right".split())
@@ -51,8 +52,8 @@ def scores(query_D: np.ndarray, history_KD: np.ndarray, recency: float = 0.0) ->
 def select(order: str, count: int, k: int, *, query=None, history=None, recency: float = 0.0) -> np.ndarray:
   """Indices (into the `count` earlier shots, 0 = oldest) of the context of a new shot, at most k.
 
-  chronological: the k most recent, oldest first. text: the top k by score (query [D] against
-  history [count, D]), ordered by ascending score (ties: older first), the best last.
+  chronological: the k most recent, oldest first. text / image: the top k by score (query [D]
+  against history [count, D]), ordered by ascending score (ties: older first), the best last.
   """
   if order not in ORDERS:
     raise ValueError(f"context order {order!r}: expected one of {ORDERS}")

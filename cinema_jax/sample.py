@@ -24,6 +24,7 @@ from PIL import Image
 from cinema_jax import checkpoints
 from cinema_jax import sampling
 from cinema_jax import sharding
+from cinema_jax import toy_clip
 from cinema_jax import trainer
 from configs import keyframe as keyframe_config
 from data_pipelines import records
@@ -109,6 +110,13 @@ def load(workdir: str, raw_params: bool = False):
   return c, setup.graphdef, params, step
 
 
+def retrieval_clip(c, workdir: str) -> toy_clip.ToyClip | None:
+  """The run's ToyCLIP when it retrieves context text to image (trained into workdir on first use)."""
+  if c.data.context_order != "image":
+    return None
+  return toy_clip.load(toy_clip.resolve(c.data, workdir, logging.info))
+
+
 def main(argv, f: dict):
   v = {k: flag.value for k, flag in f.items()}
   if len(argv) > 1:
@@ -129,7 +137,7 @@ def main(argv, f: dict):
     for field in ("num_steps", "guidance", "mode", "max_shots"):
       if v[field] is not None:
         c.sample[field] = v[field]
-  sampler = sampling.Sampler(c, graphdef)
+  sampler = sampling.Sampler(c, graphdef, clip=retrieval_clip(c, v["workdir"]))
   os.makedirs(v["outdir"], exist_ok=True)
   for i, story in enumerate(stories):
     captions = story["captions"][: c.sample.max_shots or None]

@@ -31,6 +31,7 @@ from PIL import Image
 from cinema_jax import goldenmem
 from cinema_jax import objective
 from cinema_jax import retrieval
+from cinema_jax import toy_clip
 from cinema_jax import storyboard
 from cinema_jax.models import keyframe
 from data_pipelines import tokenizer
@@ -51,7 +52,9 @@ def schedule(num_steps: int, num_image_tokens: int, shift: bool) -> np.ndarray:
 class Sampler:
   """Samples keyframes of storylines for the model of config `c` (its params passed per call)."""
 
-  def __init__(self, c: ml_collections.ConfigDict, graphdef, context_pairs: int | None = None):
+  def __init__(self, c: ml_collections.ConfigDict, graphdef, context_pairs: int | None = None,
+               clip: toy_clip.ToyClip | None = None):
+    """clip: the image/text embedding for context_order "image" (toy_clip.load(toy_clip.resolve(...)))."""
     if c.model.text_encoder != "bytes":
       raise ValueError("sampling from caption text needs the byte text encoder (config.model.text_encoder="
                        "'bytes'); models on pre-computed T5/CLIP states need those encoders (pretrained-weights issue)")
@@ -64,6 +67,10 @@ class Sampler:
     self.num_pairs = context_pairs or c.data.num_pairs  # pairs in the autoregressive window
     if self.num_pairs < 1:
       raise ValueError(f"context_pairs must be >= 1, got {context_pairs}")
+    if c.data.context_order == "image" and clip is None:
+      raise ValueError("config.data.context_order='image' (text-to-image retrieval) needs the ToyCLIP embedding: "
+                       "Sampler(..., clip=toy_clip.load(toy_clip.resolve(c.data, workdir)))")
+    self.clip = clip
 
   def _text(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     enc = [tokenizer.encode(cap, self.c.data.text_len)[:2] for cap in captions]
@@ -122,8 +129,7 @@ class Sampler:
       size = (g.grid[0] * p, g.grid[1] * p)
       x = frames_KHWC[first:first + g.num_pairs]
       if c.data.goldenmem.resize == "pixels":  # what the pipeline does: uint8 frames, box filter
-        u8 = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-        x = goldenmem.resize_frames(u8, size).astype(np.float32) / 127.5 - 1.0
+        x = goldenmem.resize_frames(_to_uint8(x), size).astype(np.float32) / 127.5 - 1.0
       else:
         x = np.asarray(goldenmem.resize_array(jnp.asarray(x)[None], size)[0])
       out.append(np.asarray(keyframe.patchify(jnp.asarray(x)[None], p)[0]))
@@ -149,12 +155,16 @@ class Sampler:
     elif mode == "autoregressive":
       p = self.num_pairs
       order = c.data.context_order
-      emb = np.stack([retrieval.words_embedding(cap) for cap in captions]) if order == "text" else None
+      query = history = None  # retrieval embeddings: of the captions, and of the captions or keyframes
+      if order == "text":
+        query = history = np.stack([retrieval.words_embedding(cap) for cap in captions])
+      elif order == "image":
+        query, history = self.clip.texts(captions), np.zeros((len(captions), self.clip.dim), np.float32)
       pixels = np.zeros((len(captions), self.h, self.w, 3), np.float32)
       for k in range(len(captions)):
         # The context: the last P - 1 keyframes, or the P - 1 most relevant (retrieval), best last.
-        ctx = retrieval.select(order, k, p - 1, query=None if emb is None else emb[k],
-                               history=None if emb is None else emb[:k], recency=c.data.retrieval.recency)
+        ctx = retrieval.select(order, k, p - 1, query=None if query is None else query[k],
+                               history=None if history is None else history[:k], recency=c.data.retrieval.recency)
         sel = np.concatenate([ctx, [k]]).astype(np.int64)
         n = len(sel)
         plan = keyframe.memory_plan(c, n)
@@ -175,9 +185,16 @@ class Sampler:
         out = self._denoise(params, xs, win_tokens, win_masks, new, True, grids, jax.random.fold_in(key, k), g)
         last = out[-1][-1] if plan is not None else out[0][n - 1]
         pixels[k] = np.asarray(to_pixels(last[None])[0])
+        if order == "image":
+          history[k] = self.clip.images(_to_uint8(pixels[k:k + 1]))[0]
     else:
       raise ValueError(f"sample mode {mode!r}: expected 'autoregressive' or 'joint'")
-    return np.asarray(jnp.clip(jnp.round((jnp.asarray(pixels) + 1.0) * 127.5), 0, 255)).astype(np.uint8)
+    return _to_uint8(pixels)
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+  """float [-1, 1] -> uint8 [0, 255]."""
+  return np.clip(np.rint((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def storyboard_image(frames_KHWC: np.ndarray, captions: list[str], title: str = "") -> Image.Image:

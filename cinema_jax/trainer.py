@@ -25,6 +25,7 @@ from cinema_jax import checkpoints
 from cinema_jax import flops
 from cinema_jax import objective
 from cinema_jax import sharding
+from cinema_jax import toy_clip
 from cinema_jax.models import keyframe
 from data_pipelines import pipeline
 from data_pipelines import toy_movies
@@ -220,6 +221,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
                                f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
   path = toy_movies.train_path(c.data, workdir, logging.info)
   plan = stages(c)
+  clip_path = toy_clip.resolve(c.data, workdir, logging.info) if c.data.context_order == "image" else ""
 
   setup = make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names
   with jax.set_mesh(mesh):
@@ -244,7 +246,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
           data_iter.close()
         data_iter = pipeline.make_pipeline(
             stage.config.data, path, batch_size=c.batch_size, process_index=jax.process_index(),
-            process_count=jax.process_count(), image_groups=keyframe.pipeline_image_groups(stage.config)).iterator()
+            process_count=jax.process_count(), image_groups=keyframe.pipeline_image_groups(stage.config),
+            embedding_path=clip_path).iterator()
         if step == start + 1 and start >= stage.first:  # resuming inside this stage: its data position
           checkpoints.restore_data_iter(mngr, start, data_iter)
         train_step = None  # compiled once per stage: the window length changes the shapes
@@ -327,7 +330,8 @@ def _sample_sheet_fn(c, workdir: str, setup: Setup, mesh):
   from cinema_jax import sampling  # pylint: disable=g-import-not-at-top
   with open(os.path.join(toy_movies.root_for_config(c.data, workdir), "storylines.jsonl")) as f:
     story = json.loads(f.readline())
-  sampler = sampling.Sampler(c, setup.graphdef)
+  clip = toy_clip.load(toy_clip.resolve(c.data, workdir)) if c.data.context_order == "image" else None
+  sampler = sampling.Sampler(c, setup.graphdef, clip=clip)
 
   def write(state, step: int, writer) -> None:
     params = state["ema"] if c.optimizer.ema_decay > 0 else state["params"]

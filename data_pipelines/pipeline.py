@@ -22,6 +22,7 @@ An example (all numpy, P = num_pairs):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from absl import logging
@@ -31,6 +32,7 @@ import numpy as np
 
 from cinema_jax import goldenmem
 from cinema_jax import retrieval
+from cinema_jax import toy_clip
 from data_pipelines import records
 from data_pipelines import tokenizer
 from data_pipelines import windows
@@ -73,9 +75,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.text_len = 192  # text tokens per pair (captions are truncated, the count is logged)
   c.load_frames = False  # also decode each shot's frames (video model)
   c.context_order = "chronological"  # the window's context as it comes | "text": retrieval orders it
-                                     # by caption similarity to the last shot (cinema_jax.retrieval)
+                                     # by caption similarity to the last shot | "image": by similarity
+                                     # of the last caption to each keyframe (cinema_jax.retrieval)
   c.retrieval = ml_collections.ConfigDict(dict(
       encoder="words",  # caption embedding for "text": "words" (hashed bag of words, the toy world)
+      embedding="",  # "image": ToyCLIP weights; "" = <workdir>/toy_clip.safetensors, trained on first use
       recency=0.0))  # weight of recency against similarity in the retrieval score
   c.memory_levels = "none"  # "none": every context frame at full resolution | "goldenmem"
   c.goldenmem = ml_collections.ConfigDict(dict(
@@ -143,6 +147,7 @@ class LoadWindow(grain.transforms.Map):
   skip_bad: bool
   context_order: str
   recency: float = 0.0
+  embedding_path: str = ""  # ToyCLIP weights (context_order "image")
   image_groups: tuple[tuple[int, tuple[int, int]], ...] | None = None  # (pairs, (h, w) pixels) per group
 
   def map(self, window: dict[str, Any]) -> Example:
@@ -163,9 +168,9 @@ class LoadWindow(grain.transforms.Map):
 
   def _retrieve(self, ex: Example) -> Example:
     """Reorders the context pairs (all but the last) by retrieval score against the last pair."""
-    emb = ex.pop("_caption_embedding")  # context_order "text"
-    p = len(emb)
-    ctx = retrieval.select(self.context_order, p - 1, p - 1, query=emb[-1], history=emb[:-1],
+    query, history = ex.pop("_query"), ex.pop("_history")
+    p = len(history)
+    ctx = retrieval.select(self.context_order, p - 1, p - 1, query=query, history=history[:-1],
                            recency=self.recency)
     perm = np.concatenate([ctx, [p - 1]])
     return {k: (v[perm] if k in _PER_PAIR else v) for k, v in ex.items()}
@@ -206,12 +211,26 @@ class LoadWindow(grain.transforms.Map):
       if shot.image_embedding is not None:
         cols.setdefault("image_embedding", []).append(np.asarray(shot.image_embedding, np.float32))
       if self.context_order == "text":
-        cols.setdefault("_caption_embedding", []).append(retrieval.words_embedding(shot.caption))
+        cols.setdefault("_history", []).append(retrieval.words_embedding(shot.caption))
     ex = {k: np.stack(v) for k, v in cols.items()}
+    if self.context_order == "text":
+      ex["_query"] = ex["_history"][-1]
+    elif self.context_order == "image":
+      if "image" not in ex:
+        raise records.BadRecordError(f"{self.reader.path}: text-to-image retrieval embeds pixel keyframes, the "
+                                     "records hold latents")
+      clip = _toy_clip(self.embedding_path)
+      ex["_query"], ex["_history"] = clip.texts([shot.caption])[0], clip.images(ex["image"])
     ex["movie"] = np.int32(window["movie"])
     ex["shot_index"] = np.asarray(window["shots"], np.int32)
     ex["stride"] = np.int32(window["stride"])
     return ex
+
+
+@functools.lru_cache(maxsize=2)
+def _toy_clip(path: str) -> toy_clip.ToyClip:
+  """ToyCLIP weights, read once per worker process."""
+  return toy_clip.load(path)
 
 
 class BatchIterDataset(grain.IterDataset):
@@ -279,15 +298,21 @@ class Pipeline:
 
 
 def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, process_index: int = 0,
-                  process_count: int = 1, image_groups=None) -> Pipeline:
+                  process_count: int = 1, image_groups=None, embedding_path: str = "") -> Pipeline:
   """The pipeline of config section `c` (data) over the dataset at `path`, `batch_size` examples a step
   over all processes. image_groups: GoldenMem's (pairs, (height, width) pixels) per level group, oldest
   first, when frames are resized in pixel space (the model config knows the token grid).
+  embedding_path: the ToyCLIP file for context_order "image" (cinema_jax.toy_clip.resolve).
 
   Process `process_index` of `process_count` gets windows process_index, process_index + count, ...
   of the global window sequence, so processes see disjoint windows and together all of them.
   """
   check_config(c, batch_size, process_count)
+  if c.context_order == "image":
+    if not embedding_path:
+      raise ConfigError("config.data.context_order='image': text-to-image retrieval needs the ToyCLIP file "
+                        "(make_pipeline(embedding_path=cinema_jax.toy_clip.resolve(...)))")
+    toy_clip.load(embedding_path)  # fails here, naming the file, rather than in a grain worker
   reader = records.ShotReader(path)
   if reader.index.resolution is not None and list(reader.index.resolution) != list(c.resolution):
     raise ConfigError(f"config.data.resolution={tuple(c.resolution)}: {path} holds "
@@ -306,6 +331,7 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
   ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len,
                          load_frames=c.load_frames, skip_bad=c.bad_records == "skip",
                          context_order=c.context_order, recency=float(c.retrieval.recency),
+                         embedding_path=embedding_path,
                          image_groups=tuple((int(n), tuple(size)) for n, size in image_groups or ()) or None))
   it = ds.to_iter_dataset()
   if c.worker_count > 0:

@@ -34,6 +34,7 @@ def test_unknown_variant():
     ("goldenmem", "on,16", "data.memory_levels", "goldenmem"), ("goldenmem", "off,48", "data.num_pairs", 48),
     ("goldenmem", "on,16,newest", "objective.loss_pairs", "newest_group"),
     ("retrieval", "recent", "data.context_order", "chronological"), ("retrieval", "mix", "data.retrieval.recency", 0.3),
+    ("retrieval", "image", "data.context_order", "image"),
     ("context_noise", "0-0", "sample.context_t", (0.0, 0.0)), ("context_noise", "500-1000", "objective.context_t",
                                                                 (0.5, 0.999)),
     ("curriculum", "on", "curriculum.pairs", (1, 4, 16)), ("curriculum", "off", "curriculum.pairs", ())])

@@ -151,13 +151,14 @@ def test_evaluate_samples_and_judges_a_trained_model(tiny_run, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   done = subprocess.run([sys.executable, "-m", "cinema_jax.evaluate", f"--workdir={tiny_run}", "--storylines=toy",
                          f"--out={tmp_path / 'report'}", "--num_pairs=1,2", "--max_storylines=1", "--max_shots=3",
-                         "--context_order=text", "--context_t=0.001,0.2"],
+                         "--context_order=image", "--context_t=0.001,0.2"],
                         cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   rows = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
   assert [(r["setting"], r["num_pairs"], r["keyframes"]) for r in rows] == [
-      ("no memory", 1, 3), ("full context, text retrieval, noisy context 0.001-0.2", 2, 3),
+      ("no memory", 1, 3), ("full context, text-to-image retrieval, noisy context 0.001-0.2", 2, 3),
       ("real renders (reference)", None, 3)]
-  folder = tmp_path / "report" / "samples" / "full-context--text-retrieval--noisy-context-0.001-0.2-02"
+  assert os.path.exists(os.path.join(tiny_run, "toy_clip.safetensors"))  # trained on first use, beside the run
+  folder = tmp_path / "report" / "samples" / "full-context--text-to-image-retrieval--noisy-context-0.001-0.2-02"
   manifest = json.loads((folder / os.listdir(folder)[0] / "manifest.json").read_text())
   assert manifest["context_pairs"] == 2 and len(manifest["keyframes"]) == 3

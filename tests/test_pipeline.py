@@ -93,6 +93,28 @@ def test_text_retrieval_reorders_the_context(toy_train):
     assert sims == sorted(sims)  # ascending: the most similar context next to the new shot
 
 
+def test_image_retrieval_orders_the_context_by_caption_to_keyframe_similarity(toy_train, tmp_path):
+  from cinema_jax import toy_clip  # pylint: disable=g-import-not-at-top
+  with pytest.raises(pipeline.ConfigError, match="context_order='image': text-to-image retrieval needs the ToyCLIP"):
+    _pipe(_config(context_order="image"), toy_train)
+  path = str(tmp_path / "clip.safetensors")
+  clip = toy_clip.fit_dataset(toy_train, steps=50)
+  toy_clip.save(clip, path)
+  (plain,), _ = _take(_pipe(_config(), toy_train), 1)
+  (batch,), _ = _take(_pipe(_config(context_order="image"), toy_train, embedding_path=path), 1)
+  assert batch.keys() == plain.keys()
+  np.testing.assert_array_equal(batch["shot_index"][:, -1], plain["shot_index"][:, -1])
+  reordered = 0
+  for b in range(3):
+    assert sorted(batch["shot_index"][b]) == sorted(plain["shot_index"][b])
+    query = clip.texts([tokenizer.decode(batch["text_tokens"][b, -1])])[0]
+    u8 = np.rint((batch["image"][b, :-1] + 1.0) * 127.5).astype(np.uint8)
+    sims = list(clip.images(u8) @ query)
+    assert sims == sorted(sims)  # ascending: the keyframe most like the new caption sits next to it
+    reordered += not np.array_equal(batch["shot_index"][b], plain["shot_index"][b])
+  assert reordered
+
+
 def test_frames_are_loaded_when_asked(toy_train):
   p = _pipe(_config(load_frames=True), toy_train)
   (batch,), _ = _take(p, 1)
@@ -237,7 +259,7 @@ def test_run_fails_once_skips_pass_the_fraction(bad_train):
     ("max_overlap", 1.5, "config.data.max_overlap=1.5: expected a fraction in [0, 1)"),
     ("text_source", "t5", "config.data.text_source='t5': expected 'bytes' or 'precomputed'"),
     ("bad_records", "ignore", "config.data.bad_records='ignore': expected 'error' or 'skip'"),
-    ("context_order", "clip", "config.data.context_order='clip': expected one of ['chronological', 'text']"),
+    ("context_order", "clip", "config.data.context_order='clip': expected one of ['chronological', 'text', 'image']"),
     ("worker_count", -1, "config.data.worker_count=-1: expected an int >= 0"),
     ("memory_levels", "lru", "config.data.memory_levels='lru': expected one of ['none', 'goldenmem']"),
     ("goldenmem.group_size", 0, "config.data.goldenmem.group_size=0: expected an int >= 1 or 'quarters'"),

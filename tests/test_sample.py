@@ -186,6 +186,54 @@ def test_text_retrieval_chooses_the_context(model):
   np.testing.assert_array_equal(a, sampling.Sampler(c, graphdef).keyframes(params, captions, seed=0))
 
 
+def test_image_retrieval_embeds_each_generated_keyframe_and_chooses_by_it(model):
+  from cinema_jax import retrieval, toy_clip  # pylint: disable=g-import-not-at-top
+  c, graphdef, params = model
+  c = c.copy_and_resolve_references()
+  c.data.context_order = "image"
+  with pytest.raises(ValueError, match="context_order='image' .* needs the ToyCLIP embedding"):
+    sampling.Sampler(c, graphdef)
+  rng = np.random.default_rng(0)
+  clip = toy_clip.fit(rng.integers(0, 255, (16, 16, 32, 3), np.uint8), [f"shot {i} in place {i % 3}" for i in range(16)],
+                      steps=20)
+
+  class Spy:  # records what the sampler embeds and chooses
+    dim = clip.dim
+    embedded, chosen = [], []
+
+    def texts(self, captions):
+      return clip.texts(captions)
+
+    def images(self, frames):
+      self.embedded.append(frames.copy())
+      return clip.images(frames)
+
+  captions = ["Wide shot in the forest. Mia jumps.", "Close shot in the desert. Tom jumps.",
+              "Medium shot in the farm. Ava stands still.", "Wide shot in the castle hall. Leo jumps.",
+              "Close shot in the forest. Mia walks to the left."]
+  spy = Spy()
+  select = retrieval.select
+  def spy_select(order, count, k, **kw):
+    out = select(order, count, k, **kw)
+    spy.chosen.append((count, out, kw.get("query"), kw.get("history")))
+    return out
+  retrieval.select = spy_select
+  try:
+    a = sampling.Sampler(c, graphdef, clip=spy).keyframes(params, captions, seed=0)
+  finally:
+    retrieval.select = select
+  assert len(spy.embedded) == len(captions)  # each keyframe once, as it is made
+  for k, frame in enumerate(spy.embedded):
+    np.testing.assert_array_equal(frame[0], a[k])
+  for count, out, query, history in spy.chosen:  # the history is the generated keyframes' embeddings
+    np.testing.assert_allclose(history, clip.images(a[:count]), atol=1e-6)
+    np.testing.assert_allclose(query, clip.texts([captions[count]])[0], atol=1e-6)
+    scores = history @ query
+    assert sorted(out) == sorted(np.argsort(-scores, kind="stable")[:len(out)])
+  plain = sampling.Sampler(model[0], graphdef).keyframes(params, captions, seed=0)
+  np.testing.assert_array_equal(a[:2], plain[:2])
+
+
 def test_an_older_checkpoints_config_gains_fields_added_since(tiny_run):
   from cinema_jax import checkpoints  # pylint: disable=g-import-not-at-top
   defaults = keyframe_config.get_config("demo")  # another variant's values, plus a field the run never had

@@ -208,8 +208,10 @@ def test_bfloat16_compute_keeps_float32_parameters(toy_train):
 def test_logs_metrics_and_sample_sheets(tmp_path):
   c = _tiny(batch_size=8, total_steps=2)
   c.log.update(tensorboard=True, sample_every_steps=2)
+  c.data.context_order = "image"  # and text-to-image retrieval: ToyCLIP is trained into the workdir
   last = trainer.train_and_evaluate(c, str(tmp_path))
   assert last["step"] == 2 and np.isfinite(last["loss"])
+  assert (tmp_path / "toy_clip.safetensors").exists()
   for key in ("grad_norm", "lr", "step_time", "examples_per_s", "tokens_per_s", "mfu"):
     assert last[key] > 0, key
   sheet = tmp_path / "samples" / "step_0000002.png"

@@ -1,11 +1,12 @@
-"""Ablation: which earlier shots a new shot sees: the most recent, or the most similar captions.
+"""Ablation: which earlier shots a new shot sees: the most recent, the most similar captions (text to
+text), or the keyframes most similar to the new caption (text to image, in ToyCLIP's space).
 
-  --config=configs/ablations/retrieval.py:text    (arg: recent|text|mix)
+  --config=configs/ablations/retrieval.py:text    (arg: recent|text|mix|image)
 """
 
 from configs import keyframe
 
-ORDERS = {"recent": ("chronological", 0.0), "text": ("text", 0.0), "mix": ("text", 0.3)}
+ORDERS = {"recent": ("chronological", 0.0), "text": ("text", 0.0), "mix": ("text", 0.3), "image": ("image", 0.0)}
 
 
 def get_config(arg: str = "text"):
