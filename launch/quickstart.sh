@@ -2,7 +2,7 @@
 # One-command setup and run on a machine with Python >= 3.11 and access to the package index.
 #
 #   bash launch/quickstart.sh demo   # build the toy-movie world, train the demo model, sample storyboards
-#   bash launch/quickstart.sh test   # the whole test suite (installs the PyTorch references too)
+#   bash launch/quickstart.sh test   # the whole test suite (installs the PyTorch references and curation too)
 #
 # Creates .venv beside the checkout on first use (PYTHON=... picks the interpreter, VENV=... the
 # folder) and reinstalls only when setup.py changes.
@@ -37,7 +37,7 @@ case "${1:-}" in
     ;;
   test)
     shift
-    install dev,torch
+    install dev,torch,curate
     exec "$VENV/bin/python" -m pytest -n 2 "$@" tests
     ;;
   *)
