@@ -129,6 +129,8 @@ def decode_frames(path: str, wanted: set[int]) -> tuple[dict[int, np.ndarray], i
     with av.open(path) as container:
       stream = container.streams.video[0]
       expected = int(stream.frames or 0)
+      if not expected and container.duration and stream.average_rate:  # e.g. Matroska: no frame count
+        expected = int(round(container.duration / 1e6 * float(stream.average_rate)))
       for count, frame in enumerate(container.decode(stream), start=1):
         if count - 1 in wanted:
           out[count - 1] = frame.to_ndarray(format="rgb24")
@@ -282,7 +284,7 @@ def _curate(path: str, mid: str, s: Settings, captions_dir: str) -> tuple[dict[s
   long_enough = [(a, b) for a, b in spans if (b - a) / fps >= s.min_shot_s]
   wanted = {f for a, b in long_enough for f in frame_numbers(a, b, fps, s)}
   frames, decoded, expected = decode_frames(path, wanted)
-  if decoded < num_frames or (expected and decoded < expected):
+  if decoded < num_frames or decoded < expected - 1:  # one frame of rounding in a duration
     raise VideoError(f"truncated: {decoded} frames decoded, {max(num_frames, expected)} expected")
   spans_s = [(a / fps, b / fps) for a, b in spans]
   box = content_box([frames[middle_frame(a, b)] for a, b in long_enough], s.border_luma) if long_enough else None

@@ -70,7 +70,10 @@ def test_borders_short_shots_captions_and_bad_files(tmp_path):
   write_clip(str(videos / "pillarbox.mp4"), [20, 20, 20], size=(64, 160), bars=(0, 24), seed=1)
   write_clip(str(videos / "truncated.mp4"), [20, 20], seed=2)
   data = (videos / "truncated.mp4").read_bytes()
-  (videos / "truncated.mp4").write_bytes(data[:len(data) // 2])
+  (videos / "truncated.mp4").write_bytes(data[:len(data) // 2])  # MP4: the index (moov) is lost
+  write_clip(str(videos / "cut.mkv"), [20, 20, 20], seed=3)
+  data = (videos / "cut.mkv").read_bytes()
+  (videos / "cut.mkv").write_bytes(data[:len(data) * 6 // 10])  # Matroska: decodes, but short of its duration
   (videos / "notes.mp4").write_text("this is not a video")
   (caps / "letterbox.json").write_text(json.dumps({"0": "A red room.", "1": "<Ann> in green.", "3": "Blue."}))
   (caps / "pillarbox.json").write_text(json.dumps({"0": "Shot one.", "2": "Shot three."}))  # shot 1 has none
@@ -80,6 +83,7 @@ def test_borders_short_shots_captions_and_bad_files(tmp_path):
   by_id = {e["movie_id"]: e for e in summary["movies"]}
   assert by_id["truncated"]["status"].startswith("skipped: cannot decode")
   assert by_id["notes"]["status"].startswith("skipped: cannot decode")
+  assert by_id["cut"]["status"].startswith("skipped: truncated:") and "expected" in by_id["cut"]["status"]
   lb, pb = by_id["letterbox"], by_id["pillarbox"]
   assert lb["status"] == pb["status"] == "done"
   assert (lb["shots_found"], lb["kept"], lb["filtered"]["too_short"]) == (4, 3, 1)  # the 5-frame shot
