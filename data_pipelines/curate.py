@@ -337,10 +337,13 @@ def _curate(path: str, mid: str, s: Settings, captions_dir: str) -> tuple[dict[s
 # ------------------------------------------------------------------------------------------ a run
 
 
+_SIDECARS = (".json", ".srt", ".txt", ".md")
+
+
 def find_videos(pattern: str) -> list[str]:
-  """Files of a directory (not recursive) or a glob, sorted."""
+  """Files of a directory (not recursive; caption sidecars left out) or of a glob, sorted."""
   if os.path.isdir(pattern):
-    paths = [os.path.join(pattern, n) for n in os.listdir(pattern)]
+    paths = [os.path.join(pattern, n) for n in os.listdir(pattern) if not n.lower().endswith(_SIDECARS)]
   else:
     paths = glob.glob(pattern)
   paths = sorted(p for p in paths if os.path.isfile(p))

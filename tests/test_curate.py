@@ -75,12 +75,14 @@ def test_borders_short_shots_captions_and_bad_files(tmp_path):
   data = (videos / "cut.mkv").read_bytes()
   (videos / "cut.mkv").write_bytes(data[:len(data) * 6 // 10])  # Matroska: decodes, but short of its duration
   (videos / "notes.mp4").write_text("this is not a video")
+  (videos / "readme.txt").write_text("a sidecar beside the films is not taken for one")
   (caps / "letterbox.json").write_text(json.dumps({"0": "A red room.", "1": "<Ann> in green.", "3": "Blue."}))
   (caps / "pillarbox.json").write_text(json.dumps({"0": "Shot one.", "2": "Shot three."}))  # shot 1 has none
   # Black bars dilute the content detector's colour change: a lower threshold than its default 27.
   s = curate.Settings(short_side=16, min_scene_len=3, min_shot_s=0.5, threshold=15.0)
   summary = curate.curate(curate.find_videos(str(videos)), str(tmp_path / "out"), s, captions_dir=str(caps))
   by_id = {e["movie_id"]: e for e in summary["movies"]}
+  assert sorted(by_id) == ["cut", "letterbox", "notes", "pillarbox", "truncated"]
   assert by_id["truncated"]["status"].startswith("skipped: cannot decode")
   assert by_id["notes"]["status"].startswith("skipped: cannot decode")
   assert by_id["cut"]["status"].startswith("skipped: truncated:") and "expected" in by_id["cut"]["status"]
