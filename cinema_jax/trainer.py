@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from cinema_jax import checkpoints
+from cinema_jax import faults
 from cinema_jax import flops
 from cinema_jax import objective
 from cinema_jax import sharding
@@ -31,8 +32,7 @@ from data_pipelines import pipeline
 from data_pipelines import toy_movies
 
 
-class TrainingError(RuntimeError):
-  """The run cannot go on (non-finite loss, failed save); the message says why and what is safe."""
+TrainingError = faults.TrainingError
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -71,6 +71,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _validate_curriculum(c)
   if c.sample.mode not in ("autoregressive", "joint"):
     raise pipeline.ConfigError(f"config.sample.mode={c.sample.mode!r}: expected 'autoregressive' or 'joint'")
+  if c.nonfinite.policy not in faults.NONFINITE_POLICIES:
+    raise pipeline.ConfigError(f"config.nonfinite.policy={c.nonfinite.policy!r}: expected one of "
+                               f"{', '.join(faults.NONFINITE_POLICIES)}")
+  if not (isinstance(c.nonfinite.max_consecutive, int) and c.nonfinite.max_consecutive >= 1):
+    raise pipeline.ConfigError(f"config.nonfinite.max_consecutive={c.nonfinite.max_consecutive!r}: expected an int >= 1")
+  if c.checkpoint.on_save_error not in faults.SAVE_ERROR_POLICIES:
+    raise pipeline.ConfigError(f"config.checkpoint.on_save_error={c.checkpoint.on_save_error!r}: expected one of "
+                               f"{', '.join(faults.SAVE_ERROR_POLICIES)}")
   for section, field in (("checkpoint", "every_steps"), ("log", "every_steps")):
     if c[section][field] < 1:
       raise pipeline.ConfigError(f"config.{section}.{field}={c[section][field]!r}: expected an int >= 1")
@@ -186,11 +194,13 @@ def make_train_step(c: ml_collections.ConfigDict, s: Setup):
     params = optax.apply_updates(state["params"], updates)
     ema = (jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params)
            if ema_decay > 0 else state["ema"])  # ema_decay 0: no EMA copy ({}) is kept
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+    # The first non-finite quantity, as 1 + its place in faults.NONFINITE_QUANTITIES (0: all finite).
+    bad = jnp.stack([~jnp.isfinite(loss), ~jnp.isfinite(grad_norm), ~jnp.isfinite(optax.tree.norm(updates))])
+    nonfinite = jnp.where(jnp.any(bad), jnp.argmax(bad) + 1, 0)
     new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
-    keep = lambda n, old: jnp.where(finite, n, old)
+    keep = lambda n, old: jnp.where(nonfinite == 0, n, old)
     new = {k: (jax.tree.map(keep, new[k], state[k]) if k != "step" else new[k]) for k in new}
-    metrics = {**aux, "grad_norm": grad_norm, "lr": s.schedule(state["step"]), "finite": finite}
+    metrics = {**aux, "grad_norm": grad_norm, "lr": s.schedule(state["step"]), "nonfinite": nonfinite}
     return new, metrics
 
   return step
@@ -235,50 +245,57 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
 
     writer = _writer(c, workdir)
     sheet = _sample_sheet_fn(c, workdir, setup, mesh)
+    guard = faults.NonFiniteGuard(c.nonfinite.policy, c.nonfinite.max_consecutive)
     stage, data_iter, train_step = None, None, None
     window, pending, last = [], None, {}
     t_window = time.perf_counter()
     last_step = min(c.total_steps, stop_at_step or c.total_steps)
-    for step in range(start + 1, last_step + 1):
-      if stage is None or step > stage.last:  # a new curriculum stage (or the run's only one)
-        stage = next(s for s in plan if s.first <= step <= s.last)
-        if data_iter is not None:
-          data_iter.close()
-        data_iter = pipeline.make_pipeline(
-            stage.config.data, path, batch_size=c.batch_size, process_index=jax.process_index(),
-            process_count=jax.process_count(), image_groups=keyframe.pipeline_image_groups(stage.config),
-            embedding_path=clip_path).iterator()
-        if step == start + 1 and start >= stage.first:  # resuming inside this stage: its data position
-          checkpoints.restore_data_iter(mngr, start, data_iter)
-        train_step = None  # compiled once per stage: the window length changes the shapes
-        counter = flops.StepCost(stage.config)
-        logging.info("model: %.2fM parameters; steps %d-%d: %s", counter.num_params / 1e6, stage.first, stage.last,
-                     counter.describe())
-      batch = _global_batch(next(data_iter), mesh)
-      if train_step is None:
-        batch_shardings = {k: v.sharding for k, v in batch.items()}
-        train_step = jax.jit(make_train_step(stage.config, setup),
-                             in_shardings=(setup.state_shardings, batch_shardings),
-                             out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
-      state, metrics = train_step(state, batch)
-      # Fetch the previous step's metrics after dispatching this one: the host never stalls the device.
-      if pending is not None:
-        window.append(_check(pending, mngr))
-      pending = (step, metrics)
-      if step % c.log.every_steps == 0 or step == last_step or step == stage.last:
-        window.append(_check(pending, mngr))
-        pending = None
-        elapsed = time.perf_counter() - t_window
-        last = _log(c, step, window, elapsed, counter, writer)
-        window, t_window = [], time.perf_counter()
-      if sheet and (step % c.log.sample_every_steps == 0 or step == last_step):
-        sheet(state, step, writer)
-      if step % c.checkpoint.every_steps == 0 or step == last_step:
+    with faults.Preemption() as preemption:
+      for step in range(start + 1, last_step + 1):
+        if stage is None or step > stage.last:  # a new curriculum stage (or the run's only one)
+          stage = next(s for s in plan if s.first <= step <= s.last)
+          if data_iter is not None:
+            data_iter.close()
+          data_iter = pipeline.make_pipeline(
+              stage.config.data, path, batch_size=c.batch_size, process_index=jax.process_index(),
+              process_count=jax.process_count(), image_groups=keyframe.pipeline_image_groups(stage.config),
+              embedding_path=clip_path).iterator()
+          if step == start + 1 and start >= stage.first:  # resuming inside this stage: its data position
+            checkpoints.restore_data_iter(mngr, start, data_iter)
+          train_step = None  # compiled once per stage: the window length changes the shapes
+          counter = flops.StepCost(stage.config)
+          logging.info("model: %.2fM parameters; steps %d-%d: %s", counter.num_params / 1e6, stage.first,
+                       stage.last, counter.describe())
+        batch = _global_batch(next(data_iter), mesh)
+        if train_step is None:
+          batch_shardings = {k: v.sharding for k, v in batch.items()}
+          train_step = jax.jit(make_train_step(stage.config, setup),
+                               in_shardings=(setup.state_shardings, batch_shardings),
+                               out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+        state, metrics = train_step(state, batch)
+        # Fetch the previous step's metrics after dispatching this one: the host never stalls the device.
         if pending is not None:
-          window.append(_check(pending, mngr))
+          window.append(_check(pending, guard, mngr))
+        pending = (step, metrics)
+        preempted = preemption.requested(step)
+        final = step == last_step or preempted
+        if step % c.log.every_steps == 0 or final or step == stage.last:
+          window.append(_check(pending, guard, mngr))
           pending = None
-        checkpoints.save(mngr, step, state, data_iter, c)
-    mngr.wait_until_finished()
+          elapsed = time.perf_counter() - t_window
+          last = dict(_log(c, step, window, elapsed, counter, writer), skipped_steps=guard.skipped)
+          window, t_window = [], time.perf_counter()
+        if sheet and (step % c.log.sample_every_steps == 0 or step == last_step):
+          sheet(state, step, writer)
+        if step % c.checkpoint.every_steps == 0 or final:
+          if pending is not None:
+            window.append(_check(pending, guard, mngr))
+            pending = None
+          _save(mngr, step, state, data_iter, c, final)
+        if preempted:
+          logging.warning("preempted at step %d: its checkpoint is committed; exiting", step)
+          last["preempted"] = True
+          break
     mngr.close()
   if data_iter is not None:
     data_iter.close()
@@ -287,16 +304,32 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   return last
 
 
-def _check(pending: tuple[int, dict], mngr) -> dict[str, float]:
+def _check(pending: tuple[int, dict], guard: faults.NonFiniteGuard, mngr) -> dict[str, float]:
   step, metrics = pending
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if not m.pop("finite"):
+  saved = None
+  if m["nonfinite"]:
     mngr.wait_until_finished()
     saved = mngr.latest_step()
-    raise TrainingError(f"non-finite loss, gradient or update at step {step} (loss {m['loss']}, grad norm {m['grad_norm']}); "
-                        f"stopped without applying it. The last checkpoint "
-                        f"({'step ' + str(saved) if saved is not None else 'none'}) is intact.")
-  return m
+  return guard.check(step, m, saved)
+
+
+def _save(mngr, step: int, state, data_iter, c, final: bool) -> None:
+  """Saves `step` by config.checkpoint.on_save_error; the run's final save also waits for its commit."""
+  try:
+    checkpoints.save(mngr, step, state, data_iter, c)
+    if final:
+      mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  (OSError, tensorstore and Orbax errors alike)
+    try:
+      saved = mngr.latest_step()
+    except Exception:  # pylint: disable=broad-except  (the directory itself may be what failed)
+      saved = None
+    msg = (f"checkpoint save at step {step} failed ({type(e).__name__}: {e}); the last complete checkpoint "
+           f"({'step ' + str(saved) if saved is not None else 'none'}) is intact")
+    if c.checkpoint.on_save_error == "stop" or final:
+      raise TrainingError(msg + (" (this was the run's last save)" if final else "")) from None
+    logging.error("%s; retrying at the next checkpoint step (config.checkpoint.on_save_error='retry')", msg)
 
 
 def _log(c, step: int, window: list[dict], elapsed: float, counter: "flops.StepCost", writer) -> dict[str, Any]:

@@ -83,7 +83,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))  # -1: the rest
 
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000, keep=3, async_save=True,
+      on_save_error="stop"))  # a failed save: "stop" | "retry" at the next checkpoint step (cinema_jax/faults.py)
+  # A step whose loss, gradient or update is not finite changes nothing; then "stop" (naming the step and
+  # quantity) or "skip" it and stop after max_consecutive in a row.
+  c.nonfinite = ml_collections.ConfigDict(dict(policy="stop", max_consecutive=10))
   c.log = ml_collections.ConfigDict(dict(every_steps=50, sample_every_steps=2000, tensorboard=True))
   c.sample = s = ml_collections.ConfigDict()
   s.num_steps = 28

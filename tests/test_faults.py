@@ -1,0 +1,174 @@
+"""Fault injection: SIGTERM and SIGKILL during training, non-finite steps, failed saves, safety.
+
+The randomized SIGKILL version with many trials is benchmarks/faults.py (its result: BENCHMARKS.md).
+"""
+
+import errno
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import faults as fault_bench
+from cinema_jax import checkpoints
+from cinema_jax import faults
+from cinema_jax import sharding
+from cinema_jax import trainer
+from configs import keyframe as keyframe_config
+from data_pipelines import pipeline
+
+STEPS = 12
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """(compilation cache, final state leaves) of the tiny run trained STEPS steps without a stop."""
+  root = tmp_path_factory.mktemp("faults")
+  cache = str(root / "jax_cache")
+  done = fault_bench.run(str(root / "whole"), STEPS, cache)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return cache, fault_bench.state_at(str(root / "whole"))
+
+
+def _equal(a, b):
+  return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_sigterm_saves_at_the_next_step_exits_0_and_resumes_exactly(uninterrupted, tmp_path):
+  cache, reference = uninterrupted
+  workdir = str(tmp_path / "run")
+  with open(tmp_path / "run.log", "w") as log:  # a file, not a pipe: a full pipe would stall the run
+    proc = subprocess.Popen(fault_bench.train_cmd(workdir, STEPS), cwd=REPO, env=fault_bench.train_env(cache),
+                            stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.time() + 300
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")) and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+  err = (tmp_path / "run.log").read_text()
+  assert proc.returncode == 0, err[-3000:]
+  stopped = int(re.search(r"preempted at step (\d+): its checkpoint is committed", err).group(1))
+  assert 2 <= stopped < STEPS  # stopped early, at a step boundary, with that step saved
+  assert fault_bench.committed_steps(workdir)[-1] == stopped
+  done = fault_bench.run(workdir, STEPS, cache)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"resuming from step {stopped}" in done.stderr
+  assert _equal(fault_bench.state_at(workdir), reference)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigkill_at_a_random_moment_leaves_only_whole_checkpoints(uninterrupted, tmp_path, seed):
+  cache, reference = uninterrupted
+  r = fault_bench.kill_trial(str(tmp_path / "run"), STEPS, cache, reference, np.random.default_rng(seed))
+  assert r["committed"] and r["lost"] == 0, r
+  assert r["resumed_from"] == r["committed"][-1] and r["exact"], r
+
+
+def _tiny(**kw):
+  c = keyframe_config.get_config("tiny")
+  c.update(batch_size=8, **kw)  # 8 fake devices in this process
+  c.log.sample_every_steps = 0
+  return c
+
+
+def test_skip_policy_counts_and_stops_after_k_in_a_row(tmp_path):
+  c = _tiny(total_steps=8)
+  c.optimizer.lr = float("nan")  # every update is NaN
+  c.nonfinite.update(policy="skip", max_consecutive=3)
+  with pytest.raises(trainer.TrainingError, match=r"non-finite update at step 3 .*: 3 steps in a row skipped "
+                     r"\(config.nonfinite.max_consecutive=3\), 3 in all; stopped. The last checkpoint \(step 2\)"):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  # Skipped steps change nothing: the checkpoint of step 2 holds the initial parameters.
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  setup = trainer.make_setup(c, mesh)
+  with jax.set_mesh(mesh):
+    saved = checkpoints.restore(checkpoints.manager(str(tmp_path), read_only=True), 2, setup.abstract_state)
+    init = setup.init()
+  assert int(saved["step"]) == 2
+  assert _equal([np.asarray(x) for x in jax.tree.leaves(saved["params"])],
+                [np.asarray(x) for x in jax.tree.leaves(init["params"])])
+
+
+def test_guard_names_the_quantity_and_resets_on_a_good_step():
+  guard = faults.NonFiniteGuard("skip", 2)
+  m = lambda code: {"loss": 1.0, "grad_norm": float("nan") if code == 2 else 1.0, "nonfinite": code}
+  out = guard.check(1, m(2), None)
+  assert out["loss"] == 1.0 and "nonfinite" not in out and (guard.skipped, guard.consecutive) == (1, 1)
+  guard.check(2, m(0), None)  # a good step resets the run of skips
+  guard.check(3, m(1), 2)
+  with pytest.raises(faults.TrainingError, match=r"non-finite update at step 4 .*2 steps in a row skipped .*, "
+                     r"3 in all; stopped. The last checkpoint \(step 2\) is intact"):
+    guard.check(4, m(3), 2)
+  with pytest.raises(faults.TrainingError, match=r"non-finite gradient at step 7 \(loss 1.0, grad norm nan\); "
+                     r"stopped without applying it. The last checkpoint \(none\)"):
+    faults.NonFiniteGuard("stop", 5).check(7, m(2), None)
+
+
+def _failing_save(fail_at: set[int], seen: list):
+  real = checkpoints.save
+
+  def save(mngr, step, *args):
+    seen.append((step, sorted(mngr.all_steps())))  # what is on disk when this save starts
+    if step in fail_at:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    real(mngr, step, *args)
+  return save
+
+
+def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_path, monkeypatch):
+  seen = []
+  monkeypatch.setattr(checkpoints, "save", _failing_save({4}, seen))
+  c = _tiny(total_steps=6)
+  c.checkpoint.update(every_steps=2, keep=1)
+  with pytest.raises(trainer.TrainingError, match=r"checkpoint save at step 4 failed \(OSError: \[Errno 28\] No space "
+                     r"left on device\); the last complete checkpoint \(step 2\) is intact$"):
+    trainer.train_and_evaluate(c, str(tmp_path / "stop"))
+  assert fault_bench.committed_steps(str(tmp_path / "stop")) == [2]
+
+  seen.clear()
+  c.checkpoint.on_save_error = "retry"
+  last = trainer.train_and_evaluate(c, str(tmp_path / "retry"))
+  assert last["step"] == 6
+  assert seen == [(2, []), (4, [2]), (6, [2])]  # step 2 stays until 6 is committed (keep=1)
+  assert fault_bench.committed_steps(str(tmp_path / "retry")) == [6]
+
+  monkeypatch.setattr(checkpoints, "save", _failing_save({8}, []))  # the last save must not fail silently
+  c.total_steps = 8
+  with pytest.raises(trainer.TrainingError, match=r"checkpoint save at step 8 failed .* \(this was the run's last save\)"):
+    trainer.train_and_evaluate(c, str(tmp_path / "retry"))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("nonfinite.policy", "ignore", "config.nonfinite.policy='ignore': expected one of stop, skip"),
+    ("nonfinite.max_consecutive", 0, "config.nonfinite.max_consecutive=0: expected an int >= 1"),
+    ("checkpoint.on_save_error", "pray", "config.checkpoint.on_save_error='pray': expected one of stop, retry"),
+])
+def test_fault_policies_are_validated(field, value, message):
+  c = _tiny()
+  section, name = field.split(".")
+  with c.ignore_type():
+    c[section][name] = value
+  with pytest.raises(pipeline.ConfigError, match=re.escape(message)):
+    trainer.validate(c)
+
+
+def test_no_code_path_unpickles_or_executes_user_files():
+  """Data, weights and checkpoints are msgpack, PNG, safetensors, JSON and Orbax/tensorstore: nothing
+  that runs code. Config files are Python by design (ml_collections); paths in data never are."""
+  banned = [r"\bimport pickle\b", r"\bpickle\.load", r"\bdill\b", r"\bcloudpickle\b", r"allow_pickle\s*=\s*True",
+            r"torch\.load\(", r"\bnp\.load\(", r"\beval\(", r"\bexec\(", r"importlib\.import_module\(",
+            r"runpy\.", r"joblib\.load"]
+  hits = []
+  for folder in ("cinema_jax", "data_pipelines", "configs", "launch", "benchmarks"):
+    for path in (REPO / folder).rglob("*.py"):
+      for n, line in enumerate(path.read_text().splitlines(), 1):
+        if any(re.search(b, line) for b in banned):
+          hits.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+  assert not hits, "\n".join(hits)
