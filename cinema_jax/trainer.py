@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from cinema_jax import checkpoints
+from cinema_jax import distributed
 from cinema_jax import faults
 from cinema_jax import flops
 from cinema_jax import objective
@@ -321,6 +322,7 @@ def _save(mngr, step: int, state, data_iter, c, final: bool) -> None:
     if final:
       mngr.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except  (OSError, tensorstore and Orbax errors alike)
+    distributed.collective_failure(e)  # a save barrier that failed because another process died: exit now
     try:
       saved = mngr.latest_step()
     except Exception:  # pylint: disable=broad-except  (the directory itself may be what failed)

@@ -71,6 +71,42 @@ def test_sigkill_at_a_random_moment_leaves_only_whole_checkpoints(uninterrupted,
   assert r["resumed_from"] == r["committed"][-1] and r["exact"], r
 
 
+def test_a_dead_process_stops_the_others_within_a_bounded_time(uninterrupted, tmp_path):
+  """Two processes on loopback train data-parallel; SIGKILL one, the other exits with one line."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  cache, _ = uninterrupted
+  workdir, procs, logs = str(tmp_path / "run"), [], []
+  for i in range(2):
+    logs.append(open(tmp_path / f"p{i}.log", "w"))
+    procs.append(subprocess.Popen(
+        fault_bench.train_cmd(workdir, 400, ["--config.batch_size=4", f"--coordinator_address=127.0.0.1:{port}",
+                                             "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout_s=10"]),
+        cwd=REPO, env=fault_bench.train_env(cache), stdout=subprocess.DEVNULL, stderr=logs[-1]))
+  try:
+    deadline = time.time() + 300
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", "3")) and time.time() < deadline:
+      assert procs[0].poll() is None and procs[1].poll() is None, (tmp_path / "p0.log").read_text()[-3000:]
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    rc = procs[0].wait(timeout=120)
+    took = time.time() - killed
+  finally:
+    for p in procs:
+      p.kill()
+    for f in logs:
+      f.close()
+  err = (tmp_path / "p0.log").read_text()
+  assert rc == 1 and took < 60, (rc, took, err[-3000:])
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("error: process 0 of 2: a cross-process operation failed, another process has probably "
+                         "died"), err[-3000:]
+  assert fault_bench.committed_steps(workdir)[-1] >= 3  # what was committed stays whole
+
+
 def _tiny(**kw):
   c = keyframe_config.get_config("tiny")
   c.update(batch_size=8, **kw)  # 8 fake devices in this process
