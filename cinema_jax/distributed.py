@@ -45,10 +45,15 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
                                heartbeat_timeout_seconds=heartbeat_timeout_s)
 
 
+# What a failed collective or barrier says; Orbax re-raises some of them as other types (ValueError).
+_PEER_FAILURE = ("Gloo", "heartbeat", "Barrier failed", "coordination service", "Connection reset", "NCCL")
+
+
 def collective_failure(e: BaseException) -> None:
   """Exits this process at once with one line when `e` is a failed cross-process collective."""
-  if jax.process_count() > 1 and isinstance(e, jax.errors.JaxRuntimeError):
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  text = str(e)
+  if jax.process_count() > 1 and (isinstance(e, jax.errors.JaxRuntimeError) or any(k in text for k in _PEER_FAILURE)):
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
     print(f"error: process {jax.process_index()} of {jax.process_count()}: a cross-process operation failed, "
           f"another process has probably died ({first[:300]}); checkpoints committed so far are whole",
           file=sys.stderr, flush=True)

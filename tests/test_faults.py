@@ -71,40 +71,67 @@ def test_sigkill_at_a_random_moment_leaves_only_whole_checkpoints(uninterrupted,
   assert r["resumed_from"] == r["committed"][-1] and r["exact"], r
 
 
-def test_a_dead_process_stops_the_others_within_a_bounded_time(uninterrupted, tmp_path):
-  """Two processes on loopback train data-parallel; SIGKILL one, the other exits with one line."""
-  import socket  # pylint: disable=g-import-not-at-top
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  cache, _ = uninterrupted
-  workdir, procs, logs = str(tmp_path / "run"), [], []
+def _start_two(workdir, port, cache, tmp_path, tag):
+  """Two training processes on loopback, data-parallel over their two CPU devices."""
+  procs, logs = [], []
   for i in range(2):
-    logs.append(open(tmp_path / f"p{i}.log", "w"))
+    logs.append(open(tmp_path / f"{tag}{i}.log", "w"))
     procs.append(subprocess.Popen(
         fault_bench.train_cmd(workdir, 400, ["--config.batch_size=4", f"--coordinator_address=127.0.0.1:{port}",
                                              "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout_s=10"]),
         cwd=REPO, env=fault_bench.train_env(cache), stdout=subprocess.DEVNULL, stderr=logs[-1]))
+  return procs, logs
+
+
+def _wait_for_step(workdir, step, procs, log):
+  deadline = time.time() + 300
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", str(step))) and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
+    time.sleep(0.05)
+
+
+def test_two_processes_preempt_together_and_a_dead_one_stops_the_other(uninterrupted, tmp_path):
+  import socket  # pylint: disable=g-import-not-at-top
+  ports = []
+  for _ in range(2):
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      ports.append(s.getsockname()[1])
+  cache, _ = uninterrupted
+  workdir = str(tmp_path / "run")
+
+  # SIGTERM to one process: JAX's preemption sync point stops both at the same step, saved, exit 0.
+  procs, logs = _start_two(workdir, ports[0], cache, tmp_path, "term")
   try:
-    deadline = time.time() + 300
-    while not os.path.isdir(os.path.join(workdir, "checkpoints", "3")) and time.time() < deadline:
-      assert procs[0].poll() is None and procs[1].poll() is None, (tmp_path / "p0.log").read_text()[-3000:]
-      time.sleep(0.05)
+    _wait_for_step(workdir, 3, procs, tmp_path / "term0.log")
+    procs[1].send_signal(signal.SIGTERM)
+    rcs = [p.wait(timeout=120) for p in procs]
+  finally:
+    for p, f in zip(procs, logs):
+      p.kill()
+      f.close()
+  errs = [(tmp_path / f"term{i}.log").read_text() for i in range(2)]
+  assert rcs == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+  stops = {int(re.search(r"preempted at step (\d+): its checkpoint is committed", e).group(1)) for e in errs}
+  assert len(stops) == 1 and fault_bench.committed_steps(workdir)[-1] == stops.pop()
+
+  # SIGKILL one process of the resumed pair: the other exits at once with one line.
+  procs, logs = _start_two(workdir, ports[1], cache, tmp_path, "kill")
+  try:
+    _wait_for_step(workdir, fault_bench.committed_steps(workdir)[-1] + 2, procs, tmp_path / "kill0.log")
     procs[1].send_signal(signal.SIGKILL)
     killed = time.time()
     rc = procs[0].wait(timeout=120)
     took = time.time() - killed
   finally:
-    for p in procs:
+    for p, f in zip(procs, logs):
       p.kill()
-    for f in logs:
       f.close()
-  err = (tmp_path / "p0.log").read_text()
+  err = (tmp_path / "kill0.log").read_text()
+  assert "resuming from step" in err
   assert rc == 1 and took < 60, (rc, took, err[-3000:])
-  last = err.strip().splitlines()[-1]
-  assert last.startswith("error: process 0 of 2: a cross-process operation failed, another process has probably "
-                         "died"), err[-3000:]
-  assert fault_bench.committed_steps(workdir)[-1] >= 3  # what was committed stays whole
+  assert err.strip().splitlines()[-1].startswith(
+      "error: process 0 of 2: a cross-process operation failed, another process has probably died"), err[-3000:]
 
 
 def _tiny(**kw):
