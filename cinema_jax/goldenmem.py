@@ -142,3 +142,12 @@ def resize_array(x_BNHWC: jax.Array, size: tuple[int, int]) -> jax.Array:
     return x_BNHWC
   rows, cols = _area_weights(h, x_BNHWC.shape[2]), _area_weights(w, x_BNHWC.shape[3])
   return jnp.einsum("hH,bnHWc,wW->bnhwc", rows, x_BNHWC, cols)
+
+
+def split_pairs(a_BP: jax.Array, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """A per-pair array [B, P, ...] cut into the pair groups of `xs` ([B, n_g, ...] each)."""
+  out, first = [], 0
+  for x in xs:
+    out.append(a_BP[:, first:first + x.shape[1]])
+    first += x.shape[1]
+  return tuple(out)

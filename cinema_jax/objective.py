@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cinema_jax import goldenmem
+
 
 def shift_mu(num_image_tokens: int, base: tuple[int, float] = (256, 0.5), top: tuple[int, float] = (4096, 1.15)) -> float:
   """FLUX's resolution shift: mu linear in the image-token count (256 -> 0.5, 4096 -> 1.15)."""
@@ -62,15 +64,6 @@ def drop_captions(key: jax.Array, states, mask, pooled, rate: float):
   return states * keep[..., None, None], mask & keep[..., None], pooled * keep[..., None]
 
 
-def split_pairs(a_BP: jax.Array, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-  """A per-pair array [B, P, ...] cut into the pair groups of `xs` ([B, n_g, ...] each)."""
-  out, first = [], 0
-  for x in xs:
-    out.append(a_BP[:, first:first + x.shape[1]])
-    first += x.shape[1]
-  return tuple(out)
-
-
 def velocity(out_BPNC, x_t_BPNC, t_BP: jax.Array, prediction: str, t_min: float = 0.05):
   """The flow velocity from the network output: itself ("v", FLUX), or from a clean-image estimate ("x").
 
@@ -85,7 +78,7 @@ def velocity(out_BPNC, x_t_BPNC, t_BP: jax.Array, prediction: str, t_min: float 
     return out_BPNC
   if isinstance(out_BPNC, (tuple, list)):
     return tuple(velocity(o, x, t, prediction, t_min)
-                 for o, x, t in zip(out_BPNC, x_t_BPNC, split_pairs(t_BP, tuple(out_BPNC))))
+                 for o, x, t in zip(out_BPNC, x_t_BPNC, goldenmem.split_pairs(t_BP, tuple(out_BPNC))))
   return (x_t_BPNC - out_BPNC) / jnp.maximum(t_BP, t_min)[..., None, None]
 
 
@@ -104,7 +97,7 @@ def flow_loss(apply: Callable[..., Any], x0_BPNC, key: jax.Array, o: ml_collecti
   t, weight = pair_times(k_t, b, p, o, num_image_tokens or xs[-1].shape[2], newest_group=xs[-1].shape[1])
   eps = tuple(jax.random.normal(k, x.shape, x.dtype) for k, x in zip(jax.random.split(k_eps, len(xs)), xs))
   x_t = tuple((1 - tt[..., None, None]) * x + tt[..., None, None] * e
-              for x, e, tt in zip(xs, eps, split_pairs(t, xs)))
+              for x, e, tt in zip(xs, eps, goldenmem.split_pairs(t, xs)))
   v = apply(x_t if grouped else x_t[0], t)
   v = tuple(v) if grouped else (v,)
   err = jnp.concatenate([jnp.mean(jnp.square(vv.astype(jnp.float32) - (e - x)), axis=(2, 3))

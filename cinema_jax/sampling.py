@@ -76,120 +76,200 @@ class Sampler:
     enc = [tokenizer.encode(cap, self.c.data.text_len)[:2] for cap in captions]
     return np.stack([e[0] for e in enc]), np.stack([e[1] for e in enc])
 
-  @functools.partial(jax.jit, static_argnums=(0, 6, 7))
-  def _denoise(self, params, xs, tokens_PL, mask_PL, new_P, causal: bool, group_grids, key, guidance):
-    """Denoises the pairs flagged in new_P; the others are context (clean, or re-noised to
-    sample.context_t). xs: groups [n_g, N_g, C] on group_grids, oldest first. Returns the groups."""
+  @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
+  def _denoise(self, params, xs, tokens_BPL, mask_BPL, new_P, causal: bool, group_grids, cached: bool, keys_B,
+               guidance):
+    """Denoises the pairs flagged in new_P of B windows; the others are context (clean, or re-noised
+    to sample.context_t). xs: groups [B, n_g, N_g, C] on group_grids, oldest first; keys_B: one PRNG
+    key per window. cached: one new pair (in the last group), its context's keys and values computed
+    once (KV cache) and only the new pair run at each step. Returns the groups."""
     c = self.c
     model = nnx.merge(self.graphdef, params)
-    states, mask, pooled = model.encode_text({"text_tokens": tokens_PL[None], "text_mask": mask_PL[None]})
-    distilled = c.model.guidance_embed  # FLUX.1-dev style: the scale goes into guidance_in, one pass
-    if distilled:
-      text = (states, mask, pooled)
-    else:
-      keep = ~new_P[None]  # CFG: the unconditional branch loses the new pairs' captions only
-      text = (jnp.concatenate([states, states * keep[..., None, None]]),
-              jnp.concatenate([mask, mask & keep[..., None]]),
-              jnp.concatenate([pooled, pooled * keep[..., None]]))
+    b = tokens_BPL.shape[0]
+    states, mask, pooled = model.encode_text({"text_tokens": tokens_BPL, "text_mask": mask_BPL})
     times = jnp.asarray(schedule(c.sample.num_steps, self.grid[0] * self.grid[1], c.objective.shift))
-    k_ctx, k_ctx_t = jax.random.split(jax.random.fold_in(key, 1))
     lo, hi = c.sample.context_t
-    t_ctx = jnp.where(new_P, 0.0, jax.random.uniform(k_ctx_t, new_P.shape, minval=lo, maxval=hi))
-    batched = tuple(x[None] for x in xs)  # split_pairs cuts axis 1: the pairs of [B, P, ...]
-    news = objective.split_pairs(new_P[None], batched)
-    t_ctxs = objective.split_pairs(t_ctx[None], batched)
-    noise_keys = [key] if len(xs) == 1 else jax.random.split(key, len(xs))
-    noise = [jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(noise_keys, xs)]
-    ctx_eps = [jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(jax.random.split(k_ctx, len(xs)), xs)]
-    xs = tuple(jnp.where(n[0, :, None, None], e, (1 - t[0, :, None, None]) * x + t[0, :, None, None] * ce)
+
+    def draws(key):  # per window, so that a window's samples do not depend on the others in the batch
+      k_ctx, k_ctx_t = jax.random.split(jax.random.fold_in(key, 1))
+      t_ctx = jnp.where(new_P, 0.0, jax.random.uniform(k_ctx_t, new_P.shape, minval=lo, maxval=hi))
+      noise_keys = [key] if len(xs) == 1 else jax.random.split(key, len(xs))
+      noise = [jax.random.normal(k, x.shape[1:], jnp.float32) for k, x in zip(noise_keys, xs)]
+      ctx_eps = [jax.random.normal(k, x.shape[1:], jnp.float32) for k, x in zip(jax.random.split(k_ctx, len(xs)), xs)]
+      return t_ctx, noise, ctx_eps
+
+    t_ctx, noise, ctx_eps = jax.vmap(draws)(keys_B)
+    news = goldenmem.split_pairs(jnp.broadcast_to(new_P, (b, new_P.shape[0])), xs)
+    t_ctxs = goldenmem.split_pairs(t_ctx, xs)
+    xs = tuple(jnp.where(n[..., None, None], e, (1 - t[..., None, None]) * x + t[..., None, None] * ce)
                for x, n, t, e, ce in zip(xs, news, t_ctxs, noise, ctx_eps))
+    distilled = c.model.guidance_embed  # FLUX.1-dev style: the scale goes into guidance_in, one pass
+    g_BP = lambda p: jnp.full((b, p), guidance, jnp.float32) if distilled else None
 
-    def body(i, xs):
-      t = jnp.where(new_P, times[i], t_ctx)
-      run = lambda xx, tt, txt, g=None: model(xx, tt, *txt, grid=self.grid, guidance_BP=g, causal=causal,
-                                               group_grids=group_grids)
+    def velocity(run, x, t, text):
+      """The guided velocity: CFG drops only the new pairs' captions, the way training drops them."""
       if distilled:
-        g = jnp.full((1, t.shape[0]), guidance, jnp.float32)
-        xb = tuple(x[None] for x in xs)
-        v = tuple(x[0] for x in objective.velocity(run(xb, t[None], text, g), xb, t[None], c.objective.prediction))
-      else:
-        xb, tt = tuple(jnp.stack([x, x]) for x in xs), jnp.stack([t, t])
-        v = objective.velocity(run(xb, tt, text), xb, tt, c.objective.prediction)
-        v = tuple(vv[1] + guidance * (vv[0] - vv[1]) for vv in v)
-      return tuple(jnp.where(n[0, :, None, None], x + (times[i + 1] - times[i]) * vv, x)
-                   for x, vv, n in zip(xs, v, news))
+        return objective.velocity(run(x, t, text), x, t, c.objective.prediction)
+      (st, m, pl), (st_u, m_u, pl_u) = text
+      both = lambda a, u: jnp.concatenate([a, u])
+      x2, t2 = jax.tree.map(lambda a: both(a, a), (x, t))
+      v = objective.velocity(run(x2, t2, (both(st, st_u), both(m, m_u), both(pl, pl_u))), x2, t2,
+                             c.objective.prediction)
+      return jax.tree.map(lambda vv: vv[b:] + guidance * (vv[:b] - vv[b:]), v)
 
-    return jax.lax.fori_loop(0, c.sample.num_steps, body, xs)
+    if not cached:
+      keep = ~new_P[None]  # the unconditional branch loses the new pairs' captions only
+      text = (states, mask, pooled)
+      if not distilled:
+        text = (text, (states * keep[..., None, None], mask & keep[..., None], pooled * keep[..., None]))
 
-  def _context(self, frames_KHWC: np.ndarray, plan) -> tuple[np.ndarray, ...]:
-    """GoldenMem: each group's frames (the last pair a placeholder) resized to its grid, as tokens."""
+      def body(i, xs):
+        t = jnp.where(new_P[None], times[i], t_ctx)
+        run = lambda xx, tt, txt: model(xx, tt, *txt, grid=self.grid, guidance_BP=g_BP(tt.shape[1]), causal=causal,
+                                        group_grids=group_grids)
+        v = velocity(run, xs, t, text)
+        return tuple(jnp.where(n[..., None, None], x + (times[i + 1] - times[i]) * vv, x)
+                     for x, vv, n in zip(xs, v, news))
+
+      return jax.lax.fori_loop(0, c.sample.num_steps, body, xs)
+
+    # KV cache: the context never sees the new pair (block-causal) and keeps its t, captions and
+    # guidance through the loop, so its keys and values are computed once; the pairs after the new
+    # one (padding slots) are masked out of the cache.
+    j = jnp.argmax(new_P)  # the new pair, the same slot in every window
+    first = sum(x.shape[1] for x in xs[:-1])  # where the last group (holding the new pair) starts
+    cache = model.fill_cache(xs, t_ctx, states, mask, pooled, grid=self.grid, guidance_BP=g_BP(new_P.shape[0]),
+                             group_grids=group_grids, pair_valid_BP=jnp.broadcast_to(jnp.arange(new_P.shape[0]) < j,
+                                                                                     (b, new_P.shape[0])))
+    if not distilled:  # both CFG branches share the context
+      cache = jax.tree.map(lambda a, axis: jnp.concatenate([a, a], axis),
+                           cache, type(cache)(k_LBSHD=1, v_LBSHD=1, mask_BS=0))
+    pick = lambda a: jax.lax.dynamic_slice_in_dim(a, j, 1, axis=1)
+    text = (pick(states), pick(mask), pick(pooled))
+    if not distilled:
+      text = (text, (jnp.zeros_like(text[0]), jnp.zeros_like(text[1]), jnp.zeros_like(text[2])))
+    x_new = jax.lax.dynamic_slice_in_dim(xs[-1], j - first, 1, axis=1)
+
+    def cached_body(i, x):
+      t = jnp.full((b, 1), times[i])
+      run = lambda xx, tt, txt: model(xx, tt, *txt, grid=self.grid, guidance_BP=g_BP(1), causal=True, cache=cache,
+                                      first_pair=j)
+      return x + (times[i + 1] - times[i]) * velocity(run, x, t, text)
+
+    x_new = jax.lax.fori_loop(0, c.sample.num_steps, cached_body, x_new)
+    return (*xs[:-1], jax.lax.dynamic_update_slice_in_dim(xs[-1], x_new, j - first, axis=1))
+
+  def _context(self, frames_KHWC: np.ndarray, plan, memo: dict, ids) -> tuple[np.ndarray, ...]:
+    """GoldenMem: each group's frames (the last pair a placeholder) resized to its grid, as tokens.
+
+    memo keeps each frame's tokens per grid (keyed by (ids[i], grid)), so only frames whose level
+    changed since the last keyframe are resized again."""
     c, p = self.c, self.c.model.patch
     out, first = [], 0
     for g in plan:
       size = (g.grid[0] * p, g.grid[1] * p)
-      x = frames_KHWC[first:first + g.num_pairs]
-      if c.data.goldenmem.resize == "pixels":  # what the pipeline does: uint8 frames, box filter
-        x = goldenmem.resize_frames(_to_uint8(x), size).astype(np.float32) / 127.5 - 1.0
-      else:
-        x = np.asarray(goldenmem.resize_array(jnp.asarray(x)[None], size)[0])
-      out.append(np.asarray(keyframe.patchify(jnp.asarray(x)[None], p)[0]))
+      toks = []
+      for i in range(first, first + g.num_pairs):
+        key = (ids[i], g.grid)
+        if key not in memo:
+          x = frames_KHWC[i:i + 1]
+          if c.data.goldenmem.resize == "pixels":  # what the pipeline does: uint8 frames, box filter
+            x = goldenmem.resize_frames(_to_uint8(x), size).astype(np.float32) / 127.5 - 1.0
+          else:
+            x = np.asarray(goldenmem.resize_array(jnp.asarray(x)[None], size)[0])
+          memo[key] = np.asarray(keyframe.patchify(jnp.asarray(x)[None], p)[0, 0])
+        toks.append(memo[key])
+      out.append(np.stack(toks))
       first += g.num_pairs
     return tuple(out)
 
   def keyframes(self, params, captions: list[str], *, seed: int = 0, mode: str | None = None,
                 guidance: float | None = None) -> np.ndarray:
     """uint8 [K, H, W, 3]: one keyframe per caption, reproducible from the seed."""
+    return self.keyframes_batch(params, [captions], seeds=[seed], mode=mode, guidance=guidance)[0]
+
+  def keyframes_batch(self, params, storylines: list[list[str]], *, seeds: list[int], mode: str | None = None,
+                      guidance: float | None = None, sharding=None) -> list[np.ndarray]:
+    """uint8 [K_b, H, W, 3] per storyline; storyline b is reproducible from seeds[b].
+
+    Autoregressive: the storylines are denoised together, one keyframe slot at a time (a shorter
+    storyline repeats its last caption, and the extra keyframes are dropped). Joint: one at a time.
+    sharding: where the batch goes (e.g. NamedSharding(mesh, P("data")): storylines split over devices).
+    """
     c = self.c
     mode = mode or c.sample.mode
+    if len(seeds) != len(storylines) or not storylines:
+      raise ValueError(f"{len(storylines)} storylines and {len(seeds)} seeds")
     g = jnp.float32(c.sample.guidance if guidance is None else guidance)
-    key = jax.random.key(seed)
-    tokens, masks = self._text(captions)
+    put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
     n_tok = self.grid[0] * self.grid[1]
     chans = 3 * c.model.patch ** 2
     full = (tuple(self.grid),)
-    to_pixels = lambda tok: keyframe.unpatchify(jnp.asarray(tok)[None], c.model.patch, self.h, self.w)[0]
+    to_pixels = lambda tok: np.asarray(keyframe.unpatchify(jnp.asarray(tok), c.model.patch, self.h, self.w))
+    keys = lambda k: jnp.stack([jax.random.key(s) if k is None else jax.random.fold_in(jax.random.key(s), k)
+                                for s in seeds])
     if mode == "joint":
-      x = (np.zeros((len(captions), n_tok, chans), np.float32),)
-      (x,) = self._denoise(params, x, tokens, masks, jnp.ones(len(captions), bool), False, full, key, g)
-      pixels = to_pixels(x)
-    elif mode == "autoregressive":
-      p = self.num_pairs
-      order = c.data.context_order
-      query = history = None  # retrieval embeddings: of the captions, and of the captions or keyframes
-      if order == "text":
-        query = history = np.stack([retrieval.words_embedding(cap) for cap in captions])
-      elif order == "image":
-        query, history = self.clip.texts(captions), np.zeros((len(captions), self.clip.dim), np.float32)
-      pixels = np.zeros((len(captions), self.h, self.w, 3), np.float32)
-      for k in range(len(captions)):
-        # The context: the last P - 1 keyframes, or the P - 1 most relevant (retrieval), best last.
-        ctx = retrieval.select(order, k, p - 1, query=None if query is None else query[k],
-                               history=None if history is None else history[:k], recency=c.data.retrieval.recency)
-        sel = np.concatenate([ctx, [k]]).astype(np.int64)
-        n = len(sel)
-        plan = keyframe.memory_plan(c, n)
-        if plan is None:  # every context frame in full, in a window padded to a multiple of 8 slots
-          slots = min(p, -(-n // _SLOT_BUCKET) * _SLOT_BUCKET)
-          x = np.zeros((slots, n_tok, chans), np.float32)
-          if n > 1:
-            x[:n - 1] = np.asarray(keyframe.patchify(jnp.asarray(pixels[ctx])[None], c.model.patch)[0])
-          xs, grids = (x,), full
-        else:  # GoldenMem: the history re-levelled for this window; shapes fixed per window length
-          slots = n
-          xs = self._context(pixels[sel], plan)
-          grids = tuple(grp.grid for grp in plan)
-        win_tokens = np.zeros((slots, tokens.shape[1]), np.int32)
-        win_masks = np.zeros((slots, tokens.shape[1]), bool)
-        win_tokens[:n], win_masks[:n] = tokens[sel], masks[sel]
-        new = np.arange(slots) == n - 1
-        out = self._denoise(params, xs, win_tokens, win_masks, new, True, grids, jax.random.fold_in(key, k), g)
-        last = out[-1][-1] if plan is not None else out[0][n - 1]
-        pixels[k] = np.asarray(to_pixels(last[None])[0])
-        if order == "image":
-          history[k] = self.clip.images(_to_uint8(pixels[k:k + 1]))[0]
-    else:
+      out = []
+      for caps, seed in zip(storylines, seeds):
+        tokens, masks = self._text(caps)
+        x = (np.zeros((1, len(caps), n_tok, chans), np.float32),)
+        (x,) = self._denoise(params, x, tokens[None], masks[None], jnp.ones(len(caps), bool), False, full, False,
+                             jnp.stack([jax.random.key(seed)]), g)
+        out.append(_to_uint8(to_pixels(x)[0]))
+      return out
+    if mode != "autoregressive":
       raise ValueError(f"sample mode {mode!r}: expected 'autoregressive' or 'joint'")
-    return _to_uint8(pixels)
+    lengths = [len(caps) for caps in storylines]
+    num = max(lengths)
+    storylines = [list(caps) + [caps[-1]] * (num - len(caps)) for caps in storylines]
+    text = [self._text(caps) for caps in storylines]
+    p, order, bsz = self.num_pairs, c.data.context_order, len(storylines)
+    query = history = None  # retrieval embeddings: of the captions, and of the captions or keyframes
+    if order == "text":
+      query = history = [np.stack([retrieval.words_embedding(cap) for cap in caps]) for caps in storylines]
+    elif order == "image":
+      query = [self.clip.texts(caps) for caps in storylines]
+      history = [np.zeros((num, self.clip.dim), np.float32) for _ in storylines]
+    pixels = np.zeros((bsz, num, self.h, self.w, 3), np.float32)
+    memos = [{} for _ in storylines]
+    for k in range(num):
+      # The context: the last P - 1 keyframes, or the P - 1 most relevant (retrieval), best last.
+      sels = []
+      for b in range(bsz):
+        ctx = retrieval.select(order, k, p - 1, query=None if query is None else query[b][k],
+                               history=None if history is None else history[b][:k], recency=c.data.retrieval.recency)
+        sels.append(np.concatenate([ctx, [k]]).astype(np.int64))
+      n = len(sels[0])  # the same in every storyline: min(k, P - 1) + 1
+      plan = keyframe.memory_plan(c, n)
+      if plan is None:  # every context frame in full, in a window padded to a multiple of 8 slots
+        slots = min(p, -(-n // _SLOT_BUCKET) * _SLOT_BUCKET)
+        x = np.zeros((bsz, slots, n_tok, chans), np.float32)
+        if n > 1:
+          x[:, :n - 1] = to_tokens(np.stack([pixels[b, sel[:-1]] for b, sel in enumerate(sels)]), c.model.patch)
+        xs, grids = (x,), full
+      else:  # GoldenMem: the history re-levelled for this window; shapes fixed per window length
+        slots = n
+        xs = tuple(np.stack(gs) for gs in zip(*(self._context(pixels[b, sel], plan, memos[b], sel)
+                                                 for b, sel in enumerate(sels))))
+        grids = tuple(grp.grid for grp in plan)
+      win_tokens = np.zeros((bsz, slots, text[0][0].shape[1]), np.int32)
+      win_masks = np.zeros((bsz, slots, text[0][0].shape[1]), bool)
+      for b, sel in enumerate(sels):
+        win_tokens[b, :n], win_masks[b, :n] = text[b][0][sel], text[b][1][sel]
+      new = np.arange(slots) == n - 1
+      cached = bool(c.sample.kv_cache) and n > 1
+      out = self._denoise(params, tuple(put(x) for x in xs), put(win_tokens), put(win_masks), new, True, grids,
+                          cached, put(keys(k)), g)
+      last = np.asarray(out[-1][:, -1] if plan is not None else out[0][:, n - 1])
+      pixels[:, k] = to_pixels(last[:, None])[:, 0]
+      if order == "image":
+        for b in range(bsz):
+          history[b][k] = self.clip.images(_to_uint8(pixels[b, k:k + 1]))[0]
+    return [_to_uint8(pixels[b, :n]) for b, n in enumerate(lengths)]
+
+
+def to_tokens(frames_BKHWC: np.ndarray, patch: int) -> np.ndarray:
+  return np.asarray(keyframe.patchify(jnp.asarray(frames_BKHWC), patch))
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:

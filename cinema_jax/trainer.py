@@ -70,6 +70,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if not 0 <= lo <= hi < 1:
     raise pipeline.ConfigError(f"config.sample.context_t={tuple(c.sample.context_t)}: expected 0 <= a <= b < 1")
   _validate_curriculum(c)
+  if not isinstance(c.sample.kv_cache, bool):
+    raise pipeline.ConfigError(f"config.sample.kv_cache={c.sample.kv_cache!r}: expected True or False")
   if c.sample.mode not in ("autoregressive", "joint"):
     raise pipeline.ConfigError(f"config.sample.mode={c.sample.mode!r}: expected 'autoregressive' or 'joint'")
   if c.nonfinite.policy not in faults.NONFINITE_POLICIES:

@@ -96,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.mode = "autoregressive"  # one keyframe at a time, block-causal | "joint": all at once, bidirectional
   s.max_shots = 0  # 0: every shot of a storyline
   s.context_t = (0.0, 0.0)  # autoregressive context pairs re-noised to t ~ U[a, b] (paper: 1..250 of 1000)
+  s.kv_cache = True  # autoregressive: the context's keys/values once per keyframe, not once per step
 
   if variant in ("demo", "demo_long"):
     # Sized for a 2-core CPU: ~0.4 s a step, ~11 minutes of training. Patch 8 (32 tokens per 32x64

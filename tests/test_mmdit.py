@@ -177,3 +177,24 @@ def test_groups_may_have_their_own_token_grids():
   assert not np.allclose(model(**changed, causal=True)[1], new, atol=1e-4)
   with pytest.raises(ValueError, match="image groups hold 2 pairs, t_BP has 3"):
     model(**dict(groups, img_BPNC=(small,), img_ids_BPN3=(ids,)))
+
+
+def test_kv_cache_gives_the_new_pair_what_the_full_causal_pass_gives():
+  """Context pairs filled once into the cache (padding slots masked out), then the new pair alone."""
+  model, x = _model(), _inputs(p=4)
+  new = 2  # pairs 0, 1 are context, pair 2 is new, pair 3 a padding slot the new pair must not see
+  full = model(**x, causal=True)[:, new]
+  ctx = {k: v for k, v in x.items()}
+  valid = jnp.broadcast_to(jnp.arange(4) < new, (B, 4))
+  cache = model.fill_cache(**ctx, pair_valid_BP=valid)
+  assert cache.k_LBSHD.shape == (CFG.depth_single, B, 4 * (L + GH * GW), 2, 24)
+  one = {k: v[:, new:new + 1] for k, v in x.items()}
+  np.testing.assert_allclose(model(**one, causal=True, cache=cache)[:, 0], full, atol=2e-5, rtol=1e-4)
+  # Without the cache the new pair is a different computation (it loses its context).
+  assert not np.allclose(model(**one, causal=True)[:, 0], full, atol=1e-3)
+  # GoldenMem-like groups: the cache covers groups at their own grids.
+  split = lambda a: (a[:, :1], a[:, 1:])
+  grouped = model.fill_cache(**dict(x, img_BPNC=split(x["img_BPNC"]), img_ids_BPN3=split(x["img_ids_BPN3"])),
+                             pair_valid_BP=valid)
+  np.testing.assert_allclose(grouped.k_LBSHD, cache.k_LBSHD, atol=2e-5, rtol=1e-4)
+  np.testing.assert_array_equal(grouped.mask_BS, cache.mask_BS)

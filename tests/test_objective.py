@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from cinema_jax import goldenmem
 from cinema_jax import objective
 
 
@@ -107,7 +108,7 @@ def test_loss_over_groups_of_pairs():
   groups = (x0[:, :2, :4], x0[:, 2:])  # two older pairs compressed to 4 tokens, the newest at 16
 
   def oracle(x_t, t):
-    return tuple((x - g) / tt[..., None, None] for x, g, tt in zip(x_t, groups, objective.split_pairs(t, groups)))
+    return tuple((x - g) / tt[..., None, None] for x, g, tt in zip(x_t, groups, goldenmem.split_pairs(t, groups)))
 
   loss, _ = objective.flow_loss(oracle, groups, jax.random.key(3), _o())
   assert float(loss) < 1e-6

@@ -243,3 +243,62 @@ def test_an_older_checkpoints_config_gains_fields_added_since(tiny_run):
   assert c.data.added_later == 7  # from today's defaults
   assert c.data.resolution == (16, 32) and c.batch_size == 8 and c.variant == "tiny"  # from the checkpoint
   assert sample_cli.saved_config(tiny_run).to_dict() == checkpoints.saved_config(tiny_run).to_dict()
+
+
+def _random_params(c, seed):
+  graphdef, state = nnx.split(keyframe.build(c))
+  leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return graphdef, jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+@pytest.mark.parametrize("variant", ["padded_window", "goldenmem", "noisy_context", "distilled", "x_prediction"])
+def test_kv_cached_denoising_equals_the_uncached(model, variant):
+  c, graphdef, params = model
+  c = c.copy_and_resolve_references()
+  new = np.array([False, True, False])  # pair 0 is context, 1 new, 2 a padding slot
+  if variant == "goldenmem":
+    c.data.memory_levels = "goldenmem"
+    c.data.goldenmem.group_size = 1
+    new = np.array([False, False, True])
+  elif variant == "noisy_context":
+    c.sample.context_t = (0.05, 0.25)
+  elif variant == "distilled":
+    c.model.guidance_embed = True
+    graphdef, params = _random_params(c, 2)
+  elif variant == "x_prediction":
+    c.objective.prediction = "x"
+  s = sampling.Sampler(c, graphdef)
+  plan = keyframe.memory_plan(c, 3)
+  grids = tuple(g.grid for g in plan) if plan else (s.grid,)
+  sizes = [(g.num_pairs, g.grid[0] * g.grid[1]) for g in plan] if plan else [(3, s.grid[0] * s.grid[1])]
+  rng = np.random.default_rng(0)
+  xs = tuple(rng.uniform(-1, 1, (2, n, t, 3 * c.model.patch ** 2)).astype(np.float32) for n, t in sizes)
+  tokens, masks = s._text(CAPTIONS[:3])  # pylint: disable=protected-access
+  tokens, masks = np.stack([tokens, tokens[::-1]]), np.stack([masks, masks[::-1]])
+  keys = jax.numpy.stack([jax.random.key(0), jax.random.key(1)])
+  run = lambda cached: s._denoise(params, xs, tokens, masks, new, True, grids, cached, keys, 3.0)  # pylint: disable=protected-access
+  plain, cached = run(False), run(True)
+  for a, b in zip(plain, cached):
+    np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)
+  j = int(np.argmax(new)) - sum(x.shape[1] for x in xs[:-1])
+  assert np.abs(plain[-1][:, j] - xs[-1][:, j]).max() > 0.1  # the new pair was denoised ...
+  assert not np.allclose(plain[-1][0, j], plain[-1][1, j], atol=1e-2)  # ... per window
+
+
+def test_kv_cached_keyframes_equal_the_uncached_and_batching_changes_nothing(model):
+  c, graphdef, params = model
+  c = c.copy_and_resolve_references()
+  s = sampling.Sampler(c, graphdef)
+  cached = s.keyframes(params, CAPTIONS, seed=5)
+  c.sample.kv_cache = False
+  plain = sampling.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=5)
+  assert np.abs(cached.astype(int) - plain.astype(int)).max() <= 1  # fp32 rounding at most
+  # Storylines sampled together (different lengths, split over 2 devices) are each what they are alone.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+  batch = s.keyframes_batch(params, [CAPTIONS, CAPTIONS[::-1][:3]], seeds=[5, 6],
+                            sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  alone = s.keyframes(params, CAPTIONS[::-1][:3], seed=6)
+  assert batch[0].shape == (4, 16, 32, 3) and batch[1].shape == (3, 16, 32, 3)
+  assert np.abs(batch[0].astype(int) - cached.astype(int)).max() <= 1
+  assert np.abs(batch[1].astype(int) - alone.astype(int)).max() <= 1

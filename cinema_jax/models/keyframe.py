@@ -48,20 +48,32 @@ class KeyframeModel(nnx.Module):
     return batch["text_states"], batch["text_mask"], batch["text_pooled"]
 
   def __call__(self, x_BPNC, t_BP, txt_BPLE, txt_mask_BPL, y_BPV, grid: tuple[int, int], guidance_BP=None,
-               causal: bool = False, group_grids: tuple[tuple[int, int], ...] | None = None):
+               causal: bool = False, group_grids: tuple[tuple[int, int], ...] | None = None,
+               cache: mmdit.KVCache | None = None, first_pair=0):
     """Velocities of the image tokens: x is [B, P, N, C] on `grid`, or a tuple of GoldenMem groups
-    [B, n_g, N_g, C] on `group_grids` (oldest first), their coordinates spanning the full `grid`."""
+    [B, n_g, N_g, C] on `group_grids` (oldest first), their coordinates spanning the full `grid`.
+    With a cache (fill_cache) these pairs also see the cached pairs; they are numbered from first_pair."""
+    out = self.dit(*self._inputs(x_BPNC, t_BP, txt_BPLE, txt_mask_BPL, y_BPV, grid, guidance_BP, group_grids,
+                                 first_pair), causal=causal, cache=cache)
+    return out if isinstance(x_BPNC, (tuple, list)) else out[0]
+
+  def fill_cache(self, x_BPNC, t_BP, txt_BPLE, txt_mask_BPL, y_BPV, grid: tuple[int, int], guidance_BP=None,
+                 group_grids: tuple[tuple[int, int], ...] | None = None, pair_valid_BP=None) -> mmdit.KVCache:
+    """The KV cache of these context pairs (block-causal); pair_valid marks the pairs later ones see."""
+    return self.dit.fill_cache(*self._inputs(x_BPNC, t_BP, txt_BPLE, txt_mask_BPL, y_BPV, grid, guidance_BP,
+                                             group_grids, 0), pair_valid_BP=pair_valid_BP)
+
+  def _inputs(self, x_BPNC, t_BP, txt_BPLE, txt_mask_BPL, y_BPV, grid, guidance_BP, group_grids, first_pair):
     grouped = isinstance(x_BPNC, (tuple, list))
     xs = tuple(x_BPNC) if grouped else (x_BPNC,)
     grids = tuple(group_grids) if grouped else (tuple(grid),)
     if len(grids) != len(xs):
       raise ValueError(f"{len(xs)} image groups but {len(grids)} group grids")
     b = xs[0].shape[0]
-    img_ids, txt_ids = mmdit.group_position_ids(tuple(grid), [(x.shape[1], g) for x, g in zip(xs, grids)], txt_BPLE.shape[2])
+    img_ids, txt_ids = mmdit.group_position_ids(tuple(grid), [(x.shape[1], g) for x, g in zip(xs, grids)],
+                                                txt_BPLE.shape[2], first_pair)
     bcast = lambda ids: jnp.broadcast_to(ids, (b, *ids.shape))
-    out = self.dit(xs, tuple(bcast(i) for i in img_ids), txt_BPLE,
-                   bcast(txt_ids), txt_mask_BPL, t_BP, y_BPV, guidance_BP, causal=causal)
-    return out if grouped else out[0]
+    return (xs, tuple(bcast(i) for i in img_ids), txt_BPLE, bcast(txt_ids), txt_mask_BPL, t_BP, y_BPV, guidance_BP)
 
 
 def full_grid(c: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from cinema_jax import goldenmem
 from cinema_jax.models import attention as attention_lib
@@ -146,26 +146,50 @@ def _attend_within_pairs(q_BPTHD, k_BPTHD, v_BPTHD, ctx: Context) -> jax.Array:
   return out.reshape(b, p, t, h * d)
 
 
-def _attend_across_pairs(qs, ks, vs, ctx: Context) -> tuple[jax.Array, ...]:
-  """One attention over every group's tokens (pair i's queries see pairs <= i when causal)."""
+@flax.struct.dataclass
+class KVCache:
+  """The context's keys and values in every single-stream block (after QK-norm and RoPE).
+
+  Block-causal attention means context tokens never see a later pair, and double-stream blocks never
+  mix pairs, so these do not depend on the keyframe being generated: filled once per new keyframe,
+  read at every denoising step.
+  """
+
+  k_LBSHD: jax.Array
+  v_LBSHD: jax.Array
+  mask_BS: jax.Array  # valid context tokens (text padding, and pairs that are not context, are False)
+
+
+def _attend_across_pairs(qs, ks, vs, ctx: Context, cache_kv=None):
+  """One attention over every group's tokens (pair i's queries see pairs <= i when causal).
+
+  qs, ks already rotated. cache_kv: (k [B, S, H, D], v, mask [B, S]) of earlier pairs that every query
+  sees. Returns (outputs per group, (k, v) of these tokens flattened [B, T, H, D]).
+  """
   flat = lambda x: x.reshape(x.shape[0], -1, *x.shape[3:])
-  q = jnp.concatenate([flat(rope.apply(q, c, s)) for q, c, s in zip(qs, ctx.cos_BPTF, ctx.sin_BPTF)], axis=1)
-  k = jnp.concatenate([flat(rope.apply(k, c, s)) for k, c, s in zip(ks, ctx.cos_BPTF, ctx.sin_BPTF)], axis=1)
-  v = jnp.concatenate([flat(v) for v in vs], axis=1)
+  q = jnp.concatenate([flat(x) for x in qs], axis=1)
+  k_new = jnp.concatenate([flat(x) for x in ks], axis=1)
+  v_new = jnp.concatenate([flat(x) for x in vs], axis=1)
   mask = jnp.concatenate([m.reshape(m.shape[0], -1) for m in ctx.kv_mask_BPT], axis=1)
   pairs, first = [], 0
   for x in qs:
     pairs.append(jnp.repeat(first + jnp.arange(x.shape[1]), x.shape[2]))
     first += x.shape[1]
-  pairs = jnp.concatenate(pairs)
-  out = attention_lib.attention(q, k, v, kv_mask_BS=mask, q_pairs_T=pairs, kv_pairs_S=pairs, causal=ctx.causal,
-                                backend=ctx.backend)
+  q_pairs = kv_pairs = jnp.concatenate(pairs)
+  k, v = k_new, v_new
+  if cache_kv is not None:  # cached pairs come before every pair here
+    ck, cv, cmask = cache_kv
+    k, v = jnp.concatenate([ck, k_new], axis=1), jnp.concatenate([cv, v_new], axis=1)
+    mask = jnp.concatenate([cmask, mask], axis=1)
+    kv_pairs = jnp.concatenate([jnp.full((ck.shape[1],), -1, q_pairs.dtype), q_pairs])
+  out = attention_lib.attention(q, k, v, kv_mask_BS=mask, q_pairs_T=q_pairs, kv_pairs_S=kv_pairs,
+                                causal=ctx.causal, backend=ctx.backend)
   outs, start = [], 0
   for x in qs:
     b, p, t, h, d = x.shape
     outs.append(out[:, start:start + p * t].reshape(b, p, t, h * d))
     start += p * t
-  return tuple(outs)
+  return tuple(outs), (k_new, v_new)
 
 
 class DoubleStreamBlock(nnx.Module):
@@ -207,19 +231,22 @@ class SingleStreamBlock(nnx.Module):
     self.pre_norm = layers.layer_norm(cfg.hidden, rngs, **kw)
     self.modulation = layers.Modulation(cfg.hidden, 3, rngs, **kw)
 
-  def __call__(self, xs_BPTD: tuple[jax.Array, ...], vecs_BPD: tuple[jax.Array, ...], ctx: Context):
+  def __call__(self, xs_BPTD: tuple[jax.Array, ...], vecs_BPD: tuple[jax.Array, ...], ctx: Context,
+               cache_kv=None):
+    """(new xs, (k, v) of these tokens); cache_kv: earlier pairs' (k, v, mask) the queries also see."""
     mods = [self.modulation(vec) for vec in vecs_BPD]
     qs, ks, vs, mlps = [], [], [], []
-    for x, (shift, scale, _) in zip(xs_BPTD, mods):
+    for x, (shift, scale, _), cos, sin in zip(xs_BPTD, mods, ctx.cos_BPTF, ctx.sin_BPTF):
       h = self.linear1(layers.modulate(self.pre_norm(x), shift, scale))
       qkv = h[..., :3 * self.hidden].reshape(*h.shape[:-1], 3, self.num_heads, -1)
-      qs.append(self.norm.query_norm(qkv[..., 0, :, :]))
-      ks.append(self.norm.key_norm(qkv[..., 1, :, :]))
+      qs.append(rope.apply(self.norm.query_norm(qkv[..., 0, :, :]), cos, sin))
+      ks.append(rope.apply(self.norm.key_norm(qkv[..., 1, :, :]), cos, sin))
       vs.append(qkv[..., 2, :, :])
       mlps.append(h[..., 3 * self.hidden:])
-    attn = _attend_across_pairs(qs, ks, vs, ctx)
-    return tuple(x + gate * self.linear2(jnp.concatenate([a, jax.nn.gelu(m, approximate=True)], axis=-1))
-                 for x, a, m, (_, _, gate) in zip(xs_BPTD, attn, mlps, mods))
+    attn, kv = _attend_across_pairs(qs, ks, vs, ctx, cache_kv)
+    xs = tuple(x + gate * self.linear2(jnp.concatenate([a, jax.nn.gelu(m, approximate=True)], axis=-1))
+               for x, a, m, (_, _, gate) in zip(xs_BPTD, attn, mlps, mods))
+    return xs, kv
 
 
 class LastLayer(nnx.Module):
@@ -246,18 +273,19 @@ def _stack(make, n: int, rngs: nnx.Rngs):
   return create(rngs)
 
 
-def _scan(stack: nnx.Module, carry, body, policy_name: str):
-  """Runs `body(block, carry) -> carry` over the stacked blocks with jax.lax.scan (+ remat)."""
+def _scan(stack: nnx.Module, carry, body, policy_name: str, xs=None):
+  """Runs `body(block, carry, x) -> (carry, y)` over the stacked blocks with jax.lax.scan (+ remat);
+  x is the layer's slice of xs (or None); returns (carry, ys stacked over layers)."""
   graphdef, state = nnx.split(stack)
 
-  def step(c, layer_state):
-    return body(nnx.merge(graphdef, layer_state), c), None
+  def step(c, layer):
+    layer_state, x = layer
+    return body(nnx.merge(graphdef, layer_state), c, x)
 
   policy = REMAT_POLICIES[policy_name]
   if policy_name != "none":
     step = jax.checkpoint(step, policy=policy)
-  carry, _ = jax.lax.scan(step, carry, state)
-  return carry
+  return jax.lax.scan(step, carry, (state, xs))
 
 
 class MMDiT(nnx.Module):
@@ -278,15 +306,48 @@ class MMDiT(nnx.Module):
 
   def __call__(self, img_BPNC, img_ids_BPN3, txt_BPLE: jax.Array, txt_ids_BPL3: jax.Array,
                txt_mask_BPL: jax.Array, t_BP: jax.Array, y_BPV: jax.Array, guidance_BP: jax.Array | None = None,
-               *, causal: bool = False):
+               *, causal: bool = False, cache: KVCache | None = None):
     """Velocity [B, P, N, C] of the image tokens of every pair (a tuple of them per group, for groups).
 
     img: noisy image tokens, [B, P, N, C] or a tuple of groups [B, n_g, N_g, C] (oldest first, the
     n_g summing to P), with img_ids to match; txt: text token states; y: pooled text vector; t: flow
     time per pair in [0, 1] (1 = noise); guidance: FLUX's distilled guidance scale per pair (when
     guidance_embed). causal: block-causal attention across pairs (autoregressive sampling) instead of
-    bidirectional.
+    bidirectional. cache: keys and values of earlier pairs (fill_cache) that every pair here also
+    sees in the single-stream blocks; the ids must then continue the cached pairs' ids.
     """
+    imgs, txts, vecs, ctx = self._embed(img_BPNC, img_ids_BPN3, txt_BPLE, txt_ids_BPL3, txt_mask_BPL, t_BP,
+                                        y_BPV, guidance_BP, causal)
+    xs = self._double(imgs, txts, vecs, ctx)
+    if cache is None:
+      xs, _ = _scan(self.single_blocks, xs, lambda blk, c, _: (blk(c, vecs, ctx)[0], None), self.cfg.remat)
+    else:
+      body = lambda blk, c, kv: (blk(c, vecs, ctx, (*kv, cache.mask_BS))[0], None)
+      xs, _ = _scan(self.single_blocks, xs, body, self.cfg.remat, (cache.k_LBSHD, cache.v_LBSHD))
+    out = tuple(self.final_layer(x[:, :, t.shape[2]:], v).astype(jnp.float32) for x, t, v in zip(xs, txts, vecs))
+    return out if isinstance(img_BPNC, (tuple, list)) else out[0]
+
+  def fill_cache(self, img_BPNC, img_ids_BPN3, txt_BPLE: jax.Array, txt_ids_BPL3: jax.Array,
+                 txt_mask_BPL: jax.Array, t_BP: jax.Array, y_BPV: jax.Array, guidance_BP: jax.Array | None = None,
+                 *, pair_valid_BP: jax.Array | None = None) -> KVCache:
+    """The single-stream keys and values of these (context) pairs under block-causal attention.
+
+    Same inputs as __call__. pair_valid: pairs that later pairs may see (the others, e.g. padding
+    slots, are masked out of the cache).
+    """
+    imgs, txts, vecs, ctx = self._embed(img_BPNC, img_ids_BPN3, txt_BPLE, txt_ids_BPL3, txt_mask_BPL, t_BP,
+                                        y_BPV, guidance_BP, True)
+    xs = self._double(imgs, txts, vecs, ctx)
+    _, (k, v) = _scan(self.single_blocks, xs, lambda blk, c, _: blk(c, vecs, ctx), self.cfg.remat)
+    masks = ctx.kv_mask_BPT
+    if pair_valid_BP is not None:
+      valid = (pair_valid_BP,) if len(masks) == 1 else goldenmem.split_pairs(pair_valid_BP, masks)
+      masks = tuple(m & pv[..., None] for m, pv in zip(masks, valid))
+    return KVCache(k_LBSHD=k, v_LBSHD=v, mask_BS=jnp.concatenate([m.reshape(m.shape[0], -1) for m in masks], 1))
+
+  def _embed(self, img_BPNC, img_ids_BPN3, txt_BPLE, txt_ids_BPL3, txt_mask_BPL, t_BP, y_BPV, guidance_BP,
+             causal: bool):
+    """Input projections, per-pair conditioning vectors and RoPE tables, cut into the image groups."""
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     grouped = isinstance(img_BPNC, (tuple, list))
@@ -300,32 +361,29 @@ class MMDiT(nnx.Module):
     vec = vec + self.vector_in(y_BPV.astype(dtype))
     txt = self.txt_in(txt_BPLE.astype(dtype))
 
-    bounds = np.cumsum([0] + [x.shape[1] for x in imgs])
-    if bounds[-1] != t_BP.shape[1]:
-      raise ValueError(f"image groups hold {bounds[-1]} pairs, t_BP has {t_BP.shape[1]}")
-    part = lambda a, g: a[:, bounds[g]:bounds[g + 1]]
-    vecs = tuple(part(vec, g) for g in range(len(imgs)))
-    txts = tuple(part(txt, g) for g in range(len(imgs)))
+    if sum(x.shape[1] for x in imgs) != t_BP.shape[1]:
+      raise ValueError(f"image groups hold {sum(x.shape[1] for x in imgs)} pairs, t_BP has {t_BP.shape[1]}")
+    vecs, txts = goldenmem.split_pairs(vec, imgs), goldenmem.split_pairs(txt, imgs)
+    txt_ids, txt_masks = goldenmem.split_pairs(txt_ids_BPL3, imgs), goldenmem.split_pairs(txt_mask_BPL, imgs)
     cos, sin, masks = [], [], []
-    for g, ids in enumerate(img_ids):
-      c, s = rope.frequencies(jnp.concatenate([part(txt_ids_BPL3, g).astype(jnp.float32),
-                                               ids.astype(jnp.float32)], axis=2), cfg.axes_dim, cfg.theta)
+    for ids, tids, tmask in zip(img_ids, txt_ids, txt_masks):
+      c, s = rope.frequencies(jnp.concatenate([tids.astype(jnp.float32), ids.astype(jnp.float32)], axis=2),
+                              cfg.axes_dim, cfg.theta)
       cos.append(c)
       sin.append(s)
-      masks.append(jnp.concatenate([part(txt_mask_BPL, g), jnp.ones(ids.shape[:3], bool)], axis=2))
+      masks.append(jnp.concatenate([tmask, jnp.ones(ids.shape[:3], bool)], axis=2))
     ctx = Context(cos_BPTF=tuple(cos), sin_BPTF=tuple(sin), kv_mask_BPT=tuple(masks), causal=causal,
                   backend=cfg.attention)
+    return tuple(self.img_in(x.astype(dtype)) for x in imgs), txts, vecs, ctx
 
-    imgs = tuple(self.img_in(x.astype(dtype)) for x in imgs)
+  def _double(self, imgs, txts, vecs, ctx: Context) -> tuple[jax.Array, ...]:
+    """The double-stream blocks, group by group; returns each group's [text; image] tokens."""
 
-    def double(blk, carry):
-      return tuple(zip(*(blk(i, t, v, ctx.group(g)) for g, (i, t, v) in enumerate(zip(*carry, vecs)))))
+    def double(blk, carry, _):
+      return tuple(zip(*(blk(i, t, v, ctx.group(g)) for g, (i, t, v) in enumerate(zip(*carry, vecs))))), None
 
-    imgs, txts = _scan(self.double_blocks, (imgs, txts), double, cfg.remat)
-    xs = tuple(jnp.concatenate([t, i], axis=2) for t, i in zip(txts, imgs))
-    xs = _scan(self.single_blocks, xs, lambda blk, c: blk(c, vecs, ctx), cfg.remat)
-    out = tuple(self.final_layer(x[:, :, t.shape[2]:], v).astype(jnp.float32) for x, t, v in zip(xs, txts, vecs))
-    return out if grouped else out[0]
+    (imgs, txts), _ = _scan(self.double_blocks, (imgs, txts), double, self.cfg.remat)
+    return tuple(jnp.concatenate([t, i], axis=2) for t, i in zip(txts, imgs))
 
 
 def position_ids(num_pairs: int, num_text: int, grid_h: int, grid_w: int) -> tuple[jax.Array, jax.Array]:
@@ -335,19 +393,21 @@ def position_ids(num_pairs: int, num_text: int, grid_h: int, grid_w: int) -> tup
   return img, txt
 
 
-def group_position_ids(full_grid: tuple[int, int], groups: list[tuple[int, tuple[int, int]]], num_text: int):
+def group_position_ids(full_grid: tuple[int, int], groups: list[tuple[int, tuple[int, int]]], num_text: int,
+                       first_pair=0):
   """(img_ids per group [n_g, N_g, 3], txt_ids [P, L, 3]) for groups of (num_pairs, token grid).
 
   Image tokens get (pair, row, col) with rows and cols in full-grid coordinates (a compressed frame
-  spans the same extent as a full one); text tokens of pair i sit at (i, 0, 0).
+  spans the same extent as a full one); text tokens of pair i sit at (i, 0, 0). Pairs are numbered
+  from first_pair (a traced value is fine: pairs that continue a KV cache).
   """
   img, first = [], 0
   for n, grid in groups:
     pos = jnp.asarray(goldenmem.positions(full_grid, grid))
-    pair = (first + jnp.arange(n, dtype=jnp.float32))[:, None, None]
+    pair = (first_pair + first + jnp.arange(n, dtype=jnp.float32))[:, None, None]
     img.append(jnp.concatenate([jnp.broadcast_to(pair, (n, pos.shape[0], 1)),
                                 jnp.broadcast_to(pos[None], (n, *pos.shape))], axis=-1))
     first += n
-  pair = jnp.arange(first, dtype=jnp.float32)[:, None, None]
+  pair = (first_pair + jnp.arange(first, dtype=jnp.float32))[:, None, None]
   txt = jnp.concatenate([jnp.broadcast_to(pair, (first, num_text, 1)), jnp.zeros((first, num_text, 2))], axis=-1)
   return tuple(img), txt
