@@ -38,6 +38,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes on any backend: checks th
 _DEPTH = flags.DEFINE_list("depth", ["2", "4"], "Double, single blocks of the FLUX-width train step.")
 _PAIRS = flags.DEFINE_integer("pairs", 8, "Pairs per example in the train step.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per figure (the median is reported).")
+_ATTENTION = flags.DEFINE_list("attention", ["cudnn"], "Attention backends of the train step on a GPU (xla: the "
+                               "reference, which materialises the scores).")
 
 # Dense bf16 tensor-core peaks (vendor figures, without sparsity), by device_kind substring.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "B200": 2250e12, "TPU v5p": 459e12,
@@ -138,7 +140,7 @@ def main(argv):
         "MFU (chip peak) | MFU (measured roof) | compile s | memory GiB |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   depth = tuple(int(x) for x in _DEPTH.value)
-  for attention in (("cudnn", "xla") if dev.platform == "gpu" else ("xla",)):
+  for attention in (_ATTENTION.value if dev.platform == "gpu" else ("xla",)):
     try:
       c = flux_width_config(quick, depth, _PAIRS.value, attention)
       r = train_step(c, 2 if quick else _STEPS.value)

@@ -9,7 +9,7 @@ Backends:
   xla          einsum reference, softmax in float32 (CPU default, the parity reference)
   dot_product  jax.nn.dot_product_attention with XLA's implementation
   cudnn        jax.nn.dot_product_attention(implementation="cudnn") (GPU only)
-  auto         cudnn on GPU, xla elsewhere
+  auto         cudnn on GPU for bf16/fp16 inputs (cuDNN has no fp32 flash attention), xla otherwise
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def attention(q_BTHD: jax.Array, k_BSHD: jax.Array, v_BSHD: jax.Array, *, kv_mas
               backend: str = "auto") -> jax.Array:
   """Softmax attention; returns [B, T, H, D]. Every query must see at least one key."""
   if backend == "auto":
-    backend = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    half = q_BTHD.dtype in (jnp.bfloat16, jnp.float16)
+    backend = "cudnn" if jax.default_backend() == "gpu" and half else "xla"
   b, t, _, d = q_BTHD.shape
   mask = _dense_mask(b, t, k_BSHD.shape[1], kv_mask_BS, q_pairs_T, kv_pairs_S, causal)
   if backend == "xla":
