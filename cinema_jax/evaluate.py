@@ -29,6 +29,7 @@ from PIL import Image
 from cinema_jax import checkpoints
 from cinema_jax import retrieval
 from cinema_jax import sample as sample_lib
+from cinema_jax import sample_job
 from cinema_jax import sampling
 from cinema_jax.eval import judge as judge_lib
 from cinema_jax.eval import metrics
@@ -163,7 +164,7 @@ def _sample_all(v: dict, stories: list[dict], out: str) -> list[tuple[str, int, 
       captions = story["captions"][: v["max_shots"] or None]
       start = time.perf_counter()
       frames = sampler.keyframes(params, captions, seed=v["seed"] + i, mode="autoregressive")
-      sample_lib.save_storyline(folder, i, story, frames, captions, title_suffix=f" ({pairs} pairs, step {step})",
+      sample_job.save_storyline(folder, i, story, frames, captions, title_suffix=f" ({pairs} pairs, step {step})",
                                 checkpoint_step=step, seed=v["seed"] + i, context_pairs=pairs,
                                 num_steps=c.sample.num_steps, guidance=c.sample.guidance,
                                 seconds=round(time.perf_counter() - start, 3))

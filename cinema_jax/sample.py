@@ -1,27 +1,29 @@
-"""Samples keyframes for storylines with a trained keyframe model.
+"""Samples keyframes for storylines with a trained keyframe model: one storyline or a batch job of any size.
 
   python -m cinema_jax.sample --workdir=DIR --storylines=FILE --outdir=OUT [--seed=S] [--num_steps=N]
-      [--guidance=G] [--mode=autoregressive|joint] [--max_shots=K]
+      [--guidance=G] [--mode=autoregressive|joint] [--max_shots=K] [--per_device_batch=B]
+      [--process_id=I --num_processes=N]
 
 FILE is JSONL, one storyline per line: {"title": ..., "captions": [...]} (data_pipelines.toy_movies
-writes one). Per storyline OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json.
+writes one). Per storyline OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json,
+each folder renamed into place whole. Several processes (hosts, or launch/local.py) split the storylines
+(--process_id/--num_processes, or SLURM's SRUN environment); each batches storylines over its own
+devices. Rerunning the same command skips complete storylines (cinema_jax/sample_job.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-from PIL import Image
 
 from cinema_jax import checkpoints
+from cinema_jax import sample_job
 from cinema_jax import sampling
 from cinema_jax import sharding
 from cinema_jax import toy_clip
@@ -46,6 +48,9 @@ def _define_flags() -> dict:
       "max_shots": flags.DEFINE_integer("max_shots", None, "Keyframes per storyline (default: the config's; "
                                         "0 = all)."),
       "raw_params": flags.DEFINE_bool("raw_params", False, "Sample with the raw parameters instead of the EMA copy."),
+      "per_device_batch": flags.DEFINE_integer("per_device_batch", 1, "Storylines sampled together per device."),
+      "process_id": flags.DEFINE_integer("process_id", None, "Batch jobs: this process's index (with --num_processes)."),
+      "num_processes": flags.DEFINE_integer("num_processes", None, "Batch jobs: how many processes share the storylines."),
   }
 
 
@@ -70,26 +75,6 @@ def read_storylines(path: str) -> list[dict]:
   if not out:
     raise records.DataError(f"{path}: no storylines")
   return out
-
-
-def save_storyline(outdir: str, index: int, story: dict, frames, captions: list[str], *, title_suffix: str = "",
-                   **info) -> dict:
-  """Writes OUT/<index>-<slug>/ (keyframe PNGs, storyboard.png, manifest.json); returns the manifest."""
-  slug = re.sub(r"[^a-z0-9]+", "-", story["title"].lower()).strip("-")[:40]
-  name = f"{index:03d}-{slug}"
-  out = os.path.join(outdir, name)
-  os.makedirs(out, exist_ok=True)
-  files = []
-  for k, frame in enumerate(frames):
-    files.append(f"keyframe_{k:03d}.png")
-    Image.fromarray(frame).save(os.path.join(out, files[-1]))
-  sampling.storyboard_image(frames, captions, title=story["title"] + title_suffix).save(
-      os.path.join(out, "storyboard.png"))
-  manifest = {"dir": name, "title": story["title"], "movie_id": story.get("movie_id"), "captions": captions,
-              "keyframes": files, "storyboard": "storyboard.png", **info}
-  with open(os.path.join(out, "manifest.json"), "w") as f:
-    json.dump(manifest, f, indent=1)
-  return manifest
 
 
 def saved_config(workdir: str):
@@ -122,6 +107,10 @@ def main(argv, f: dict):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:
+    pid, nproc = sample_job.process_identity(v["process_id"], v["num_processes"])
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  try:
     if v["storylines"] != "toy":
       stories = read_storylines(v["storylines"])
     if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
@@ -137,18 +126,15 @@ def main(argv, f: dict):
     for field in ("num_steps", "guidance", "mode", "max_shots"):
       if v[field] is not None:
         c.sample[field] = v[field]
+  if v["per_device_batch"] < 1:
+    sys.exit(f"error: --per_device_batch={v['per_device_batch']}: expected >= 1")
   sampler = sampling.Sampler(c, graphdef, clip=retrieval_clip(c, v["workdir"]))
   os.makedirs(v["outdir"], exist_ok=True)
-  for i, story in enumerate(stories):
-    captions = story["captions"][: c.sample.max_shots or None]
-    start = time.perf_counter()
-    frames = sampler.keyframes(params, captions, seed=v["seed"] + i)
-    manifest = save_storyline(v["outdir"], i, story, frames, captions, title_suffix=f" (step {step})",
-                              checkpoint_step=step, seed=v["seed"] + i, mode=c.sample.mode,
-                              num_steps=c.sample.num_steps, guidance=c.sample.guidance,
-                              seconds=round(time.perf_counter() - start, 2))
-    logging.info("storyline %d: %d keyframes in %.1f s", i, len(frames), manifest["seconds"])
-    print(f"storyboard: {os.path.join(v['outdir'], manifest['dir'], 'storyboard.png')}")
+  info = dict(checkpoint_step=step, mode=c.sample.mode, num_steps=c.sample.num_steps, guidance=c.sample.guidance,
+              kv_cache=c.sample.kv_cache)
+  sample_job.run(sampler, params, stories, v["outdir"], seed=v["seed"], max_shots=c.sample.max_shots,
+                 per_device_batch=v["per_device_batch"], process_id=pid, num_processes=nproc, info=info,
+                 title_suffix=f" (step {step})", echo=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

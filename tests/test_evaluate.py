@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cinema_jax import evaluate
-from cinema_jax import sample as sample_lib
+from cinema_jax import sample_job
 from cinema_jax.eval import judge
 from cinema_jax.eval import metrics
 from data_pipelines import toy_render
@@ -120,9 +120,9 @@ def _run(*args):
 def test_evaluate_judges_folders_of_samples(tmp_path, movie):
   storylines, captions = _write_storylines(tmp_path, movie)
   story = {"title": "held out", "movie_id": movie["movie_id"]}
-  sample_lib.save_storyline(str(tmp_path / "real"), 0, story, _render(movie["shots"]), captions, seconds=1.0)
+  sample_job.save_storyline(str(tmp_path / "real"), 0, story, _render(movie["shots"]), captions, seconds=1.0)
   copies = np.repeat(_render(movie["shots"][:1]), SHOTS, axis=0)
-  sample_lib.save_storyline(str(tmp_path / "copies"), 0, story, copies, captions, seconds=2.0)
+  sample_job.save_storyline(str(tmp_path / "copies"), 0, story, copies, captions, seconds=2.0)
   done = _run(f"--samples={tmp_path / 'real'},{tmp_path / 'copies'}", f"--storylines={storylines}",
               f"--out={tmp_path / 'report'}")
   assert done.returncode == 0, done.stderr[-2000:]

@@ -1,0 +1,165 @@
+"""Batch sampling jobs: storylines split over processes and devices, resumable, with progress and a summary.
+
+Process p of N takes storylines p, p + N, p + 2N, ... and samples them in fixed chunks of
+per_device_batch x (its devices) storylines, one chunk per call, split over its devices. The chunks
+do not depend on what is already done, so a restarted job computes every storyline in the same batch
+as an uninterrupted one and writes the same pixels. A storyline whose folder exists is complete
+(folders are renamed into place whole) and is skipped; a chunk runs only if one of its storylines is
+missing, and writes only the missing ones. Processes never talk to each other: sampling needs no
+collectives, so a dead process costs only its own unfinished chunk.
+
+Outputs: OUT/<index>-<slug>/ per storyline, OUT/.job/process_<p>.json per process, and
+OUT/job_summary.json once every storyline is complete (written by whichever process finds that).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import time
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+from PIL import Image
+
+from cinema_jax import sampling
+
+SUMMARY = "job_summary.json"
+
+
+def process_identity(process_id: int | None, num_processes: int | None) -> tuple[int, int]:
+  """(p, N) from the flags, else from SLURM's environment (srun), else (0, 1)."""
+  if process_id is None and num_processes is None and "SLURM_PROCID" in os.environ:
+    process_id, num_processes = int(os.environ["SLURM_PROCID"]), int(os.environ.get("SLURM_NTASKS", "1"))
+  if (process_id is None) != (num_processes is None):
+    raise ValueError(f"--process_id and --num_processes go together; got {process_id!r}, {num_processes!r}")
+  if process_id is None:
+    return 0, 1
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id}: expected 0 <= id < --num_processes={num_processes}")
+  return process_id, num_processes
+
+
+def chunks(num_storylines: int, process_id: int, num_processes: int, chunk_size: int) -> list[list[int]]:
+  """This process's storylines in the fixed chunks it samples them in."""
+  mine = list(range(process_id, num_storylines, num_processes))
+  return [mine[i:i + chunk_size] for i in range(0, len(mine), chunk_size)]
+
+
+def is_complete(outdir: str, index: int, story: dict) -> bool:
+  return os.path.exists(os.path.join(outdir, storyline_dir(index, story), "manifest.json"))
+
+
+def storyline_dir(index: int, story: dict) -> str:
+  """The name of storyline `index`'s folder: <index>-<slug of its title>."""
+  slug = re.sub(r"[^a-z0-9]+", "-", story["title"].lower()).strip("-")[:40]
+  return f"{index:03d}-{slug}"
+
+
+def save_storyline(outdir: str, index: int, story: dict, frames, captions: list[str], *, title_suffix: str = "",
+                   **info) -> dict:
+  """Writes OUT/<index>-<slug>/ (keyframe PNGs, storyboard.png, manifest.json); returns the manifest.
+
+  Atomic: written into a hidden folder, then renamed, so a folder that exists is complete (a killed
+  job leaves only .tmp-* folders, which the next run replaces)."""
+  name = storyline_dir(index, story)
+  final = os.path.join(outdir, name)
+  tmp = os.path.join(outdir, f".tmp-{name}-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  files = []
+  for k, frame in enumerate(frames):
+    files.append(f"keyframe_{k:03d}.png")
+    Image.fromarray(frame).save(os.path.join(tmp, files[-1]))
+  sampling.storyboard_image(frames, captions, title=story["title"] + title_suffix).save(
+      os.path.join(tmp, "storyboard.png"))
+  manifest = {"dir": name, "title": story["title"], "movie_id": story.get("movie_id"), "captions": captions,
+              "keyframes": files, "storyboard": "storyboard.png", **info}
+  with open(os.path.join(tmp, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=1)
+  if os.path.exists(final):  # an earlier, complete output of the same storyline is replaced whole
+    shutil.rmtree(final)
+  os.rename(tmp, final)
+  return manifest
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def run(sampler: sampling.Sampler, params, stories: list[dict], outdir: str, *, seed: int, max_shots: int,
+        per_device_batch: int = 1, process_id: int = 0, num_processes: int = 1, info: dict | None = None,
+        title_suffix: str = "", echo=print) -> dict:
+  """Samples this process's share of `stories` into outdir; returns this process's report."""
+  devices = jax.local_devices()
+  mesh = Mesh(np.array(devices), ("data",))
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  batch_sharding = NamedSharding(mesh, P("data"))
+  size = per_device_batch * len(devices)
+  plan = chunks(len(stories), process_id, num_processes, size)
+  mine = [i for ch in plan for i in ch]
+  todo = {i for i in mine if not is_complete(outdir, i, stories[i])}
+  for i in todo:  # what a killed run of this process's share left half-written
+    for stale in glob.glob(os.path.join(glob.escape(outdir), f".tmp-{glob.escape(storyline_dir(i, stories[i]))}-*")):
+      shutil.rmtree(stale, ignore_errors=True)
+  attempt = f"{time.time_ns():x}-{os.getpid()}"
+  who = f"[process {process_id}/{num_processes}]"
+  echo(f"{who} {len(mine)} storylines ({len(mine) - len(todo)} already complete), chunks of {size} "
+       f"over {len(devices)} {devices[0].platform} device(s)")
+  start, done, keyframes = time.perf_counter(), 0, 0
+  for ch in plan:
+    if not todo.intersection(ch):
+      continue
+    t0 = time.perf_counter()
+    caps = [stories[i]["captions"][: max_shots or None] for i in ch]
+    pad = size - len(ch)  # the last chunk is filled with copies, keeping one compiled shape per window
+    frames = sampler.keyframes_batch(params, caps + [caps[-1]] * pad, seeds=[seed + i for i in ch] + [seed] * pad,
+                                     sharding=batch_sharding)
+    seconds = round((time.perf_counter() - t0) / len(ch), 3)
+    for i, f, c in zip(ch, frames, caps):
+      if i not in todo:
+        continue
+      manifest = save_storyline(outdir, i, stories[i], f, c, title_suffix=title_suffix, seed=seed + i,
+                                           process=process_id, job_attempt=attempt, seconds=seconds, **(info or {}))
+      echo(f"storyboard: {os.path.join(outdir, manifest['dir'], 'storyboard.png')}")
+      done += 1
+      keyframes += len(f)
+    elapsed = time.perf_counter() - start
+    left = len(todo) - done
+    echo(f"{who} {len(mine) - left}/{len(mine)} storylines, {keyframes / elapsed:.2f} keyframes/s, "
+         f"about {elapsed / done * left:.0f} s left")
+  elapsed = time.perf_counter() - start
+  report = {"process": process_id, "num_processes": num_processes, "storylines": len(mine),
+            "sampled": done, "skipped": len(mine) - len(todo), "keyframes": keyframes,
+            "seconds": round(elapsed, 2), "keyframes_per_s": round(keyframes / elapsed, 3) if done else None,
+            "devices": len(devices), "chunk": size, "attempt": attempt}
+  os.makedirs(os.path.join(outdir, ".job"), exist_ok=True)
+  _write_json(os.path.join(outdir, ".job", f"process_{process_id}.json"), report)
+  summarize(outdir, stories, info or {}, echo)
+  return report
+
+
+def summarize(outdir: str, stories: list[dict], info: dict, echo=print) -> dict | None:
+  """Writes OUT/job_summary.json when every storyline is complete; None while some are missing."""
+  missing = [i for i, s in enumerate(stories) if not is_complete(outdir, i, s)]
+  if missing:
+    echo(f"{len(stories) - len(missing)}/{len(stories)} storylines complete; other processes still running "
+         f"or to be restarted (first missing: {missing[0]})")
+    return None
+  manifests = [json.load(open(os.path.join(outdir, storyline_dir(i, s), "manifest.json")))
+               for i, s in enumerate(stories)]
+  jobdir = os.path.join(outdir, ".job")
+  processes = [json.load(open(os.path.join(jobdir, f))) for f in sorted(os.listdir(jobdir)) if f.endswith(".json")]
+  summary = {"storylines": len(stories), "keyframes": sum(len(m["keyframes"]) for m in manifests),
+             "attempts": len({m.get("job_attempt") for m in manifests}), **info, "processes": processes}
+  _write_json(os.path.join(outdir, SUMMARY), summary)
+  echo(f"job complete: {summary['storylines']} storylines, {summary['keyframes']} keyframes -> "
+       f"{os.path.join(outdir, SUMMARY)}")
+  return summary
