@@ -4,7 +4,8 @@
 
 Prints a Markdown table for BENCHMARKS.md. Render figures are for one core (this process, no
 workers); pipeline figures are windows (examples of P = 8 pairs at 32x64) per second after a warm-up,
-with 0 and 2 grain workers, measured in one run so their ratio is meaningful on a noisy machine.
+with 0 and 2 grain workers, measured in one run so their ratio is meaningful on a noisy machine; and
+the demo config's pipeline against the windows per second its train step consumes (same run).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import train_step
+from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import toy_movies
@@ -45,16 +48,20 @@ def render_speed(world: toy_world.WorldConfig, num_movies: int = 40) -> dict[str
   return {"shots": len(shots), "render": render, "render+png": encoded, "script": script}
 
 
-def pipeline_speed(path: str, workers: int, num_batches: int) -> float:
-  c = pipeline.default_config()
-  c.update(num_pairs=8, worker_count=workers)
-  it = pipeline.make_pipeline(c, path, batch_size=8).iterator()
+def pipeline_speed(path: str, workers: int, num_batches: int, c=None, batch: int = 8) -> float:
+  """Windows per second of the pipeline of data config c (default: P = 8) with `workers` workers."""
+  if c is None:
+    c = pipeline.default_config()
+    c.num_pairs = 8
+  c = c.copy_and_resolve_references()
+  c.worker_count = workers
+  it = pipeline.make_pipeline(c, path, batch_size=batch).iterator()
   for _ in range(5):  # start-up: worker spawn, first reads
     next(it)
   start = time.perf_counter()
   for _ in range(num_batches):
     next(it)
-  rate = num_batches * 8 / (time.perf_counter() - start)
+  rate = num_batches * batch / (time.perf_counter() - start)
   it.close()
   return rate
 
@@ -67,6 +74,11 @@ def main(argv):
                                         world=world), "train")
   n = len(records.ShotReader(path))
   rates = {w: pipeline_speed(path, w, _NUM_BATCHES.value) for w in (0, 2)}
+  # Supply vs demand: the demo's own pipeline against what its train step consumes, in one run.
+  demo = keyframe_config.get_config("demo")
+  supply = pipeline_speed(path, demo.data.worker_count, _NUM_BATCHES.value // 4, demo.data, demo.batch_size)
+  step_s, _ = train_step.train_step_time(demo, steps=5, warmup=2)
+  demand = demo.batch_size / step_s
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}")
   print()
@@ -77,6 +89,9 @@ def main(argv):
   print(f"| movie scripts (no pixels) | {r['script']:.0f} shots/s |")
   print(f"| pipeline, P=8, batch 8, 0 workers | {rates[0]:.0f} windows/s |")
   print(f"| pipeline, P=8, batch 8, 2 workers | {rates[2]:.0f} windows/s ({rates[2] / rates[0]:.2f}x of 0 workers) |")
+  print(f"| demo pipeline (P={demo.data.num_pairs}, batch {demo.batch_size}, {demo.data.worker_count} workers) vs "
+        f"the demo train step ({step_s:.3f} s/step) | {supply:.0f} windows/s supplied, {demand:.0f} consumed: "
+        f"{supply / demand:.1f}x headroom |")
   print(f"| dataset | {n} shots, 64 movies |")
 
 

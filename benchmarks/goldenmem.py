@@ -21,6 +21,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from benchmarks import timing
 from benchmarks import train_step as bench
 from cinema_jax import flops
 from cinema_jax import goldenmem
@@ -93,7 +94,7 @@ def measure(pairs: int, steps: int, quick: bool) -> dict:
     cost = flops.StepCost(c)
     out[gm] = {"gflop": cost.flops_per_step / 1e9, "tokens": cost.tokens_per_step // c.batch_size,
                "memory_mb": memory_bytes(compiled) / 2 ** 20}
-  times = bench._median_times({gm: runs[gm] for gm in runs}, steps, warmup=1)  # pylint: disable=protected-access
+  times = timing.median_times({gm: runs[gm] for gm in runs}, steps, warmup=1)
   for gm in out:
     out[gm]["seconds"] = times[gm]
   return out

@@ -16,7 +16,6 @@ Prints, one section at a time (each section survives the failure of another):
 
 from __future__ import annotations
 
-import statistics
 import time
 import traceback
 
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import sampling as sampling_bench
+from benchmarks import timing
 from cinema_jax import flops
 from cinema_jax import sharding
 from cinema_jax import trainer
@@ -47,14 +47,7 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "B200": 2250e12, "T
 
 
 def _median(f, steps: int, warmup: int = 2) -> float:
-  for _ in range(warmup):
-    f()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    f()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return timing.median_times({"f": f}, steps, warmup)["f"]
 
 
 def matmul_roof(n: int, steps: int) -> float:

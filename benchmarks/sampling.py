@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -23,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from cinema_jax import sampling
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
@@ -64,13 +63,7 @@ def keyframe_times(c, pairs: int, repeats: int, batch: int = 1) -> dict:
       params, xs, tokens, masks, new, True, (s.grid,), cached, keys, g))) for name, cached in (("none", False),
                                                                                               ("cache", True))}
   outs = {name: np.asarray(f()[0][:, -1]) for name, f in calls.items()}  # compiles
-  times = {name: [] for name in calls}
-  for _ in range(repeats):
-    for name, f in calls.items():
-      start = time.perf_counter()
-      f()
-      times[name].append(time.perf_counter() - start)
-  out = {name: statistics.median(v) / batch for name, v in times.items()}
+  out = {name: t / batch for name, t in timing.median_times(calls, repeats, 0).items()}
   out["diff"] = float(np.abs(outs["none"] - outs["cache"]).max())
   return out
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -25,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from cinema_jax import flops
 from cinema_jax import sharding
 from cinema_jax import trainer
@@ -36,20 +35,6 @@ from data_pipelines import tokenizer
 
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per measurement (the median is reported).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes and at most 2 timed calls: a smoke test, not a figure.")
-
-
-def _median_times(fns: dict, steps: int, warmup: int) -> dict[str, float]:
-  """Median seconds per call of each blocking fn; calls alternate so machine drift hits all alike."""
-  for f in fns.values():
-    for _ in range(warmup):
-      f()
-  times = {k: [] for k in fns}
-  for _ in range(steps):
-    for k, f in fns.items():
-      start = time.perf_counter()
-      f()
-      times[k].append(time.perf_counter() - start)
-  return {k: statistics.median(v) for k, v in times.items()}
 
 
 # ---------------------------------------------------------------------------------- training step
@@ -99,7 +84,7 @@ def train_step_time(c, steps: int, warmup: int) -> tuple[float, float]:
       box["state"], box["metrics"] = step(box["state"], batch)
       jax.block_until_ready((box["state"], box["metrics"]))
 
-    t = _median_times({"step": run}, steps, warmup)["step"]
+    t = timing.median_times({"step": run}, steps, warmup)["step"]
   return t, float(box["metrics"]["loss"])
 
 
@@ -183,7 +168,7 @@ def flux_times(quick: bool, steps: int, warmup: int) -> dict:
   want, got = t_fwd().numpy(), np.asarray(j_fwd(params, jx))[:, 0]
   fns = {"jax_grad": lambda: jax.block_until_ready(j_grad(params, jx)), "torch_grad": t_grad,
          "jax_fwd": lambda: jax.block_until_ready(j_fwd(params, jx)), "torch_fwd": t_fwd}
-  out = _median_times(fns, steps, warmup)
+  out = timing.median_times(fns, steps, warmup)
   out.update(diff=float(np.abs(got - want).max()), scale=float(np.abs(want).max()), config=c, cfg=cfg,
              tokens=b * (gh * gw + L), torch_peak=_torch_peak(512 if quick else 2048))
   return out
@@ -193,7 +178,7 @@ def _torch_peak(n: int, repeats: int = 5) -> float:
   """torch's fp32 matmul FLOP/s here, for reading the peer's rows against its own roof."""
   import torch  # pylint: disable=g-import-not-at-top
   x = torch.ones(n, n)
-  return 2 * n ** 3 / min(_median_times({"mm": lambda: x @ x}, 1, 1)["mm"] for _ in range(repeats))
+  return 2 * n ** 3 / min(timing.median_times({"mm": lambda: x @ x}, 1, 1)["mm"] for _ in range(repeats))
 
 
 # ------------------------------------------------------------------------------------------ main
