@@ -12,6 +12,14 @@ With GoldenMem (config.data.memory_levels) the window's history is re-levelled f
 older keyframes enter at their level's smaller grid (one compiled program per window length, up to P).
 Context pairs can be re-noised to t ~ U[config.sample.context_t] (the paper's noisy context).
 
+KV cache (config.sample.kv_cache, default on): in autoregressive mode the context never sees the new
+pair and keeps its t and captions through the loop, so its single-stream keys and values are computed
+once per keyframe (MMDiT.fill_cache) and every Euler step runs only the new pair against them.
+
+Storylines are sampled in batches (keyframes_batch): keyframe k of every storyline in one call, the
+batch optionally split over devices; each window draws its own noise, so a storyline's keyframes do
+not depend on its batch mates (up to float rounding).
+
 CFG drops only the new pairs' captions (the context keeps its own), the way training drops them. A
 guidance-distilled model (model.guidance_embed, FLUX.1-dev) instead gets the scale through its guidance
 embedding and runs one conditional pass per step.
@@ -107,7 +115,15 @@ class Sampler:
     g_BP = lambda p: jnp.full((b, p), guidance, jnp.float32) if distilled else None
 
     def velocity(run, x, t, text):
-      """The guided velocity: CFG drops only the new pairs' captions, the way training drops them."""
+      """The guided velocity: KV cache (config.sample.kv_cache, default on): in autoregressive mode the context never sees the new
+pair and keeps its t and captions through the loop, so its single-stream keys and values are computed
+once per keyframe (MMDiT.fill_cache) and every Euler step runs only the new pair against them.
+
+Storylines are sampled in batches (keyframes_batch): keyframe k of every storyline in one call, the
+batch optionally split over devices; each window draws its own noise, so a storyline's keyframes do
+not depend on its batch mates (up to float rounding).
+
+CFG drops only the new pairs' captions, the way training drops them."""
       if distilled:
         return objective.velocity(run(x, t, text), x, t, c.objective.prediction)
       (st, m, pl), (st_u, m_u, pl_u) = text

@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
 
   signal.signal(signal.SIGTERM, stop)
   status = 0
-  while any(p.poll() is None for p in procs):
+  while None in [p.poll() for p in procs]:  # a list, not any(): every process is polled each time
     failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
     if failed and not status:
       status = failed[0]
