@@ -16,25 +16,18 @@ import time
 from absl import app
 from absl import flags
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from benchmarks import common
 from benchmarks import train_step as bench
 from cinema_jax import flops
-from cinema_jax import sharding
-from cinema_jax import trainer
 from configs import keyframe as keyframe_config
 
 _DEPTHS = flags.DEFINE_list("depths", ["1", "2", "4", "8", "16"], "Double (= single) block counts.")
 
 
 def compile_seconds(c) -> float:
-  mesh = sharding.make_mesh(c.mesh)
-  setup = trainer.make_setup(c, mesh)
+  step, setup, batch, mesh = common.jit_train_step(c, bench.synthetic_batch(c))
   with jax.set_mesh(mesh):
-    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in bench.synthetic_batch(c).items()}
-    step = jax.jit(trainer.make_train_step(c, setup),
-                   in_shardings=(setup.state_shardings, {k: v.sharding for k, v in batch.items()}),
-                   out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
     start = time.perf_counter()
     step.lower(setup.abstract_state, batch).compile()
     return time.perf_counter() - start

@@ -18,14 +18,12 @@ import platform
 from absl import app
 from absl import flags
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from benchmarks import timing
+from benchmarks import common
 from benchmarks import train_step as bench
 from cinema_jax import flops
 from cinema_jax import goldenmem
-from cinema_jax import sharding
 from cinema_jax import trainer
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
@@ -62,13 +60,8 @@ def batch_for(c) -> dict[str, np.ndarray]:
 
 def compiled_step(c):
   """(compiled step, state, device batch) of config c on one device."""
-  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
-  setup = trainer.make_setup(c, mesh)
+  step, setup, batch, mesh = common.jit_train_step(c, batch_for(c), jax.devices()[:1])
   with jax.set_mesh(mesh):
-    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch_for(c).items()}
-    step = jax.jit(trainer.make_train_step(c, setup),
-                   in_shardings=(setup.state_shardings, {k: v.sharding for k, v in batch.items()}),
-                   out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
     compiled = step.lower(setup.abstract_state, batch).compile()
   return compiled, setup, batch, mesh
 
@@ -94,7 +87,7 @@ def measure(pairs: int, steps: int, quick: bool) -> dict:
     cost = flops.StepCost(c)
     out[gm] = {"gflop": cost.flops_per_step / 1e9, "tokens": cost.tokens_per_step // c.batch_size,
                "memory_mb": memory_bytes(compiled) / 2 ** 20}
-  times = timing.median_times({gm: runs[gm] for gm in runs}, steps, warmup=1)
+  times = common.median_times({gm: runs[gm] for gm in runs}, steps, warmup=1)
   for gm in out:
     out[gm]["seconds"] = times[gm]
   return out

@@ -22,14 +22,12 @@ import traceback
 from absl import app
 from absl import flags
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import sampling as sampling_bench
-from benchmarks import timing
+from benchmarks import common
 from cinema_jax import flops
-from cinema_jax import sharding
 from cinema_jax import trainer
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
@@ -47,7 +45,7 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "B200": 2250e12, "T
 
 
 def _median(f, steps: int, warmup: int = 2) -> float:
-  return timing.median_times({"f": f}, steps, warmup)["f"]
+  return common.median_times({"f": f}, steps, warmup)["f"]
 
 
 def matmul_roof(n: int, steps: int) -> float:
@@ -89,13 +87,8 @@ def synthetic_batch(c) -> dict[str, np.ndarray]:
 
 
 def train_step(c, steps: int) -> dict:
-  mesh = sharding.make_mesh(c.mesh)
-  setup = trainer.make_setup(c, mesh)
+  step, setup, batch, mesh = common.jit_train_step(c, synthetic_batch(c))
   with jax.set_mesh(mesh):
-    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in synthetic_batch(c).items()}
-    step = jax.jit(trainer.make_train_step(c, setup),
-                   in_shardings=(setup.state_shardings, {k: v.sharding for k, v in batch.items()}),
-                   out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(setup.abstract_state, batch).compile()
     compile_s = time.perf_counter() - start

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import timing
+from benchmarks import common
 from cinema_jax.models import attention
 
 _PAIRS = flags.DEFINE_list("pairs", ["8", "16", "32"], "Pairs per example.")
@@ -55,7 +55,7 @@ def measure(pairs: int, steps: int, batch: int = 4, tokens: int = 48, heads: int
     out[f"{name}_mem"] = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
     out[f"{name}_fn"] = lambda grad=grad: jax.block_until_ready(grad(*qkv))
     out[f"{name}_out"] = np.asarray(jax.jit(fn)(*qkv))
-  times = timing.median_times({k: out[f"{k}_fn"] for k in ("pairwise", "masked")}, steps, 2)
+  times = common.median_times({k: out[f"{k}_fn"] for k in ("pairwise", "masked")}, steps, 2)
   out.update(times, diff=float(np.abs(out["pairwise_out"] - out["masked_out"]).max()))
   return out
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import timing
+from benchmarks import common
 from cinema_jax import sampling
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
@@ -63,7 +63,7 @@ def keyframe_times(c, pairs: int, repeats: int, batch: int = 1) -> dict:
       params, xs, tokens, masks, new, True, (s.grid,), cached, keys, g))) for name, cached in (("none", False),
                                                                                               ("cache", True))}
   outs = {name: np.asarray(f()[0][:, -1]) for name, f in calls.items()}  # compiles
-  out = {name: t / batch for name, t in timing.median_times(calls, repeats, 0).items()}
+  out = {name: t / batch for name, t in common.median_times(calls, repeats, 0).items()}
   out["diff"] = float(np.abs(outs["none"] - outs["cache"]).max())
   return out
 

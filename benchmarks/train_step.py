@@ -19,13 +19,11 @@ from absl import app
 from absl import flags
 from flax import nnx
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import timing
+from benchmarks import common
 from cinema_jax import flops
-from cinema_jax import sharding
 from cinema_jax import trainer
 from cinema_jax.convert import flux
 from cinema_jax.models import keyframe
@@ -71,20 +69,15 @@ def synthetic_batch(c) -> dict[str, np.ndarray]:
 
 def train_step_time(c, steps: int, warmup: int) -> tuple[float, float]:
   """(median s/step, last loss) of the trainer's jitted, donated step on a 1-device-or-more mesh."""
-  mesh = sharding.make_mesh(c.mesh)
-  setup = trainer.make_setup(c, mesh)  # outside the mesh context, as the trainer does
+  step, setup, batch, mesh = common.jit_train_step(c, synthetic_batch(c))
   with jax.set_mesh(mesh):
-    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in synthetic_batch(c).items()}
-    step = jax.jit(trainer.make_train_step(c, setup),
-                   in_shardings=(setup.state_shardings, {k: v.sharding for k, v in batch.items()}),
-                   out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
     box = {"state": setup.init()}
 
     def run():  # the state is donated: each call consumes the previous call's state
       box["state"], box["metrics"] = step(box["state"], batch)
       jax.block_until_ready((box["state"], box["metrics"]))
 
-    t = timing.median_times({"step": run}, steps, warmup)["step"]
+    t = common.median_times({"step": run}, steps, warmup)["step"]
   return t, float(box["metrics"]["loss"])
 
 
@@ -168,7 +161,7 @@ def flux_times(quick: bool, steps: int, warmup: int) -> dict:
   want, got = t_fwd().numpy(), np.asarray(j_fwd(params, jx))[:, 0]
   fns = {"jax_grad": lambda: jax.block_until_ready(j_grad(params, jx)), "torch_grad": t_grad,
          "jax_fwd": lambda: jax.block_until_ready(j_fwd(params, jx)), "torch_fwd": t_fwd}
-  out = timing.median_times(fns, steps, warmup)
+  out = common.median_times(fns, steps, warmup)
   out.update(diff=float(np.abs(got - want).max()), scale=float(np.abs(want).max()), config=c, cfg=cfg,
              tokens=b * (gh * gw + L), torch_peak=_torch_peak(512 if quick else 2048))
   return out
@@ -178,7 +171,7 @@ def _torch_peak(n: int, repeats: int = 5) -> float:
   """torch's fp32 matmul FLOP/s here, for reading the peer's rows against its own roof."""
   import torch  # pylint: disable=g-import-not-at-top
   x = torch.ones(n, n)
-  return 2 * n ** 3 / min(timing.median_times({"mm": lambda: x @ x}, 1, 1)["mm"] for _ in range(repeats))
+  return 2 * n ** 3 / min(common.median_times({"mm": lambda: x @ x}, 1, 1)["mm"] for _ in range(repeats))
 
 
 # ------------------------------------------------------------------------------------------ main
