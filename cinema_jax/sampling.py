@@ -115,15 +115,7 @@ class Sampler:
     g_BP = lambda p: jnp.full((b, p), guidance, jnp.float32) if distilled else None
 
     def velocity(run, x, t, text):
-      """The guided velocity: KV cache (config.sample.kv_cache, default on): in autoregressive mode the context never sees the new
-pair and keeps its t and captions through the loop, so its single-stream keys and values are computed
-once per keyframe (MMDiT.fill_cache) and every Euler step runs only the new pair against them.
-
-Storylines are sampled in batches (keyframes_batch): keyframe k of every storyline in one call, the
-batch optionally split over devices; each window draws its own noise, so a storyline's keyframes do
-not depend on its batch mates (up to float rounding).
-
-CFG drops only the new pairs' captions, the way training drops them."""
+      """The guided velocity: CFG drops only the new pairs' captions, the way training drops them."""
       if distilled:
         return objective.velocity(run(x, t, text), x, t, c.objective.prediction)
       (st, m, pl), (st_u, m_u, pl_u) = text
@@ -178,23 +170,26 @@ CFG drops only the new pairs' captions, the way training drops them."""
   def _context(self, frames_KHWC: np.ndarray, plan, memo: dict, ids) -> tuple[np.ndarray, ...]:
     """GoldenMem: each group's frames (the last pair a placeholder) resized to its grid, as tokens.
 
-    memo keeps each frame's tokens per grid (keyed by (ids[i], grid)), so only frames whose level
-    changed since the last keyframe are resized again."""
+    memo keeps each generated frame's tokens per grid (keyed by (ids[i], grid)), so only frames whose
+    level changed since the last keyframe are resized again; the new pair's placeholder is not kept."""
     c, p = self.c, self.c.model.patch
     out, first = [], 0
     for g in plan:
       size = (g.grid[0] * p, g.grid[1] * p)
       toks = []
       for i in range(first, first + g.num_pairs):
-        key = (ids[i], g.grid)
-        if key not in memo:
+        key = (ids[i], g.grid) if i < len(ids) - 1 else None  # the last frame is not generated yet
+        tok = memo.get(key)
+        if tok is None:
           x = frames_KHWC[i:i + 1]
           if c.data.goldenmem.resize == "pixels":  # what the pipeline does: uint8 frames, box filter
             x = goldenmem.resize_frames(_to_uint8(x), size).astype(np.float32) / 127.5 - 1.0
           else:
             x = np.asarray(goldenmem.resize_array(jnp.asarray(x)[None], size)[0])
-          memo[key] = np.asarray(keyframe.patchify(jnp.asarray(x)[None], p)[0, 0])
-        toks.append(memo[key])
+          tok = np.asarray(keyframe.patchify(jnp.asarray(x)[None], p)[0, 0])
+          if key is not None:
+            memo[key] = tok
+        toks.append(tok)
       out.append(np.stack(toks))
       first += g.num_pairs
     return tuple(out)

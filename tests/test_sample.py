@@ -162,6 +162,28 @@ def test_goldenmem_sampling_relevels_the_history(model):
   assert np.abs(on_device.astype(int) - a.astype(int)).mean() < 8  # same history up to rounding
 
 
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_goldenmem_history_is_resized_once_per_level_and_never_from_a_placeholder(model, group_size):
+  c, graphdef, _ = model
+  c = c.copy_and_resolve_references()
+  c.data.memory_levels = "goldenmem"
+  c.data.goldenmem.group_size = group_size  # 1: three levels; 3: one full-resolution group
+  s = sampling.Sampler(c, graphdef)
+  plan = keyframe.memory_plan(c, 3)
+  pixels = np.zeros((4, 16, 32, 3), np.float32)
+  pixels[:2] = np.random.default_rng(0).uniform(-1, 1, (2, 16, 32, 3))
+  memo = {}
+  s._context(pixels[[0, 1, 2]], plan, memo, [0, 1, 2])  # pylint: disable=protected-access  (2: the placeholder)
+  pixels[2] = np.random.default_rng(1).uniform(-1, 1, (16, 32, 3))  # keyframe 2 is generated
+  got = s._context(pixels[[1, 2, 3]], plan, memo, [1, 2, 3])  # pylint: disable=protected-access
+  fresh = s._context(pixels[[1, 2, 3]], plan, {}, [1, 2, 3])  # pylint: disable=protected-access
+  for a, b in zip(got, fresh):
+    np.testing.assert_array_equal(a, b)
+  # Each generated frame resized once per level it takes: three levels, frames 0, 1 and then 1, 2
+  # move down a level (4 entries); one full-resolution group, frames 0, 1, 2 at full size (3).
+  assert len(memo) == (4 if group_size == 1 else 3)
+
+
 def test_noisy_context_changes_only_what_has_context(model):
   c, graphdef, params = model
   c = c.copy_and_resolve_references()
