@@ -114,6 +114,7 @@ def run(sampler: sampling.Sampler, params, stories: list[dict], outdir: str, *, 
   echo(f"{who} {len(mine)} storylines ({len(mine) - len(todo)} already complete), chunks of {size} "
        f"over {len(devices)} {devices[0].platform} device(s)")
   start, done, keyframes = time.perf_counter(), 0, 0
+  warm = None  # (time, storylines done) after the first chunk: later chunks reuse its compiled programs
   for ch in plan:
     if not todo.intersection(ch):
       continue
@@ -131,10 +132,12 @@ def run(sampler: sampling.Sampler, params, stories: list[dict], outdir: str, *, 
       echo(f"storyboard: {os.path.join(outdir, manifest['dir'], 'storyboard.png')}")
       done += 1
       keyframes += len(f)
-    elapsed = time.perf_counter() - start
+    now = time.perf_counter()
     left = len(todo) - done
-    echo(f"{who} {len(mine) - left}/{len(mine)} storylines, {keyframes / elapsed:.2f} keyframes/s, "
-         f"about {elapsed / done * left:.0f} s left")
+    per_storyline = (now - warm[0]) / (done - warm[1]) if warm else (now - start) / done
+    warm = warm or (now, done)
+    echo(f"{who} {len(mine) - left}/{len(mine)} storylines, {keyframes / (now - start):.2f} keyframes/s, "
+         f"about {per_storyline * left:.0f} s left")
   elapsed = time.perf_counter() - start
   report = {"process": process_id, "num_processes": num_processes, "storylines": len(mine),
             "sampled": done, "skipped": len(mine) - len(todo), "keyframes": keyframes,
