@@ -3,7 +3,7 @@
 Layers name their parameter axes logically (cinema_jax/models/layers.py); this table says which mesh
 axis shards each name. FSDP shards parameters (and so the optimizer state, which mirrors them) along
 'fsdp'; tensor parallelism shards heads and MLP along 'tensor'; the batch is split over 'data' and
-'fsdp'. Meshes are built with Auto axes: shardings are given to jit and XLA propagates them (GSPMD).
+'fsdp'; context parallelism splits the pairs (so the interleaved sequence) over 'context'. Meshes are built with Auto axes: shardings are given to jit and XLA propagates them (GSPMD).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     # activations
     ("batch", BATCH_AXES),
+    ("pairs", "context"),  # (caption, keyframe) pairs: the interleaved sequence is pair-major
     ("length", "context"),
 )
 

@@ -1,6 +1,7 @@
 """The trainer: sharded step == unsharded step, bitwise resume across processes, non-finite guard,
 start-up validation."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -45,30 +46,53 @@ def _run_steps(c, mesh, batch_np, n):
   return state, losses
 
 
-@pytest.mark.parametrize("memory", ["none", "goldenmem"])
-def test_sharded_step_equals_the_unsharded_step(toy_train, memory):
-  c = _tiny(batch_size=4)
+MESHES = {  # (data, fsdp, context, tensor) on the 8 fake devices
+    "data": (8, 1, 1, 1), "fsdp": (1, 8, 1, 1), "tensor": (1, 1, 1, 8), "context": (1, 1, 8, 1),
+    "mixed": (2, 1, 2, 2),
+}
+
+
+@functools.cache
+def _case(memory: str, toy_train: str):
+  """(config, batch, 1-device (state, losses)) of 3 steps of the tiny model on the shared toy data."""
+  c = _tiny(batch_size=8)
   c.data.toy.num_frames = 2  # the shared toy fixture has 2 frames per shot
   c.data.memory_levels = memory
   c.data.goldenmem.group_size = 1  # 3 pairs at 3 levels: 1x2, 2x4 and 4x8 tokens
   groups = keyframe.pipeline_image_groups(c)
   assert memory == "none" or groups == ((1, (4, 8)), (1, (8, 16)), (1, (16, 32)))
-  batch = next(pipeline.make_pipeline(c.data, toy_train, batch_size=4, image_groups=groups).iterator())
-  devices = jax.devices()
-  assert len(devices) == 8
-  one, one_losses = _run_steps(c, _mesh(1, 1, 1, 1, devices[:1]), batch, 2)
-  mesh = _mesh(2, 2, 1, 2, devices)
-  eight, eight_losses = _run_steps(c, mesh, batch, 2)
-  # the big parameters really are split over fsdp and tensor
+  batch = next(pipeline.make_pipeline(c.data, toy_train, batch_size=8, image_groups=groups).iterator())
+  return c, batch, _run_steps(c, _mesh(1, 1, 1, 1, jax.devices()[:1]), batch, 3)
+
+
+@pytest.mark.parametrize("memory,mesh", [("none", m) for m in MESHES] + [("goldenmem", "mixed")])
+def test_sharded_steps_equal_the_unsharded_steps(toy_train, memory, mesh):
+  c, batch, (one, one_losses) = _case(memory, toy_train)
+  assert len(jax.devices()) == 8
+  eight, eight_losses = _run_steps(c, _mesh(*MESHES[mesh], jax.devices()), batch, 3)
   qkv = eight["params"]["dit"]["double_blocks"]["img_attn"]["qkv"]["kernel"]
-  assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
-  assert qkv.addressable_shards[0].data.shape == (qkv.shape[0], qkv.shape[1] // 2, qkv.shape[2] // 2)
+  if mesh == "mixed":  # the big parameters really are split over fsdp and tensor
+    assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert qkv.addressable_shards[0].data.shape == (qkv.shape[0], qkv.shape[1], qkv.shape[2] // 2)
+  if mesh == "fsdp":
+    assert qkv.addressable_shards[0].data.shape == (qkv.shape[0], qkv.shape[1] // 8, qkv.shape[2])
   mu = eight["opt_state"][1][0].mu["dit"]["double_blocks"]["img_attn"]["qkv"]["kernel"]
   assert mu.sharding.spec == qkv.sharding.spec  # optimizer state follows its parameter
   np.testing.assert_allclose(eight_losses, one_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(eight["params"]), jax.tree.leaves(one["params"])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-  assert one_losses[1] != one_losses[0]  # the step really changed the parameters
+  assert one_losses[2] != one_losses[1] != one_losses[0]  # the steps really changed the parameters
+
+
+def test_context_parallel_step_runs_ring_attention(toy_train):
+  c, batch, _ = _case("none", toy_train)
+  mesh = _mesh(*MESHES["context"], jax.devices())
+  setup = trainer.make_setup(c, mesh)
+  with jax.set_mesh(mesh):
+    args = (setup.abstract_state, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(
+        mesh, v.ndim)) for k, v in batch.items()})
+    hlo = jax.jit(trainer.make_train_step(c, setup)).lower(*args).as_text(dialect="hlo")
+  assert "collective-permute" in hlo  # the key/value chunks travel around the ring
 
 
 def test_goldenmem_resizes_on_device_as_the_pipeline_does(toy_train):

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from cinema_jax import goldenmem
+from cinema_jax import sharding
 from cinema_jax.models import attention as attention_lib
 from cinema_jax.models import layers
 from cinema_jax.models import rope
@@ -182,8 +183,10 @@ def _attend_across_pairs(qs, ks, vs, ctx: Context, cache_kv=None):
     k, v = jnp.concatenate([ck, k_new], axis=1), jnp.concatenate([cv, v_new], axis=1)
     mask = jnp.concatenate([cmask, mask], axis=1)
     kv_pairs = jnp.concatenate([jnp.full((ck.shape[1],), -1, q_pairs.dtype), q_pairs])
+  # the flattened sequence is pair-major, so sharding pairs over 'context' shards it contiguously:
+  # ring attention (without a cache: the cache is a sampling-time, single-device-sequence path)
   out = attention_lib.attention(q, k, v, kv_mask_BS=mask, q_pairs_T=q_pairs, kv_pairs_S=kv_pairs,
-                                causal=ctx.causal, backend=ctx.backend)
+                                causal=ctx.causal, backend=ctx.backend, context_parallel=cache_kv is None)
   outs, start = [], 0
   for x in qs:
     b, p, t, h, d = x.shape
@@ -262,6 +265,20 @@ class LastLayer(nnx.Module):
     return self.linear(layers.modulate(self.norm_final(x_BPND), shift, scale))
 
 
+def shard_pairs(xs_BPTD: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """Block-boundary constraint: examples over the batch axes, pairs over 'context' (where they divide).
+
+  Double-stream blocks then attend within pairs with no communication; single-stream blocks see the
+  pair-major sequence split contiguously, as ring attention expects.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return xs_BPTD
+  ctx = mesh.shape.get("context", 1)
+  return tuple(sharding.constrain(x, ("batch", "pairs" if x.shape[1] % ctx == 0 else None, None, None))
+               for x in xs_BPTD)
+
+
 def _stack(make, n: int, rngs: nnx.Rngs):
   """n copies of a block with parameters stacked on a leading 'layers' axis (for scan)."""
 
@@ -320,7 +337,8 @@ class MMDiT(nnx.Module):
                                         y_BPV, guidance_BP, causal)
     xs = self._double(imgs, txts, vecs, ctx)
     if cache is None:
-      xs, _ = _scan(self.single_blocks, xs, lambda blk, c, _: (blk(c, vecs, ctx)[0], None), self.cfg.remat)
+      xs, _ = _scan(self.single_blocks, xs, lambda blk, c, _: (shard_pairs(blk(c, vecs, ctx)[0]), None),
+                    self.cfg.remat)
     else:
       body = lambda blk, c, kv: (blk(c, vecs, ctx, (*kv, cache.mask_BS))[0], None)
       xs, _ = _scan(self.single_blocks, xs, body, self.cfg.remat, (cache.k_LBSHD, cache.v_LBSHD))
@@ -380,9 +398,10 @@ class MMDiT(nnx.Module):
     """The double-stream blocks, group by group; returns each group's [text; image] tokens."""
 
     def double(blk, carry, _):
-      return tuple(zip(*(blk(i, t, v, ctx.group(g)) for g, (i, t, v) in enumerate(zip(*carry, vecs))))), None
+      imgs, txts = zip(*(blk(i, t, v, ctx.group(g)) for g, (i, t, v) in enumerate(zip(*carry, vecs))))
+      return (shard_pairs(imgs), shard_pairs(txts)), None
 
-    (imgs, txts), _ = _scan(self.double_blocks, (imgs, txts), double, self.cfg.remat)
+    (imgs, txts), _ = _scan(self.double_blocks, (shard_pairs(imgs), shard_pairs(txts)), double, self.cfg.remat)
     return tuple(jnp.concatenate([t, i], axis=2) for t, i in zip(txts, imgs))
 
 
