@@ -1,5 +1,7 @@
 """The interleaved MM-DiT: pair-by-pair attention, block-causal masking, per-pair modulation, RoPE ids."""
 
+import dataclasses
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -198,3 +200,12 @@ def test_kv_cache_gives_the_new_pair_what_the_full_causal_pass_gives():
                              pair_valid_BP=valid)
   np.testing.assert_allclose(grouped.k_LBSHD, cache.k_LBSHD, atol=2e-5, rtol=1e-4)
   np.testing.assert_array_equal(grouped.mask_BS, cache.mask_BS)
+
+
+@pytest.mark.parametrize("backend", ["blockwise", "splash"])
+def test_model_with_each_attention_backend_equals_the_reference(backend):
+  x = _inputs()
+  for causal in (False, True):
+    ref = _model()(**x, causal=causal)
+    got = _model(dataclasses.replace(CFG, attention=backend))(**x, causal=causal)
+    np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)

@@ -26,6 +26,7 @@ import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cinema_jax import goldenmem
 from cinema_jax import sharding
@@ -173,16 +174,16 @@ def _attend_across_pairs(qs, ks, vs, ctx: Context, cache_kv=None):
   v_new = jnp.concatenate([flat(x) for x in vs], axis=1)
   mask = jnp.concatenate([m.reshape(m.shape[0], -1) for m in ctx.kv_mask_BPT], axis=1)
   pairs, first = [], 0
-  for x in qs:
-    pairs.append(jnp.repeat(first + jnp.arange(x.shape[1]), x.shape[2]))
+  for x in qs:  # static (numpy): the splash kernel then knows the mask's empty tiles at trace time
+    pairs.append(np.repeat(first + np.arange(x.shape[1], dtype=np.int32), x.shape[2]))
     first += x.shape[1]
-  q_pairs = kv_pairs = jnp.concatenate(pairs)
+  q_pairs = kv_pairs = np.concatenate(pairs)
   k, v = k_new, v_new
   if cache_kv is not None:  # cached pairs come before every pair here
     ck, cv, cmask = cache_kv
     k, v = jnp.concatenate([ck, k_new], axis=1), jnp.concatenate([cv, v_new], axis=1)
     mask = jnp.concatenate([cmask, mask], axis=1)
-    kv_pairs = jnp.concatenate([jnp.full((ck.shape[1],), -1, q_pairs.dtype), q_pairs])
+    kv_pairs = np.concatenate([np.full((ck.shape[1],), -1, np.int32), q_pairs])
   # the flattened sequence is pair-major, so sharding pairs over 'context' shards it contiguously:
   # ring attention (without a cache: the cache is a sampling-time, single-device-sequence path)
   out = attention_lib.attention(q, k, v, kv_mask_BS=mask, q_pairs_T=q_pairs, kv_pairs_S=kv_pairs,
