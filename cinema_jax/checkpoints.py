@@ -1,6 +1,8 @@
 """Orbax checkpoints of a run: named items `state` (step, params, optimizer, EMA), `data_iter` (the grain
 iterator) and `config` (JSON). Saves are atomic (Orbax commits a step directory only when complete),
-so a restore only ever sees whole steps."""
+so a restore only ever sees whole steps. The state is a sharded Orbax (tensorstore) checkpoint that every
+process writes its shards of; it restores onto any mesh and number of processes (restore places it as
+the given abstract state's shardings say)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,13 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
 def restore_data_iter(mngr: ocp.CheckpointManager, step: int, data_iter) -> None:
   """Restores only the data iterator of `step`, in place."""
   mngr.restore(step, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+
+
+def has_data_iter_of_this_process(mngr: ocp.CheckpointManager, step: int) -> bool:
+  """Whether `step` holds this process's data-iterator state under the current process count (grain
+  writes one file per process, named by index and count)."""
+  name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  return os.path.exists(os.path.join(str(mngr.directory), str(step), "data_iter", name))
 
 
 def saved_config(workdir: str, defaults=None) -> ml_collections.ConfigDict:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 from flax import nnx
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -62,11 +63,44 @@ def mesh_shape(c: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...
   return tuple(sizes)
 
 
+def dcn_shape(c: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Sizes of MESH_AXES across slices / hosts (config.mesh.dcn; all 1 when absent)."""
+  dcn = c.get("dcn") or {}
+  unknown = set(dcn) - set(MESH_AXES)
+  if unknown:
+    raise MeshError(f"config.mesh.dcn: unknown axes {sorted(unknown)}; the axes are {', '.join(MESH_AXES)}")
+  sizes = tuple(int(dcn.get(a, 1)) for a in MESH_AXES)
+  if any(s < 1 for s in sizes):
+    raise MeshError(f"config.mesh.dcn: sizes must be positive, got {dict(zip(MESH_AXES, sizes))}")
+  return sizes
+
+
 def make_mesh(c: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The ('data', 'fsdp', 'context', 'tensor') mesh.
+
+  config.mesh gives each axis's size within a slice (ICI; one may be -1), config.mesh.dcn how many
+  slices (TPU multi-slice) or hosts (GPU nodes, CPU processes) each axis spans; an axis's size is the
+  product. Collectives of an axis with dcn > 1 cross the slower network, so put 'data' (one gradient
+  all-reduce per step) there, and keep 'tensor' and 'context' (every layer) inside a slice.
+  """
   devices = list(devices if devices is not None else jax.devices())
-  shape = mesh_shape(c, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  dcn = dcn_shape(c)
+  slices = math.prod(dcn)
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if slices == 1:
+    return jax.make_mesh(mesh_shape(c, len(devices)), MESH_AXES, axis_types=axis_types, devices=devices)
+  if len(devices) % slices:
+    raise MeshError(f"config.mesh.dcn={dict(zip(MESH_AXES, dcn))}: {slices} slices do not divide the "
+                    f"{len(devices)} devices")
+  ici = mesh_shape(c, len(devices) // slices)
+  # TPU multi-slice devices carry their slice; otherwise (GPU nodes, CPU processes) a process is a granule
+  by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
+  try:
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not by_slice,
+                                                allow_split_physical_axes=True)
+  except ValueError as e:
+    raise MeshError(f"config.mesh.dcn={dict(zip(MESH_AXES, dcn))}: {e}") from None
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def logical_spec(axes: Sequence[str | None]) -> P:

@@ -39,8 +39,8 @@ TrainingError = faults.TrainingError
 # ------------------------------------------------------------------------------------------ config
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """One-line errors for config values the run cannot use."""
+def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
+  """One-line errors for config values the run cannot use (reads_data=False: compile only)."""
   m = c.model
   if not isinstance(c.total_steps, int) or c.total_steps < 1:
     raise pipeline.ConfigError(f"config.total_steps={c.total_steps!r}: expected an int >= 1")
@@ -52,7 +52,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if (m.text_encoder == "bytes") != (c.data.text_source == "bytes"):
     raise pipeline.ConfigError(f"config.model.text_encoder={m.text_encoder!r} needs config.data.text_source="
                                f"{'bytes' if m.text_encoder == 'bytes' else 'precomputed'!r}")
-  if m.vae_downsample != 1 and not c.data.path:
+  if reads_data and m.vae_downsample != 1 and not c.data.path:
     raise pipeline.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads pre-computed latents; "
                                "the toy world (empty path) is pixels, use a toy variant (demo, tiny)")
   if c.objective.prediction not in ("v", "x"):
@@ -70,6 +70,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if not 0 <= lo <= hi < 1:
     raise pipeline.ConfigError(f"config.sample.context_t={tuple(c.sample.context_t)}: expected 0 <= a <= b < 1")
   _validate_curriculum(c)
+  if not isinstance(c.optimizer.offload, bool):
+    raise pipeline.ConfigError(f"config.optimizer.offload={c.optimizer.offload!r}: expected True or False")
+  if c.optimizer.offload and "pinned_host" not in {m.kind for m in jax.devices()[0].addressable_memories()}:
+    raise pipeline.ConfigError(f"config.optimizer.offload=True: {jax.devices()[0].device_kind} devices have no "
+                               "pinned host memory to offload to")
   if not isinstance(c.sample.kv_cache, bool):
     raise pipeline.ConfigError(f"config.sample.kv_cache={c.sample.kv_cache!r}: expected True or False")
   if c.sample.mode not in ("autoregressive", "joint"):
@@ -145,6 +150,7 @@ class Setup:
   state_shardings: dict
   abstract_state: dict
   init: Any  # jitted () -> state
+  opt_device_shardings: Any = None  # config.optimizer.offload: where the step brings the host-resident moments
 
 
 def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
@@ -166,11 +172,15 @@ def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   abstract_state = jax.eval_shape(init)
   opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_shardings,
                                         transform_non_params=lambda _: replicated)
+  opt_device_shardings = None
+  if o.offload:
+    opt_device_shardings = opt_shardings
+    opt_shardings = jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), opt_shardings)
   state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,
                      "ema": param_shardings if o.ema_decay > 0 else {}}
   return Setup(graphdef=graphdef, tx=tx, schedule=schedule, state_shardings=state_shardings,
                abstract_state=checkpoints.abstract_like(abstract_state, state_shardings),
-               init=jax.jit(init, out_shardings=state_shardings))
+               init=jax.jit(init, out_shardings=state_shardings), opt_device_shardings=opt_device_shardings)
 
 
 def make_train_step(c: ml_collections.ConfigDict, s: Setup):
@@ -190,6 +200,8 @@ def make_train_step(c: ml_collections.ConfigDict, s: Setup):
     return objective.flow_loss(apply, x0, k_flow, o, num_image_tokens=gh_gw[0] * gh_gw[1])
 
   def step(state, batch):
+    if s.opt_device_shardings is not None:  # offloaded: the moments come to the device for the update
+      state = dict(state, opt_state=jax.device_put(state["opt_state"], s.opt_device_shardings))
     key = jax.random.fold_in(jax.random.key(c.seed), state["step"])
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key)
     grad_norm = optax.tree.norm(grads)
@@ -203,6 +215,8 @@ def make_train_step(c: ml_collections.ConfigDict, s: Setup):
     new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
     keep = lambda n, old: jnp.where(nonfinite == 0, n, old)
     new = {k: (jax.tree.map(keep, new[k], state[k]) if k != "step" else new[k]) for k in new}
+    if s.opt_device_shardings is not None:  # and go back to host memory
+      new["opt_state"] = jax.device_put(new["opt_state"], s.state_shardings["opt_state"])
     metrics = {**aux, "grad_norm": grad_norm, "lr": s.schedule(state["step"]), "nonfinite": nonfinite}
     return new, metrics
 
@@ -259,11 +273,17 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
           stage = next(s for s in plan if s.first <= step <= s.last)
           if data_iter is not None:
             data_iter.close()
+          resuming = step == start + 1 and start >= stage.first  # inside this stage: its data position
+          same_layout = resuming and checkpoints.has_data_iter_of_this_process(mngr, start)
+          if resuming and not same_layout:  # saved by another number of processes: position from the step
+            logging.warning("the checkpoint's data position was saved by another number of processes: "
+                            "continuing at global batch %d of this stage", start - stage.first + 1)
           data_iter = pipeline.make_pipeline(
               stage.config.data, path, batch_size=c.batch_size, process_index=jax.process_index(),
               process_count=jax.process_count(), image_groups=keyframe.pipeline_image_groups(stage.config),
-              embedding_path=clip_path).iterator()
-          if step == start + 1 and start >= stage.first:  # resuming inside this stage: its data position
+              embedding_path=clip_path, first_batch=start - stage.first + 1 if resuming and not same_layout else 0
+          ).iterator()
+          if same_layout:
             checkpoints.restore_data_iter(mngr, start, data_iter)
           train_step = None  # compiled once per stage: the window length changes the shapes
           counter = flops.StepCost(stage.config)

@@ -297,15 +297,39 @@ class Pipeline:
     return iter(self.dataset)
 
 
+class ProcessShare:
+  """One process's windows: its contiguous share of every global batch.
+
+  Global batch s is windows [s*B, (s+1)*B) of the plan whatever the number of processes, and process
+  p of N holds rows [p*B/N, (p+1)*B/N) of it, as jax.make_array_from_process_local_data lays them out:
+  the same run on 1 or on N processes sees the same batches, row for row.
+  """
+
+  def __init__(self, plan, batch_size: int, process_index: int, process_count: int):
+    self.plan, self.global_batch = plan, batch_size
+    self.local_batch = batch_size // process_count
+    self.offset = process_index * self.local_batch
+    self.num_batches = len(plan) // batch_size
+
+  def __len__(self) -> int:
+    return self.num_batches * self.local_batch
+
+  def __getitem__(self, i: int):
+    step, row = divmod(int(i), self.local_batch)
+    return self.plan[step * self.global_batch + self.offset + row]
+
+
 def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, process_index: int = 0,
-                  process_count: int = 1, image_groups=None, embedding_path: str = "") -> Pipeline:
+                  process_count: int = 1, image_groups=None, embedding_path: str = "",
+                  first_batch: int = 0) -> Pipeline:
   """The pipeline of config section `c` (data) over the dataset at `path`, `batch_size` examples a step
   over all processes. image_groups: GoldenMem's (pairs, (height, width) pixels) per level group, oldest
   first, when frames are resized in pixel space (the model config knows the token grid).
   embedding_path: the ToyCLIP file for context_order "image" (cinema_jax.toy_clip.resolve).
 
-  Process `process_index` of `process_count` gets windows process_index, process_index + count, ...
-  of the global window sequence, so processes see disjoint windows and together all of them.
+  Process `process_index` of `process_count` gets its rows of each global batch (ProcessShare), so
+  processes see disjoint windows and together all of them. first_batch: start at that global batch
+  (a resume whose saved iterator state belongs to another number of processes).
   """
   check_config(c, batch_size, process_count)
   if c.context_order == "image":
@@ -327,7 +351,8 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
                               num_epochs=c.num_epochs)
   except ValueError as e:
     raise records.DataError(f"{path}: {e} (config.data.num_pairs={c.num_pairs})") from None
-  ds = grain.MapDataset.source(plan)[process_index::process_count]
+  ds = grain.MapDataset.source(ProcessShare(plan, batch_size, process_index, process_count))[first_batch * (
+      batch_size // process_count):]
   ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len,
                          load_frames=c.load_frames, skip_bad=c.bad_records == "skip",
                          context_order=c.context_order, recency=float(c.retrieval.recency),

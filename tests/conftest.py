@@ -1,10 +1,16 @@
 """Test setup: 8 fake CPU devices (before JAX initialises) and small shared toy datasets."""
 
 import os
+import tempfile
 
 # Must happen before anything imports jax: sharded code is tested on 8 CPU devices.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA cache for this test run's processes (both pytest workers and the training and
+# sampling subprocesses they start, which inherit it): many tests compile the same tiny step.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"cinema_jax_xla_{_RUN}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -153,6 +153,12 @@ def test_processes_get_disjoint_windows_that_cover_the_epoch(toy_train):
   assert sorted(flat) == sorted(expected)  # complete, and no window twice
   assert len(set(flat)) == len(flat)
   assert max(map(len, parts)) - min(map(len, parts)) <= 1
+  # each global batch is the 1-process batch, row for row (process p holds rows 2p, 2p+1 of 4): what
+  # a step sees does not depend on the number of processes
+  halves = [_epoch_windows(_pipe(_config(num_epochs=1), batch_size=4, path=toy_train, process_index=i,
+                                 process_count=2)) for i in range(2)]
+  joined = [w for step in range(len(halves[0]) // 2) for h in halves for w in h[2 * step:2 * step + 2]]
+  assert joined == _epoch_windows(_pipe(_config(num_epochs=1), batch_size=4, path=toy_train))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
