@@ -5,8 +5,12 @@
 A workdir that holds checkpoints resumes from its latest complete step. Several processes (hosts):
 add --coordinator_address/--num_processes/--process_id, or --distributed to let JAX find the cluster
 (cinema_jax/distributed.py).
+
+--compile_only compiles the step for the configured mesh and prints parameters, FLOPs and memory per
+device, on this machine's devices, --fake_devices=N CPU devices, or a TPU --topology (cinema_jax/aot.py).
 """
 
+import os
 import sys
 
 from absl import app
@@ -15,6 +19,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from cinema_jax import aot
 from cinema_jax import cli
 from cinema_jax import distributed
 from cinema_jax import sharding
@@ -23,7 +28,7 @@ from data_pipelines import pipeline
 from data_pipelines import records
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "Config file[:variant].", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and the toy data go here.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and the toy data go here.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this one's index.")
@@ -31,11 +36,34 @@ _AUTO = flags.DEFINE_bool("distributed", False, "Multi-process: let JAX detect t
 _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100, "Multi-process: a silent process counts as dead after this.")
 _STOP_AT = flags.DEFINE_integer("stop_at_step", None, "End this run at this step with a checkpoint, as a preempted "
                                 "or time-sliced job would; rerunning with the same workdir continues exactly.")
+_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile the step for the mesh, print its memory and FLOPs, "
+                                   "and exit (no workdir, no data).")
+_FAKE_DEVICES = flags.DEFINE_integer("fake_devices", None, "--compile_only: on this many CPU devices (a pod-sized mesh).")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "--compile_only: for this Cloud TPU slice, e.g. v5p:4x4x4 (libtpu).")
+
+
+def compile_only(c) -> None:
+  if _FAKE_DEVICES.value:  # before the first use of a backend, which is when JAX reads the flag
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(kept + [f"--xla_force_host_platform_device_count={_FAKE_DEVICES.value}"])
+    jax.config.update("jax_platforms", "cpu")
+  trainer.validate(c, reads_data=False)
+  devices = aot.topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else None
+  print(aot.format_report(aot.compile_train_step(c, devices)), flush=True)
 
 
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
+  if _COMPILE_ONLY.value:
+    try:
+      return compile_only(_CONFIG.value)
+    except (pipeline.ConfigError, sharding.MeshError, ValueError) as e:
+      sys.exit(f"error: {e}")
+  if _WORKDIR.value is None:
+    sys.exit("error: --workdir is required (or --compile_only)")
+  if _FAKE_DEVICES.value or _TOPOLOGY.value:
+    sys.exit("error: --fake_devices and --topology go with --compile_only")
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _AUTO.value, _HEARTBEAT.value)
   except distributed.DistributedError as e:
