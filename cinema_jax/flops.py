@@ -63,7 +63,8 @@ class StepCost:
     return measured_peak_flops()
 
   def describe(self) -> str:
-    return f"{self._desc}, {self.flops_per_step / 1e9:.1f} GFLOP per step"
+    f = self.flops_per_step
+    return f"{self._desc}, " + (f"{f / 1e9:.1f} GFLOP" if f < 1e13 else f"{f / 1e12:.1f} TFLOP") + " per step"
 
 
 def _param_shapes(c):
