@@ -276,8 +276,13 @@ def shard_pairs(xs_BPTD: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
   if mesh.empty:
     return xs_BPTD
   ctx = mesh.shape.get("context", 1)
-  return tuple(sharding.constrain(x, ("batch", "pairs" if x.shape[1] % ctx == 0 else None, None, None))
-               for x in xs_BPTD)
+  free = jax.sharding.PartitionSpec.UNCONSTRAINED  # tokens and width: XLA's choice (tensor parallelism's)
+
+  def constrain(x):
+    batch, pairs = sharding.logical_spec(("batch", "pairs" if x.shape[1] % ctx == 0 else None))
+    return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(batch, pairs, free, free))
+
+  return tuple(constrain(x) for x in xs_BPTD)
 
 
 def _stack(make, n: int, rngs: nnx.Rngs):
