@@ -70,6 +70,18 @@ def _mesh(**axes):
   return sharding.make_mesh(ml_collections.ConfigDict(sizes), jax.devices()[:int(np.prod(list(sizes.values())))])
 
 
+def test_splash_runs_per_shard_under_a_mesh():
+  q, k, v, kw = _inputs(seed=3)
+  kw.update(causal=True)
+  ref = attention.attention(q, k, v, backend="xla", **kw)
+  with jax.set_mesh(_mesh(data=2, tensor=2)):  # 2 examples over data, 4 heads over tensor
+    fn = jax.jit(lambda q, k, v: attention.attention(q, k, v, backend="splash", **_static(kw)))
+    out = fn(q, k, v)
+    with pytest.raises(ValueError, match="static"):
+      jax.jit(lambda q, k, v: attention.attention(q, k, v, backend="splash", **kw))(q, k, v)
+  np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)
+
+
 def test_zigzag_gives_each_shard_two_mirrored_pieces():
   order = ring.zigzag_order(16, 4)
   np.testing.assert_array_equal(order.reshape(4, 4), [[0, 1, 14, 15], [2, 3, 12, 13], [4, 5, 10, 11],
