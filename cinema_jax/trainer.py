@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from cinema_jax import checkpoints
 from cinema_jax import distributed
@@ -256,6 +257,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
     start = mngr.latest_step()
     if start is None:
       state, start = setup.init(), 0
+      if c.init_from:
+        state = _init_from(c.init_from, state, setup)
     else:
       logging.info("resuming from step %d in %s", start, workdir)
       state = checkpoints.restore(mngr, start, setup.abstract_state)
@@ -325,6 +328,25 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   if writer is not None:
     writer.close()
   return last
+
+
+def _init_from(path: str, state: dict, setup: Setup) -> dict:
+  """The state with its MM-DiT parameters (and their EMA copy) from a converted FLUX folder."""
+  target = checkpoints.abstract_like(state["params"]["dit"], setup.state_shardings["params"]["dit"])
+  params_dir = os.path.join(os.path.abspath(path), "params")
+  if not os.path.isdir(params_dir):
+    raise TrainingError(f"config.init_from={path!r}: no converted parameters there ({params_dir}); make them with "
+                        "python -m cinema_jax.convert.flux --src CHECKPOINT --dst DIR")
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      dit = ckptr.restore(params_dir, target)
+  except (ValueError, KeyError) as e:  # a model of other sizes: Orbax names the mismatch
+    raise TrainingError(f"config.init_from={path!r} does not fit config.model: {str(e).splitlines()[0]}") from None
+  logging.info("MM-DiT parameters from %s", path)
+  params = dict(state["params"], dit=dit)
+  # the EMA starts equal to the parameters but in buffers of its own: the step donates both
+  ema = dict(state["ema"], dit=jax.tree.map(lambda x: x.copy(), dit)) if state["ema"] else state["ema"]
+  return dict(state, params=params, ema=ema)
 
 
 def _check(pending: tuple[int, dict], guard: faults.NonFiniteGuard, mngr) -> dict[str, float]:

@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.seed = 0
+  # A converted FLUX transformer (python -m cinema_jax.convert.flux --src ... --dst DIR) to start the
+  # MM-DiT from instead of a random init; "" for none. Ignored when the workdir has a checkpoint.
+  c.init_from = ""
   c.total_steps = 20_000
   c.batch_size = 16  # global examples per step (each example: data.num_pairs pairs)
 

@@ -1,14 +1,22 @@
-"""Parity of the cinema_jax MM-DiT (one pair, P=1) with diffusers' FluxTransformer2DModel, in fp32."""
+"""Parity of the cinema_jax MM-DiT (one pair, P=1) with diffusers' FluxTransformer2DModel, in fp32; the
+BFL and diffusers checkpoint layouts; import (streamed onto a mesh) and export."""
 
 from diffusers import FluxTransformer2DModel
 from flax import nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
+from cinema_jax import checkpoints
+from cinema_jax import sharding
+from cinema_jax import trainer
 from cinema_jax.convert import flux
+from cinema_jax.models import keyframe
 from cinema_jax.models import mmdit
+from configs import keyframe as keyframe_config
 
 B, H, W, L = 2, 4, 6, 5  # batch, image grid, text tokens
 SIZES = dict(in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
@@ -119,3 +127,106 @@ def test_load_into_names_bad_parameters():
     flux.load_into(model, params)
   assert "mis-shaped final_layer.linear.kernel: (3, 3), expected (32, 8)" in str(e.value)
   assert "missing txt_in.bias" in str(e.value)
+
+
+def test_bfl_layout_is_diffusers_own_bfl_converter():
+  # diffusers' single-file converter (BFL -> diffusers) hard-codes FLUX.1's width (3072, MLP 4x), and
+  # only ever cuts and reorders the output (row) axis. So feed it BFL tensors of FLUX width with one
+  # column, each row a unique number, and check that our two layouts put every row of every
+  # parameter in the same place.
+  from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+  cfg = mmdit.MMDiTConfig(in_channels=4, depth_double=1, depth_single=1, context_dim=4, vec_dim=4)
+  bfl, ours = flux.layout(cfg, "bfl"), flux.layout(cfg, "diffusers")
+  state, start = {}, 0
+  for param in bfl.values():
+    for f in param.layers:
+      for k, n in zip(f.keys, f.sizes):
+        rows = torch.arange(start, start + n, dtype=torch.float64)
+        state[k], start = rows[:, None] if f.kind == "kernel" else rows, start + n
+  converted = convert_flux_transformer_checkpoint_to_diffusers(dict(state))
+  assert set(converted) == {k for p in ours.values() for f in p.layers for k in f.keys}
+  rows = lambda sd, f: np.concatenate([sd[k].numpy().reshape(len(sd[k]), -1)[:, 0] for k in f.keys])
+  for path in bfl:
+    for fb, fd in zip(bfl[path].layers, ours[path].layers):
+      got = flux.mapping._swap(rows(converted, fd)) if fd.swap_halves else rows(converted, fd)  # pylint: disable=protected-access
+      want = flux.mapping._swap(rows(state, fb)) if fb.swap_halves else rows(state, fb)  # pylint: disable=protected-access
+      np.testing.assert_array_equal(got, want, err_msg=".".join(path))
+
+
+def test_bfl_and_diffusers_layouts_import_the_same_parameters():
+  cfg = _config(True)
+  params = flux.from_diffusers(_numpy_state(_torch_model(True)), cfg)
+  again = flux.from_bfl(flux.to_bfl(params, cfg), cfg)
+  jax.tree.map(np.testing.assert_array_equal, again, params)
+  assert "double_blocks.1.img_attn.qkv.weight" in flux.to_bfl(params, cfg)
+
+
+def _cli_config():
+  """configs/keyframe.py (flux_dev: latents, pre-computed text, fsdp over the 8 devices) at SIZES."""
+  c = keyframe_config.get_config("flux_dev")
+  c.model.update(image_channels=2, patch=2, hidden=32, num_heads=2, depth_double=2, depth_single=2, context_dim=24,
+                 vec_dim=12, axes_dim=(4, 6, 6), guidance_embed=True, dtype="float32")
+  return c
+
+
+def test_import_streams_onto_the_mesh_and_exports_a_checkpoint_diffusers_loads(tmp_path):
+  torch_model = _torch_model(True)
+  torch_model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+  c = _cli_config()
+  cfg = keyframe.configs(c)[0]
+
+  # import: every parameter placed with its FSDP sharding, equal to the in-memory conversion
+  print(flux._convert_in(str(tmp_path / "hf"), str(tmp_path / "ours"), c))  # pylint: disable=protected-access
+  want = flux.from_diffusers(_numpy_state(torch_model), cfg)
+  mesh = sharding.make_mesh(c.mesh)
+  abstract = nnx.state(keyframe.abstract(c).dit, nnx.Param)
+  shardings = sharding.param_shardings(abstract, mesh)
+  streamed = flux.load(str(tmp_path / "hf"), cfg, shardings)
+  qkv = streamed["double_blocks"]["img_attn"]["qkv"]["kernel"]
+  assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert qkv.addressable_shards[0].data.shape == (2, 32 // 8, 96)  # fsdp over the 8 devices
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), streamed, want)
+
+  # export: diffusers loads it (strictly: every tensor named and shaped) and gives the same outputs
+  print(flux._convert_out(str(tmp_path / "ours"), str(tmp_path / "out"), c, "diffusers"))  # pylint: disable=protected-access
+  back = FluxTransformer2DModel.from_pretrained(tmp_path / "out", low_cpu_mem_usage=False).float().eval()
+  x = _inputs(True)
+  np.testing.assert_array_equal(_run_torch(back, x), _run_torch(torch_model, x))
+  # and the BFL file reads back to the same parameters
+  print(flux._convert_out(str(tmp_path / "ours"), str(tmp_path / "bfl"), c, "bfl"))  # pylint: disable=protected-access
+  jax.tree.map(np.testing.assert_array_equal, flux.load(str(tmp_path / "bfl" / "flux.safetensors"), cfg), want)
+
+
+def test_pickle_checkpoints_are_refused_never_loaded(tmp_path):
+  torch.save({"x": torch.zeros(1)}, tmp_path / "diffusion_pytorch_model.bin")
+  for path in (tmp_path / "diffusion_pytorch_model.bin", tmp_path):
+    with pytest.raises(ValueError, match="never unpickles"):
+      flux.load(str(path), _config(True))
+  with pytest.raises(ValueError, match="not a FLUX transformer checkpoint"):
+    safetensors.torch.save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    flux.load(str(tmp_path / "other.safetensors"), _config(True))
+
+
+def test_training_starts_from_converted_weights(tmp_path, toy_train):
+  c = keyframe_config.get_config("tiny")  # its MM-DiT: 48 channels in, 32 wide, 2 heads, 1 + 1 blocks
+  cfg = keyframe.configs(c)[0]
+  torch.manual_seed(1)
+  torch_model = FluxTransformer2DModel(
+      patch_size=1, in_channels=cfg.in_channels, num_layers=1, num_single_layers=1, attention_head_dim=cfg.head_dim,
+      num_attention_heads=cfg.num_heads, joint_attention_dim=cfg.context_dim, pooled_projection_dim=cfg.vec_dim,
+      axes_dims_rope=cfg.axes_dim, guidance_embeds=False)
+  torch_model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+  flux._convert_in(str(tmp_path / "hf"), str(tmp_path / "ours"), c)  # pylint: disable=protected-access
+  c.update(init_from=str(tmp_path / "ours"), total_steps=1, batch_size=8)
+  c.data.update(path=toy_train)
+  trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  # step 1's learning rate is 0 (warm-up): the saved parameters and EMA are the converted ones
+  state = checkpoints.restore(checkpoints.manager(str(tmp_path / "run"), read_only=True), 1,
+                              trainer.make_setup(c, sharding.make_mesh(c.mesh)).abstract_state)
+  want = flux.from_diffusers(_numpy_state(torch_model), cfg)
+  for tree in (state["params"]["dit"], state["ema"]["dit"]):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6), tree, want)
+
+  c.init_from = str(tmp_path / "nowhere")
+  with pytest.raises(trainer.TrainingError, match="no converted parameters there"):
+    trainer.train_and_evaluate(c, str(tmp_path / "run2"))

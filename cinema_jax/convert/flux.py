@@ -1,75 +1,53 @@
-"""diffusers `FluxTransformer2DModel` weights -> the cinema_jax MM-DiT (BFL FLUX layout).
+"""FLUX.1 transformer weights <-> the cinema_jax MM-DiT: BFL's single-file layout and diffusers'.
 
-    params = from_diffusers({k: v.float().numpy() for k, v in torch_model.state_dict().items()}, cfg)
-    load_into(model, params)
+    python -m cinema_jax.convert.flux --src flux1-dev.safetensors --dst ckpt/flux_dev   # BFL or diffusers in
+    python -m cinema_jax.convert.flux --src ckpt/flux_dev --dst out/transformer --to diffusers
 
-The result is a nested dict shaped like `nnx.state(model, nnx.Param)`, double/single block
-parameters stacked on a leading layer axis. Differences from diffusers that the mapping undoes:
+In code: `from_bfl(state_dict, cfg)` / `from_diffusers(state_dict, cfg)` give a nested dict shaped
+like `nnx.state(MMDiT(cfg), nnx.Param)` (block parameters stacked on a leading layer axis),
+`load(path, cfg, mesh)` streams a checkpoint onto a mesh, `to_diffusers` / `to_bfl` go back.
+
+cinema_jax's parameter names are BFL's; the layouts differ in what they fuse and stack:
 - torch Linear weights are [out, in]; nnx kernels are [in, out].
-- diffusers keeps q, k, v (and the single blocks' MLP input) as separate Linears; BFL fuses them
-  into `qkv` ([q | k | v]) and `linear1` ([q | k | v | mlp]), which is the order the model splits.
-- diffusers' final AdaLayerNormContinuous chunks its projection as (scale, shift); BFL's
-  final_layer.adaLN_modulation chunks (shift, scale), so the two halves are swapped.
-Every other adaLN projection already has BFL's chunk order (shift, scale, gate[, ...]).
+- BFL fuses q, k, v into `qkv` ([q | k | v]) and the single blocks' q, k, v and MLP input into
+  `linear1`; diffusers keeps them as separate Linears. cinema_jax stacks each block's parameters
+  over layers (for scan); both files keep one tensor per layer.
+- diffusers' final AdaLayerNormContinuous chunks its projection (scale, shift); BFL's final_layer
+  (shift, scale). Every other adaLN projection has BFL's order (shift, scale, gate[, ...]) in both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+import json
+import os
+import sys
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cinema_jax.convert import mapping
 from cinema_jax.models.mmdit import MMDiTConfig
 
-
-class _Reader:
-  """Takes tensors out of a state dict, collecting every problem before raising one error."""
-
-  def __init__(self, state_dict: Mapping[str, np.ndarray], dtype):
-    self.sd, self.dtype = state_dict, dtype
-    self.used: set[str] = set()
-    self.problems: list[str] = []
-
-  def get(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
-    self.used.add(key)
-    if key not in self.sd:
-      self.problems.append(f"missing {key} (expected shape {shape})")
-      return np.zeros(shape, self.dtype)  # a stand-in so the remaining checks still run
-    value = np.asarray(self.sd[key])
-    if value.shape != shape:
-      self.problems.append(f"mis-shaped {key}: {value.shape}, expected {shape}")
-      return np.zeros(shape, self.dtype)
-    return value.astype(self.dtype)
-
-  def linear(self, prefixes: list[str], din: int, douts: list[int], bias: bool = True) -> dict:
-    """One nnx.Linear from torch Linears whose outputs are concatenated in the given order."""
-    out = {"kernel": np.concatenate([self.get(f"{p}.weight", (d, din)).T for p, d in zip(prefixes, douts)], 1)}
-    if bias:
-      out["bias"] = np.concatenate([self.get(f"{p}.bias", (d,)) for p, d in zip(prefixes, douts)])
-    return out
-
-  def norm(self, key: str, dim: int) -> dict:
-    return {"scale": self.get(f"{key}.weight", (dim,))}
-
-  def finish(self) -> None:
-    unexpected = sorted(set(self.sd) - self.used)
-    problems = self.problems + [f"unexpected {k} {tuple(np.shape(self.sd[k]))}" for k in unexpected]
-    if problems:
-      raise ValueError(f"diffusers FLUX state dict does not match the MMDiTConfig ({len(problems)} "
-                       "problems):\n  " + "\n  ".join(problems))
+LAYOUTS = ("bfl", "diffusers")
 
 
-def _embedder(r: _Reader, prefix: str, din: int, d: int) -> dict:
-  return {"in_layer": r.linear([f"{prefix}.linear_1"], din, [d]),
-          "out_layer": r.linear([f"{prefix}.linear_2"], d, [d])}
+def _linear(keys: list[str], din: int, sizes: list[int], bias: bool = True, swap: bool = False) -> dict:
+  out = {"kernel": mapping.Fused(tuple(f"{k}.weight" for k in keys), tuple(sizes), "kernel", din, swap)}
+  if bias:
+    out["bias"] = mapping.Fused(tuple(f"{k}.bias" for k in keys), tuple(sizes), "bias", swap_halves=swap)
+  return out
 
 
-def _double_block(r: _Reader, p: str, cfg: MMDiTConfig) -> dict:
+def _scale(key: str, dim: int) -> dict:
+  return {"scale": mapping.Fused((key,), (dim,), "scale")}
+
+
+def _diffusers_double(p: str, cfg: MMDiTConfig) -> dict:
   d, m, hd = cfg.hidden, cfg.mlp_hidden, cfg.head_dim
-  streams = {  # BFL stream -> diffusers names (q/k/v, out proj, q/k norms, adaLN, feed-forward)
+  streams = {  # stream -> diffusers names (q/k/v, out proj, q/k norms, adaLN, feed-forward)
       "img": (("attn.to_q", "attn.to_k", "attn.to_v"), "attn.to_out.0", ("attn.norm_q", "attn.norm_k"),
               "norm1", "ff"),
       "txt": (("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"), "attn.to_add_out",
@@ -77,31 +55,111 @@ def _double_block(r: _Reader, p: str, cfg: MMDiTConfig) -> dict:
   }
   out = {}
   for s, (qkv, proj, (nq, nk), mod, ff) in streams.items():
-    out[f"{s}_mod"] = {"lin": r.linear([f"{p}.{mod}.linear"], d, [6 * d])}
+    out[f"{s}_mod"] = {"lin": _linear([f"{p}.{mod}.linear"], d, [6 * d])}
     out[f"{s}_attn"] = {
-        "qkv": r.linear([f"{p}.{n}" for n in qkv], d, [d] * 3, bias=cfg.qkv_bias),
-        "norm": {"query_norm": r.norm(f"{p}.{nq}", hd), "key_norm": r.norm(f"{p}.{nk}", hd)},
-        "proj": r.linear([f"{p}.{proj}"], d, [d]),
+        "qkv": _linear([f"{p}.{n}" for n in qkv], d, [d] * 3, bias=cfg.qkv_bias),
+        "norm": {"query_norm": _scale(f"{p}.{nq}.weight", hd), "key_norm": _scale(f"{p}.{nk}.weight", hd)},
+        "proj": _linear([f"{p}.{proj}"], d, [d]),
     }
-    out[f"{s}_mlp"] = {"fc1": r.linear([f"{p}.{ff}.net.0.proj"], d, [m]),
-                       "fc2": r.linear([f"{p}.{ff}.net.2"], m, [d])}
+    out[f"{s}_mlp"] = {"fc1": _linear([f"{p}.{ff}.net.0.proj"], d, [m]), "fc2": _linear([f"{p}.{ff}.net.2"], m, [d])}
   return out
 
 
-def _single_block(r: _Reader, p: str, cfg: MMDiTConfig) -> dict:
+def _diffusers_single(p: str, cfg: MMDiTConfig) -> dict:
   d, m, hd = cfg.hidden, cfg.mlp_hidden, cfg.head_dim
   # diffusers always gives to_q/k/v a bias; BFL's linear1 has one too (qkv_bias only affects double blocks).
   return {
-      "linear1": r.linear([f"{p}.attn.to_q", f"{p}.attn.to_k", f"{p}.attn.to_v", f"{p}.proj_mlp"], d,
-                          [d, d, d, m]),
-      "linear2": r.linear([f"{p}.proj_out"], d + m, [d]),  # its input is [attention | mlp] in both
-      "norm": {"query_norm": r.norm(f"{p}.attn.norm_q", hd), "key_norm": r.norm(f"{p}.attn.norm_k", hd)},
-      "modulation": {"lin": r.linear([f"{p}.norm.linear"], d, [3 * d])},
+      "linear1": _linear([f"{p}.attn.to_q", f"{p}.attn.to_k", f"{p}.attn.to_v", f"{p}.proj_mlp"], d, [d, d, d, m]),
+      "linear2": _linear([f"{p}.proj_out"], d + m, [d]),  # its input is [attention | mlp] in both
+      "norm": {"query_norm": _scale(f"{p}.attn.norm_q.weight", hd), "key_norm": _scale(f"{p}.attn.norm_k.weight", hd)},
+      "modulation": {"lin": _linear([f"{p}.norm.linear"], d, [3 * d])},
   }
 
 
-def _stack(blocks: list[dict]) -> dict:
-  return jax.tree.map(lambda *xs: np.stack(xs), *blocks)
+def _bfl_double(p: str, cfg: MMDiTConfig) -> dict:
+  d, m, hd = cfg.hidden, cfg.mlp_hidden, cfg.head_dim
+  out = {}
+  for s in ("img", "txt"):
+    out[f"{s}_mod"] = {"lin": _linear([f"{p}.{s}_mod.lin"], d, [6 * d])}
+    out[f"{s}_attn"] = {
+        "qkv": _linear([f"{p}.{s}_attn.qkv"], d, [3 * d], bias=cfg.qkv_bias),
+        "norm": {n: _scale(f"{p}.{s}_attn.norm.{n}.scale", hd) for n in ("query_norm", "key_norm")},
+        "proj": _linear([f"{p}.{s}_attn.proj"], d, [d]),
+    }
+    out[f"{s}_mlp"] = {"fc1": _linear([f"{p}.{s}_mlp.0"], d, [m]), "fc2": _linear([f"{p}.{s}_mlp.2"], m, [d])}
+  return out
+
+
+def _bfl_single(p: str, cfg: MMDiTConfig) -> dict:
+  d, m, hd = cfg.hidden, cfg.mlp_hidden, cfg.head_dim
+  return {
+      "linear1": _linear([f"{p}.linear1"], d, [3 * d + m]),
+      "linear2": _linear([f"{p}.linear2"], d + m, [d]),
+      "norm": {n: _scale(f"{p}.norm.{n}.scale", hd) for n in ("query_norm", "key_norm")},
+      "modulation": {"lin": _linear([f"{p}.modulation.lin"], d, [3 * d])},
+  }
+
+
+def layout(cfg: MMDiTConfig, kind: str) -> mapping.Layout:
+  """Where every MM-DiT parameter comes from in a `kind` ("bfl" or "diffusers") checkpoint."""
+  if kind not in LAYOUTS:
+    raise ValueError(f"unknown FLUX checkpoint layout {kind!r}; known: {', '.join(LAYOUTS)}")
+  cfg.validate()
+  d = cfg.hidden
+  if kind == "diffusers":
+    tte = "time_text_embed"
+    emb = lambda name, din: {"in_layer": _linear([f"{tte}.{name}.linear_1"], din, [d]),
+                             "out_layer": _linear([f"{tte}.{name}.linear_2"], d, [d])}
+    top = {"img_in": _linear(["x_embedder"], cfg.in_channels, [d]),
+           "txt_in": _linear(["context_embedder"], cfg.context_dim, [d]),
+           "time_in": emb("timestep_embedder", 256), "vector_in": emb("text_embedder", cfg.vec_dim),
+           "final_layer": {"adaLN_modulation": {"lin": _linear(["norm_out.linear"], d, [2 * d], swap=True)},
+                           "linear": _linear(["proj_out"], d, [cfg.in_channels])}}
+    if cfg.guidance_embed:
+      top["guidance_in"] = emb("guidance_embedder", 256)
+    double, single = _diffusers_double, _diffusers_single
+    double_name, single_name = "transformer_blocks", "single_transformer_blocks"
+  else:
+    emb = lambda name, din: {"in_layer": _linear([f"{name}.in_layer"], din, [d]),
+                             "out_layer": _linear([f"{name}.out_layer"], d, [d])}
+    top = {"img_in": _linear(["img_in"], cfg.in_channels, [d]), "txt_in": _linear(["txt_in"], cfg.context_dim, [d]),
+           "time_in": emb("time_in", 256), "vector_in": emb("vector_in", cfg.vec_dim),
+           "final_layer": {"adaLN_modulation": {"lin": _linear(["final_layer.adaLN_modulation.1"], d, [2 * d])},
+                           "linear": _linear(["final_layer.linear"], d, [cfg.in_channels])}}
+    if cfg.guidance_embed:
+      top["guidance_in"] = emb("guidance_in", 256)
+    double, single = _bfl_double, _bfl_single
+    double_name, single_name = "double_blocks", "single_blocks"
+
+  out: mapping.Layout = {path: mapping.Param((f,), stacked=False) for path, f in _flat(top)}
+  for ours, theirs, block, n in (("double_blocks", double_name, double, cfg.depth_double),
+                                 ("single_blocks", single_name, single, cfg.depth_single)):
+    per_layer = [dict(_flat(block(f"{theirs}.{i}", cfg))) for i in range(n)]
+    for path in (per_layer[0] if n else {}):
+      out[(ours, *path)] = mapping.Param(tuple(layer[path] for layer in per_layer), stacked=True)
+  return out
+
+
+def _flat(tree: dict, prefix: tuple[str, ...] = ()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flat(v, (*prefix, k))
+    else:
+      yield (*prefix, k), v
+
+
+def _dtype(cfg: MMDiTConfig):
+  return np.dtype(jnp.dtype(cfg.param_dtype))
+
+
+def detect_layout(keys) -> str:
+  keys = set(keys)
+  if "double_blocks.0.img_attn.qkv.weight" in keys or "single_blocks.0.linear1.weight" in keys:
+    return "bfl"
+  if "x_embedder.weight" in keys:
+    return "diffusers"
+  raise ValueError("not a FLUX transformer checkpoint: neither BFL keys (double_blocks.0.img_attn.qkv.weight) nor "
+                   "diffusers keys (x_embedder.weight)")
 
 
 def from_diffusers(state_dict: Mapping[str, np.ndarray], cfg: MMDiTConfig) -> dict:
@@ -109,29 +167,51 @@ def from_diffusers(state_dict: Mapping[str, np.ndarray], cfg: MMDiTConfig) -> di
 
   Raises ValueError naming every missing, unexpected or mis-shaped tensor of `state_dict`.
   """
-  cfg.validate()
-  r = _Reader(state_dict, np.dtype(jnp.dtype(cfg.param_dtype)))
-  d, tte = cfg.hidden, "time_text_embed"
-  params = {
-      "img_in": r.linear(["x_embedder"], cfg.in_channels, [d]),
-      "txt_in": r.linear(["context_embedder"], cfg.context_dim, [d]),
-      "time_in": _embedder(r, f"{tte}.timestep_embedder", 256, d),
-      "vector_in": _embedder(r, f"{tte}.text_embedder", cfg.vec_dim, d),
-  }
-  if cfg.guidance_embed:
-    params["guidance_in"] = _embedder(r, f"{tte}.guidance_embedder", 256, d)
-  if cfg.depth_double:
-    params["double_blocks"] = _stack([_double_block(r, f"transformer_blocks.{i}", cfg)
-                                      for i in range(cfg.depth_double)])
-  if cfg.depth_single:
-    params["single_blocks"] = _stack([_single_block(r, f"single_transformer_blocks.{i}", cfg)
-                                      for i in range(cfg.depth_single)])
-  ada = r.linear(["norm_out.linear"], d, [2 * d])
-  swap = lambda x: np.concatenate([x[..., d:], x[..., :d]], axis=-1)  # (scale, shift) -> (shift, scale)
-  params["final_layer"] = {"adaLN_modulation": {"lin": {k: swap(v) for k, v in ada.items()}},
-                           "linear": r.linear(["proj_out"], d, [cfg.in_channels])}
-  r.finish()
-  return params
+  return _import(state_dict, cfg, "diffusers")
+
+
+def from_bfl(state_dict: Mapping[str, np.ndarray], cfg: MMDiTConfig) -> dict:
+  """As from_diffusers, from BFL's layout (flux1-dev.safetensors)."""
+  return _import(state_dict, cfg, "bfl")
+
+
+def _import(state_dict, cfg: MMDiTConfig, kind: str) -> dict:
+  source, lay = mapping.DictSource(state_dict), layout(cfg, kind)
+  mapping.check(source, lay, f"{kind} FLUX state dict")
+  return mapping.import_params(source, lay, _dtype(cfg))
+
+
+def to_diffusers(params: Mapping, cfg: MMDiTConfig) -> dict[str, np.ndarray]:
+  """diffusers FluxTransformer2DModel state dict (numpy, torch layout) of MM-DiT parameters."""
+  return mapping.export_params(params, layout(cfg, "diffusers"))
+
+
+def to_bfl(params: Mapping, cfg: MMDiTConfig) -> dict[str, np.ndarray]:
+  return mapping.export_params(params, layout(cfg, "bfl"))
+
+
+def diffusers_config(cfg: MMDiTConfig) -> dict:
+  """config.json of the diffusers FluxTransformer2DModel with these sizes (patch 1: tokens are patches)."""
+  return {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": cfg.in_channels,
+          "num_layers": cfg.depth_double, "num_single_layers": cfg.depth_single, "attention_head_dim": cfg.head_dim,
+          "num_attention_heads": cfg.num_heads, "joint_attention_dim": cfg.context_dim,
+          "pooled_projection_dim": cfg.vec_dim, "guidance_embeds": cfg.guidance_embed, "axes_dims_rope": list(cfg.axes_dim)}
+
+
+def load(path: str, cfg: MMDiTConfig, shardings: Mapping | None = None) -> dict:
+  """MM-DiT parameters from a BFL or diffusers safetensors checkpoint (file or folder), streamed.
+
+  shardings: a nested dict of NamedSharding like the parameters (sharding.param_shardings); each
+  parameter is then read layer by layer and placed shard by shard. Without it, host numpy arrays.
+  """
+  source = mapping.open_source(path)
+  kind = detect_layout(source.keys())
+  lay = layout(cfg, kind)
+  mapping.check(source, lay, f"{path} ({kind} layout)")
+  if shardings is None:
+    return mapping.import_params(source, lay, _dtype(cfg))
+  flat = {p: s for p, s in _flat(dict(shardings))}
+  return mapping.load_sharded(source, lay, flat, _dtype(cfg))
 
 
 def load_into(model: nnx.Module, params: Mapping) -> None:
@@ -155,3 +235,88 @@ def load_into(model: nnx.Module, params: Mapping) -> None:
     old = var.get_value()
     var.set_value(jax.device_put(np.asarray(new[path], dtype=old.dtype), old.sharding))
   nnx.update(model, state)
+
+
+def check_against_model(lay: mapping.Layout, abstract_params: Mapping) -> None:
+  """The layout builds exactly the model's parameters, at their shapes (abstract_params: eval_shape'd)."""
+  model = {p: tuple(x.shape) for p, x in _flat(dict(abstract_params))}
+  ours = {p: param.shape() for p, param in lay.items()}
+  name = lambda p: ".".join(p)
+  problems = [f"the model has {name(p)} {s}, the layout does not" for p, s in model.items() if p not in ours]
+  problems += [f"the layout has {name(p)}, the model does not" for p in ours if p not in model]
+  problems += [f"{name(p)}: the layout builds {ours[p]}, the model has {s}" for p, s in model.items()
+               if p in ours and ours[p] != s]
+  if problems:
+    raise ValueError("conversion layout and model disagree:\n  " + "\n  ".join(problems))
+
+
+def _convert_in(src: str, dst: str, c) -> str:
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from cinema_jax import sharding  # pylint: disable=import-outside-toplevel
+  from cinema_jax.models import keyframe  # pylint: disable=import-outside-toplevel
+  cfg = keyframe.configs(c)[0]
+  abstract = nnx.state(keyframe.abstract(c).dit, nnx.Param)  # eval_shape: the shapes the config gives
+  source = mapping.open_source(src)
+  kind = detect_layout(source.keys())
+  lay = layout(cfg, kind)
+  check_against_model(lay, nnx.to_pure_dict(abstract))
+  mapping.check(source, lay, f"{src} ({kind} layout)")
+  # one process's devices: conversion is a single-host job; the trainer re-shards on restore
+  shardings = sharding.param_shardings(abstract, sharding.make_mesh(c.mesh, jax.local_devices()))
+  params = mapping.load_sharded(source, lay, dict(_flat(shardings)), _dtype(cfg))
+  with ocp.StandardCheckpointer() as ckptr:  # written whole (a temp folder renamed) or not at all
+    ckptr.save(os.path.abspath(os.path.join(dst, "params")), params)
+    ckptr.wait_until_finished()
+  with open(os.path.join(dst, "cinema_jax_convert.json"), "w") as f:
+    json.dump({"source": os.path.abspath(src), "layout": kind, "variant": c.variant,
+               "model": diffusers_config(cfg)}, f, indent=1)
+  return f"{src} ({kind} layout, {sum(int(np.prod(p.shape())) for p in lay.values()):,} parameters) -> {dst}/params"
+
+
+def _convert_out(src: str, dst: str, c, kind: str) -> str:
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from cinema_jax.models import keyframe  # pylint: disable=import-outside-toplevel
+  cfg = keyframe.configs(c)[0]
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.abspath(os.path.join(src, "params")))
+  lay = layout(cfg, kind)
+  check_against_model(lay, params)
+  tensors = mapping.export_params(params, lay)
+  os.makedirs(dst, exist_ok=True)
+  name = "diffusion_pytorch_model.safetensors" if kind == "diffusers" else "flux.safetensors"
+  mapping.save_safetensors(tensors, os.path.join(dst, name))
+  if kind == "diffusers":
+    with open(os.path.join(dst, "config.json"), "w") as f:
+      json.dump(diffusers_config(cfg), f, indent=1)
+  return f"{src}/params -> {os.path.join(dst, name)} ({kind} layout, {len(tensors)} tensors)"
+
+
+def main(argv: list[str]) -> None:
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from cinema_jax import cli  # pylint: disable=import-outside-toplevel
+  config = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "The model's config[:variant].",
+                                           lock_config=True)
+  src = flags.DEFINE_string("src", None, "BFL or diffusers safetensors (file or folder); with --to: a converted "
+                            "cinema_jax folder.", required=True)
+  dst = flags.DEFINE_string("dst", None, "Output folder.", required=True)
+  to = flags.DEFINE_enum("to", "cinema_jax", ("cinema_jax", *LAYOUTS), "cinema_jax: import (an Orbax checkpoint "
+                         "of the MM-DiT parameters); diffusers / bfl: export such a folder to safetensors.")
+
+  def run(args):
+    if len(args) > 1:
+      sys.exit(f"error: unexpected arguments {args[1:]}")
+    try:
+      if to.value == "cinema_jax":
+        print(_convert_in(src.value, dst.value, config.value), flush=True)
+      else:
+        print(_convert_out(src.value, dst.value, config.value, to.value), flush=True)
+    except (ValueError, FileNotFoundError) as e:
+      sys.exit(f"error: {e}")
+
+  app.run(run, argv=argv, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  main(sys.argv)
