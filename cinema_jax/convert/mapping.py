@@ -117,9 +117,9 @@ class DictSource:
     return np.asarray(self.tensors[key])
 
 
-def open_source(path: str, weights_name: str = "diffusion_pytorch_model") -> Source:
+def open_source(path: str, subfolder: str = "transformer", weights_name: str = "diffusion_pytorch_model") -> Source:
   """A .safetensors file, a folder with one (or a sharded `*.safetensors.index.json`), or a diffusers
-  model folder with a `transformer/` subfolder. Pickle checkpoints are refused, never loaded."""
+  pipeline folder with the model in `subfolder`. Pickle checkpoints are refused, never loaded."""
   if path.endswith(PICKLE_SUFFIXES) or (os.path.isdir(path) and not _safetensors_in(path) and _pickles_in(path)):
     raise ValueError(f"{path}: a pickle checkpoint; cinema_jax never unpickles weights (arbitrary code could run). "
                      "Convert it to safetensors where you trust it, or use the .safetensors release")
@@ -129,8 +129,8 @@ def open_source(path: str, weights_name: str = "diffusion_pytorch_model") -> Sou
     return Source([path])
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: no such file or folder")
-  if os.path.isdir(os.path.join(path, "transformer")) and not _safetensors_in(path):
-    return open_source(os.path.join(path, "transformer"), weights_name)
+  if os.path.isdir(os.path.join(path, subfolder)) and not _safetensors_in(path):
+    return open_source(os.path.join(path, subfolder), subfolder, weights_name)
   index = os.path.join(path, f"{weights_name}.safetensors.index.json")
   if os.path.exists(index):
     with open(index) as f:
