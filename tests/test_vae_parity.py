@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from cinema_jax.convert import mapping
 from cinema_jax.convert import vae as vae_convert
 from cinema_jax.models import vae
 
@@ -68,7 +69,7 @@ def test_mismatched_checkpoint_names_every_problem(tmp_path):
     vae_convert.load_into(model, state)
   msg = str(e.value)
   assert "missing decoder.conv_out.bias (3,)" in msg
-  assert "mis-shaped encoder.conv_in.kernel: (3, 3, 4, 16), expected (3, 3, 3, 16)" in msg
+  assert "mis-shaped encoder.conv_in.kernel: (3, 3, 4, 16), expected (3, 3, 3, 16)" in msg, msg
   assert "unexpected quant_conv.kernel" in msg
 
 
@@ -81,7 +82,8 @@ def test_flux_size_matches_diffusers_parameter_for_parameter():
                              scaling_factor=0.3611, shift_factor=0.1159)
   model = nnx.eval_shape(lambda: vae.AutoencoderKL(vae.VAEConfig(), nnx.Rngs(0)))
   ours = {".".join(map(str, p)): v.shape for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-  theirs = {".".join(map(str, vae_convert._path(k, v.ndim))): tuple(vae_convert._to_flax(np.empty(v.shape, np.int8)).shape)  # pylint: disable=protected-access
+  paths = {k: mapping.flax_path(k, v.ndim) for k, v in ref.state_dict().items()}
+  theirs = {".".join(map(str, paths[k])): mapping.to_flax_layout(np.empty(v.shape, np.int8), paths[k]).shape
             for k, v in ref.state_dict().items()}
   assert ours == theirs
   assert sum(int(np.prod(s)) for s in ours.values()) == 83_819_683

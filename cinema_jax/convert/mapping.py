@@ -230,3 +230,50 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], path: str) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   save_file(arrays, tmp)
   os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------- name-for-name (torch module trees)
+
+
+def flax_path(key: str, ndim: int, embeddings: tuple[str, ...] = ()) -> tuple:
+  """The nnx parameter path of a torch state-dict key, for modules that mirror the torch tree:
+  `a.0.b.weight` -> ('a', 0, 'b', 'kernel' | 'scale' | 'embedding'); modules named in `embeddings`
+  (nn.Embedding) hold 'embedding'."""
+  *module, leaf = key.split(".")
+  path = tuple(int(p) if p.isdigit() else p for p in module)
+  if leaf == "weight":
+    leaf = "embedding" if module and module[-1] in embeddings else "scale" if ndim == 1 else "kernel"
+  return (*path, leaf)
+
+
+def to_flax_layout(value: np.ndarray, path: tuple) -> np.ndarray:
+  """torch -> flax layout: conv [out, in, kh, kw] -> [kh, kw, in, out]; Linear [out, in] -> [in, out]."""
+  if path[-1] != "kernel":
+    return value
+  return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+
+
+def load_by_name(model, state_dict: Mapping[str, Any], what: str, embeddings: tuple[str, ...] = ()) -> None:
+  """Writes a torch state dict into an nnx model whose module tree mirrors the torch one, in place.
+
+  Each value takes the dtype and sharding of the parameter it replaces. One ValueError names every
+  missing, unexpected and mis-shaped tensor.
+  """
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  state = nnx.state(model, nnx.Param)
+  current = dict(nnx.to_flat_state(state))
+  new = {}
+  for k, v in state_dict.items():
+    path = flax_path(k, np.ndim(v), embeddings)
+    new[path] = to_flax_layout(np.asarray(v), path)
+  name = lambda p: ".".join(map(str, p))
+  problems = [f"missing {name(p)} {v.shape}" for p, v in current.items() if p not in new]
+  problems += [f"unexpected {name(p)} {np.shape(v)}" for p, v in new.items() if p not in current]
+  problems += [f"mis-shaped {name(p)}: {new[p].shape}, expected {v.shape}" for p, v in current.items()
+               if p in new and new[p].shape != v.shape]
+  if problems:
+    raise ValueError(f"{what} does not match the model config ({len(problems)} problems):\n  " + "\n  ".join(problems))
+  for p, var in current.items():
+    old = var.get_value()
+    var.set_value(jax.device_put(new[p].astype(old.dtype), old.sharding))
+  nnx.update(model, state)
