@@ -21,11 +21,14 @@ from configs import keyframe as keyframe_config
 B, H, W, L = 2, 4, 6, 5  # batch, image grid, text tokens
 SIZES = dict(in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
              joint_attention_dim=24, pooled_projection_dim=12, axes_dims_rope=(4, 6, 6))
+# more heads, other RoPE axis sizes, one block of each kind
+SIZES_B = dict(in_channels=12, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=4,
+               joint_attention_dim=20, pooled_projection_dim=6, axes_dims_rope=(2, 2, 4))
 
 
-def _torch_model(guidance: bool) -> FluxTransformer2DModel:
+def _torch_model(guidance: bool, sizes=SIZES) -> FluxTransformer2DModel:
   torch.manual_seed(0)
-  model = FluxTransformer2DModel(patch_size=1, guidance_embeds=guidance, **SIZES).float().eval()
+  model = FluxTransformer2DModel(patch_size=1, guidance_embeds=guidance, **sizes).float().eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       if p.ndim == 1 and "norm" in name and "linear" not in name:  # RMSNorm scales: around 1
@@ -35,12 +38,12 @@ def _torch_model(guidance: bool) -> FluxTransformer2DModel:
   return model
 
 
-def _config(guidance: bool) -> mmdit.MMDiTConfig:
+def _config(guidance: bool, sizes=SIZES) -> mmdit.MMDiTConfig:
   return mmdit.MMDiTConfig(
-      in_channels=SIZES["in_channels"], hidden=SIZES["num_attention_heads"] * SIZES["attention_head_dim"],
-      num_heads=SIZES["num_attention_heads"], mlp_ratio=4.0, depth_double=SIZES["num_layers"],
-      depth_single=SIZES["num_single_layers"], context_dim=SIZES["joint_attention_dim"],
-      vec_dim=SIZES["pooled_projection_dim"], axes_dim=SIZES["axes_dims_rope"], qkv_bias=True,
+      in_channels=sizes["in_channels"], hidden=sizes["num_attention_heads"] * sizes["attention_head_dim"],
+      num_heads=sizes["num_attention_heads"], mlp_ratio=4.0, depth_double=sizes["num_layers"],
+      depth_single=sizes["num_single_layers"], context_dim=sizes["joint_attention_dim"],
+      vec_dim=sizes["pooled_projection_dim"], axes_dim=sizes["axes_dims_rope"], qkv_bias=True,
       guidance_embed=guidance, attention="xla")
 
 
@@ -55,14 +58,14 @@ def _jax_model(cfg: mmdit.MMDiTConfig, params: dict) -> mmdit.MMDiT:
   return model
 
 
-def _inputs(guidance: bool) -> dict[str, np.ndarray]:
+def _inputs(guidance: bool, sizes=SIZES) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   img_ids, txt_ids = (np.array(a[0]) for a in mmdit.position_ids(1, L, H, W))
   img_ids = img_ids + np.array([0, 3, 7], np.int32)  # off-origin rows/cols: RoPE angles differ per axis
   return dict(
-      img=rng.standard_normal((B, H * W, SIZES["in_channels"]), np.float32),
-      txt=rng.standard_normal((B, L, SIZES["joint_attention_dim"]), np.float32),
-      y=rng.standard_normal((B, SIZES["pooled_projection_dim"]), np.float32),
+      img=rng.standard_normal((B, H * W, sizes["in_channels"]), np.float32),
+      txt=rng.standard_normal((B, L, sizes["joint_attention_dim"]), np.float32),
+      y=rng.standard_normal((B, sizes["pooled_projection_dim"]), np.float32),
       t=np.array([0.3, 0.85], np.float32),
       guidance=np.array([3.5, 1.25], np.float32) if guidance else None,
       img_ids=img_ids, txt_ids=txt_ids)
@@ -85,14 +88,14 @@ def _run_jax(model: mmdit.MMDiT, x: dict) -> np.ndarray:
   return np.asarray(out[:, 0])
 
 
-@pytest.mark.parametrize("guidance", [True, False])
-def test_matches_diffusers(guidance):
-  torch_model = _torch_model(guidance)
-  cfg = _config(guidance)
+@pytest.mark.parametrize("guidance,sizes", [(True, SIZES), (False, SIZES), (True, SIZES_B)])
+def test_matches_diffusers(guidance, sizes):
+  torch_model = _torch_model(guidance, sizes)
+  cfg = _config(guidance, sizes)
   model = _jax_model(cfg, flux.from_diffusers(_numpy_state(torch_model), cfg))
-  x = _inputs(guidance)
+  x = _inputs(guidance, sizes)
   want, got = _run_torch(torch_model, x), _run_jax(model, x)
-  assert got.shape == want.shape == (B, H * W, SIZES["in_channels"])
+  assert got.shape == want.shape == (B, H * W, sizes["in_channels"])
   scale = np.abs(want).max()
   assert scale > 0.1  # nothing collapsed to zero, so the comparison means something
   err = np.abs(got - want).max()
