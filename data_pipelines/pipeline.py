@@ -116,8 +116,8 @@ def check_config(c: ml_collections.ConfigDict, batch_size: int, process_count: i
   need(isinstance(c.text_len, int) and c.text_len >= 1, "text_len", "an int >= 1")
   need(c.context_order in retrieval.ORDERS, "context_order", f"one of {list(retrieval.ORDERS)}")
   if c.retrieval.encoder != "words":
-    raise ConfigError(f"config.data.retrieval.encoder={c.retrieval.encoder!r}: expected 'words' (CLIP text "
-                      "embeddings arrive with the pretrained-weights issue)")
+    raise ConfigError(f"config.data.retrieval.encoder={c.retrieval.encoder!r}: expected 'words' (retrieval over the "
+                      "records' pre-computed CLIP embeddings is not wired yet)")
   if not 0 <= c.retrieval.recency <= 1:
     raise ConfigError(f"config.data.retrieval.recency={c.retrieval.recency!r}: expected a weight in [0, 1]")
   need(c.memory_levels in MEMORY_LEVELS, "memory_levels", f"one of {list(MEMORY_LEVELS)}")

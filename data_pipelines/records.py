@@ -14,7 +14,7 @@ Record fields (msgpack map, schema 1):
   keyframe_png    bytes, RGB PNG [H, W, 3]                      } exactly one of the two
   keyframe_latent array float32/bfloat16 [h, w, C] (pre-computed) }
   frames_png      bytes, optional: the shot's F frames stacked vertically in one RGB PNG [F*H, W, 3]
-  t5              array, optional [L, D] text token states (pre-computed)
+  t5              array, optional [L, D] text token states (pre-computed; L: the caption's own tokens)
   clip_pooled     array, optional [D] pooled text vector (pre-computed)
   image_embedding array, optional [D] image embedding for retrieval (pre-computed)
   meta            map, JSON-able: fps, start/end seconds, source, and for the toy world the ground truth
@@ -22,7 +22,7 @@ Record fields (msgpack map, schema 1):
 Arrays are maps {"dtype": str, "shape": [..], "data": bytes} (C order).
 
 index.json holds the dataset-wide contract that every record is checked against ("resolution",
-"num_frames", "latent_shape", embedding shapes), the shards with their record counts, and per movie the
+"num_frames", "latent_shape", embedding shapes; -1 for the caption-dependent T5 length), the shards with their record counts, and per movie the
 global record indices of its shots in shot order. A global index counts records across shards in order.
 """
 
@@ -319,12 +319,21 @@ def _check_contract(shot: Shot, contract: dict[str, Any], num_frames: int) -> No
   for name in ("t5", "clip_pooled", "image_embedding"):
     arr = getattr(shot, name)
     shape = None if arr is None else list(arr.shape)
+    if name == "t5" and shape is not None:
+      shape = [-1, *shape[1:]]  # a caption's own token count: -1, any length
     if first:
       if shape is not None:
         contract["embeddings"][name] = shape
-    elif shape != contract["embeddings"].get(name):
+    elif not _fits(None if arr is None else list(arr.shape), contract["embeddings"].get(name)):
       raise ValueError(f"{where}: {name} shape {shape}, dataset has {contract['embeddings'].get(name)}")
   contract["first"] = False
+
+
+def _fits(shape: list[int] | None, contract: list[int] | None) -> bool:
+  """shape matches the contract's, where -1 in the contract allows any size."""
+  if shape is None or contract is None:
+    return shape == contract
+  return len(shape) == len(contract) and all(c in (-1, s) for s, c in zip(shape, contract))
 
 
 # ------------------------------------------------------------------------------------------- reader
@@ -412,7 +421,7 @@ class ShotReader:
       raise ValueError("keyframe is a latent, dataset has PNG keyframes")
     for name, shape in ix.embeddings.items():
       arr = getattr(shot, name)
-      if arr is None or list(arr.shape) != shape:
+      if arr is None or not _fits(list(arr.shape), shape):
         raise ValueError(f"{name} shape {None if arr is None else list(arr.shape)}, dataset has {shape}")
     if ix.num_frames and shot.frames_png is None:
       raise ValueError(f"no frames, dataset has {ix.num_frames} per shot")

@@ -57,7 +57,7 @@ def test_round_trip(tmp_path, kind):
       _assert_same(want, got)
   if kind.get("latent"):
     assert reader.index.latent_shape == [2, 4, 16] and reader.index.resolution is None
-    assert reader.index.embeddings == {"t5": [5, 12], "clip_pooled": [6], "image_embedding": [6]}
+    assert reader.index.embeddings == {"t5": [-1, 12], "clip_pooled": [6], "image_embedding": [6]}  # any length
   else:
     shot, keyframe, frames = reader.read_pixels(reader.index.movies[1]["records"][2])
     np.testing.assert_array_equal(keyframe, records.decode_png(movies[1][2].keyframe_png))
