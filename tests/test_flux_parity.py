@@ -162,6 +162,8 @@ def test_bfl_and_diffusers_layouts_import_the_same_parameters():
   again = flux.from_bfl(flux.to_bfl(params, cfg), cfg)
   jax.tree.map(np.testing.assert_array_equal, again, params)
   assert "double_blocks.1.img_attn.qkv.weight" in flux.to_bfl(params, cfg)
+  wrapped = {f"model.diffusion_model.{k}": v for k, v in flux.to_bfl(params, cfg).items()}  # ComfyUI's files
+  jax.tree.map(np.testing.assert_array_equal, flux.from_bfl(wrapped, cfg), params)
 
 
 def _cli_config():

@@ -152,6 +152,14 @@ def _dtype(cfg: MMDiTConfig):
   return np.dtype(jnp.dtype(cfg.param_dtype))
 
 
+WRAPPER_PREFIX = "model.diffusion_model."  # single-file checkpoints that wrap BFL's keys (ComfyUI)
+
+
+def _unwrapped(source):
+  return (mapping.StrippedSource(source, WRAPPER_PREFIX)
+          if any(k.startswith(WRAPPER_PREFIX) for k in source.keys()) else source)
+
+
 def detect_layout(keys) -> str:
   keys = set(keys)
   if "double_blocks.0.img_attn.qkv.weight" in keys or "single_blocks.0.linear1.weight" in keys:
@@ -176,7 +184,7 @@ def from_bfl(state_dict: Mapping[str, np.ndarray], cfg: MMDiTConfig) -> dict:
 
 
 def _import(state_dict, cfg: MMDiTConfig, kind: str) -> dict:
-  source, lay = mapping.DictSource(state_dict), layout(cfg, kind)
+  source, lay = _unwrapped(mapping.DictSource(state_dict)), layout(cfg, kind)
   mapping.check(source, lay, f"{kind} FLUX state dict")
   return mapping.import_params(source, lay, _dtype(cfg))
 
@@ -204,7 +212,7 @@ def load(path: str, cfg: MMDiTConfig, shardings: Mapping | None = None) -> dict:
   shardings: a nested dict of NamedSharding like the parameters (sharding.param_shardings); each
   parameter is then read layer by layer and placed shard by shard. Without it, host numpy arrays.
   """
-  source = mapping.open_source(path)
+  source = _unwrapped(mapping.open_source(path))
   kind = detect_layout(source.keys())
   lay = layout(cfg, kind)
   mapping.check(source, lay, f"{path} ({kind} layout)")
@@ -256,7 +264,7 @@ def _convert_in(src: str, dst: str, c) -> str:
   from cinema_jax.models import keyframe  # pylint: disable=import-outside-toplevel
   cfg = keyframe.configs(c)[0]
   abstract = nnx.state(keyframe.abstract(c).dit, nnx.Param)  # eval_shape: the shapes the config gives
-  source = mapping.open_source(src)
+  source = _unwrapped(mapping.open_source(src))
   kind = detect_layout(source.keys())
   lay = layout(cfg, kind)
   check_against_model(lay, nnx.to_pure_dict(abstract))

@@ -117,6 +117,27 @@ class DictSource:
     return np.asarray(self.tensors[key])
 
 
+class StrippedSource:
+  """A source whose keys lose a prefix (single-file checkpoints that wrap the model, e.g. ComfyUI's
+  `model.diffusion_model.`)."""
+
+  def __init__(self, source, prefix: str):
+    self.source, self.prefix = source, prefix
+    self._full_keys = {(k[len(prefix):] if k.startswith(prefix) else k): k for k in source.keys()}
+
+  def keys(self) -> Iterator[str]:
+    return iter(self._full_keys)
+
+  def _full(self, key: str) -> str:
+    return self._full_keys[key]
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return self.source.shape(self._full(key))
+
+  def get(self, key: str) -> np.ndarray:
+    return self.source.get(self._full(key))
+
+
 def open_source(path: str, subfolder: str = "transformer", weights_name: str = "diffusion_pytorch_model") -> Source:
   """A .safetensors file, a folder with one (or a sharded `*.safetensors.index.json`), or a diffusers
   pipeline folder with the model in `subfolder`. Pickle checkpoints are refused, never loaded."""
