@@ -121,6 +121,16 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def dividing_axes(size: int, mesh, *candidates: tuple[str, ...]) -> tuple[str, ...] | None:
+  """The first candidate group of mesh axes whose total size divides `size` (None: replicate).
+
+  For kernels that run per shard (shard_map), which cannot split a dimension unevenly."""
+  for axes in candidates:
+    if size % math.prod(mesh.shape[a] for a in axes) == 0:
+      return axes
+  return None
+
+
 def data_parallel_size(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 

@@ -59,10 +59,8 @@ def attention(q_BTHD, k_BTHD, v_BTHD, kv_mask_BT=None, q_pairs_T=None, kv_pairs_
     q, k, v, kv_mask = q[:, order], k[:, order], v[:, order], kv_mask[:, order]
     qp, kp = qp[order], kp[order]
 
-  dp = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
-  batch = sharding.BATCH_AXES if b % dp == 0 else None
-  heads = "tensor" if "tensor" in mesh.axis_names and h % mesh.shape["tensor"] == 0 else None
-  x_spec = P(batch, axis, heads, None)
+  batch = sharding.dividing_axes(b, mesh, sharding.BATCH_AXES)
+  x_spec = P(batch, axis, sharding.dividing_axes(h, mesh, ("tensor",)), None)
   ring = [(i, (i + 1) % c) for i in range(c)]
 
   def local(q, k, v, kv_mask, qp, kp):

@@ -63,9 +63,8 @@ def attention(q_BTHD, k_BSHD, v_BSHD, kv_mask_BS=None, q_pairs_T=None, kv_pairs_
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty:  # XLA cannot partition a Pallas kernel: run it per shard of examples and heads
     # pair-by-pair attention folds the pairs, which 'context' shards, into the batch
-    candidates = (sharding.BATCH_AXES + ("context",), sharding.BATCH_AXES, None)
-    batch = next(a for a in candidates if a is None or b % int(np.prod([mesh.shape[n] for n in a])) == 0)
-    x = P(batch, "tensor" if h % mesh.shape["tensor"] == 0 else None, None, None)
+    batch = sharding.dividing_axes(b, mesh, sharding.BATCH_AXES + ("context",), sharding.BATCH_AXES)
+    x = P(batch, sharding.dividing_axes(h, mesh, ("tensor",)), None, None)
     run = jax.shard_map(run, mesh=mesh, in_specs=(x, x, x, P(x[0], None), P(x[0], None)), out_specs=x,
                         check_vma=False)
   return jnp.einsum("bhtd->bthd", run(q, k, v, seg_q, seg_kv)[:, :, :t])
