@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cinema_jax.models import keyframe
+from cinema_jax.models import video
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,9 +39,16 @@ class StepCost:
     dit, text = keyframe.configs(c)
     gh, gw = keyframe.full_grid(c)
     n_txt = c.data.text_len // (text.pool_stride if text else 1)
-    p, b, d, m = c.data.num_pairs, c.batch_size, dit.hidden, dit.mlp_hidden
+    b, d, m = c.batch_size, dit.hidden, dit.mlp_hidden
     plan = keyframe.memory_plan(c)  # GoldenMem: older pairs have fewer image tokens
-    n_img = [gh * gw] * p if plan is None else [g.grid[0] * g.grid[1] for g in plan for _ in range(g.num_pairs)]
+    if c.task == "video":  # K keyframe pairs and K clip pairs
+      n_img = video.pair_image_tokens(c)
+      n_txt *= c.data.num_pairs if c.model.video.captions == "global" else 1
+    elif plan is None:
+      n_img = [gh * gw] * c.data.num_pairs
+    else:
+      n_img = [g.grid[0] * g.grid[1] for g in plan for _ in range(g.num_pairs)]
+    p = len(n_img)
     t = [n + n_txt for n in n_img]  # tokens per pair
     total = sum(t)
     per_pair_vec = 2 * (d * 6 * d * 2 * dit.depth_double + d * 3 * d * dit.depth_single + d * 2 * d)
@@ -52,10 +60,13 @@ class StepCost:
     if text is not None:
       tw, tl = text.width, c.data.text_len
       text_fwd = text.depth * (2 * tl * (3 * tw * tw + tw * tw + 8 * tw * tw) + 4 * tl * tl * tw)
-    self.flops_per_step = 3 * b * (double + single + embed + p * (per_pair_vec + text_fwd))
+    captions = c.data.num_pairs  # the text encoder runs once per caption (the video model's 2 pairs share one)
+    self.flops_per_step = 3 * b * (double + single + embed + p * per_pair_vec + captions * text_fwd)
     self.tokens_per_step = b * total
     self.num_params = sum(x.size for x in jax.tree.leaves(_param_shapes(c)))
-    self._desc = (f"{p} pairs x ({gh * gw} image + {n_txt} text tokens), batch {b}" if plan is None else
+    self._desc = (f"{p // 2} shots ({sum(n_img)} image tokens in all + {n_txt} text tokens per pair), batch {b}"
+                  if c.task == "video" else
+                  f"{p} pairs x ({gh * gw} image + {n_txt} text tokens), batch {b}" if plan is None else
                   f"{p} pairs ({sum(n_img)} GoldenMem image tokens in all + {n_txt} text tokens each), batch {b}")
 
   @functools.cached_property

@@ -30,6 +30,7 @@ from cinema_jax import objective
 from cinema_jax import sharding
 from cinema_jax import toy_clip
 from cinema_jax.models import keyframe
+from cinema_jax.models import video
 from data_pipelines import pipeline
 from data_pipelines import toy_movies
 
@@ -91,7 +92,14 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
   for section, field in (("checkpoint", "every_steps"), ("log", "every_steps")):
     if c[section][field] < 1:
       raise pipeline.ConfigError(f"config.{section}.{field}={c[section][field]!r}: expected an int >= 1")
+  if c.task not in ("keyframe", "video"):
+    raise pipeline.ConfigError(f"config.task={c.task!r}: expected 'keyframe' or 'video'")
+  if c.task == "video" and c.log.sample_every_steps:
+    raise pipeline.ConfigError(f"config.log.sample_every_steps={c.log.sample_every_steps}: in-training sample sheets "
+                               "are the keyframe model's; sample the video model with python -m cinema_jax.sample")
   try:
+    if c.task == "video":
+      video.validate(c)
     dit, text = keyframe.configs(c)
     dit.validate()
     if text is not None:
@@ -186,19 +194,12 @@ def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 
 def make_train_step(c: ml_collections.ConfigDict, s: Setup):
   """(state, batch) -> (state, metrics); a non-finite loss, gradient or update leaves the state unchanged."""
-  o, gh_gw = c.objective, keyframe.full_grid(c)
   ema_decay = c.optimizer.ema_decay
 
+  model_loss = video.loss if c.task == "video" else keyframe.loss
+
   def loss_fn(params, batch, key):
-    model = nnx.merge(s.graphdef, params)
-    k_drop, k_flow = jax.random.split(key)
-    text = objective.drop_captions(k_drop, *model.encode_text(batch), o.caption_dropout)
-    x0, group_grids = keyframe.image_tokens(c, batch)
-    shape = text[2].shape[:2]  # [B, P]
-    guidance = jnp.full(shape, o.guidance, jnp.float32) if c.model.guidance_embed else None
-    apply = lambda x_t, t: objective.velocity(
-        model(x_t, t, *text, grid=gh_gw, guidance_BP=guidance, group_grids=group_grids), x_t, t, o.prediction)
-    return objective.flow_loss(apply, x0, k_flow, o, num_image_tokens=gh_gw[0] * gh_gw[1])
+    return model_loss(c, nnx.merge(s.graphdef, params), batch, key)
 
   def step(state, batch):
     if s.opt_device_shardings is not None:  # offloaded: the moments come to the device for the update

@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/keyframe.py: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   c = ml_collections.ConfigDict()
   c.variant = variant
+  c.task = "keyframe"  # which model this config trains: "keyframe" (this file) | "video" (configs/video.py)
   c.seed = 0
   # A converted FLUX transformer (python -m cinema_jax.convert.flux --src ... --dst DIR) to start the
   # MM-DiT from instead of a random init; "" for none. Ignored when the workdir has a checkpoint.

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cinema_jax import goldenmem
+from cinema_jax import objective
 from cinema_jax import sharding
 from cinema_jax.models import mmdit
 from cinema_jax.models import text_encoder
@@ -121,10 +122,23 @@ def image_tokens(c: ml_collections.ConfigDict, batch: dict):
   return tuple(patchify(a, p) for a in arrays), tuple(g.grid for g in plan)
 
 
+def loss(c: ml_collections.ConfigDict, model: KeyframeModel, batch: dict, key: jax.Array):
+  """Flow-matching loss of a pipeline batch of P-pair windows (objective.flow_loss, per-pair t)."""
+  o, grid = c.objective, full_grid(c)
+  k_drop, k_flow = jax.random.split(key)
+  text = objective.drop_captions(k_drop, *model.encode_text(batch), o.caption_dropout)
+  x0, group_grids = image_tokens(c, batch)
+  guidance = jnp.full(text[2].shape[:2], o.guidance, jnp.float32) if c.model.guidance_embed else None
+  run = lambda x_t, t: objective.velocity(
+      model(x_t, t, *text, grid=grid, guidance_BP=guidance, group_grids=group_grids), x_t, t, o.prediction)
+  return objective.flow_loss(run, x0, k_flow, o, num_image_tokens=grid[0] * grid[1])
+
+
 def configs(c: ml_collections.ConfigDict) -> tuple[mmdit.MMDiTConfig, text_encoder.TextEncoderConfig | None]:
   """The model dataclasses of a full config (its model and data sections)."""
   m = c.model
-  channels = m.image_channels * m.patch * m.patch
+  # the video model's tokens are 3D patches: patch_t frames of patch x patch (models/video.py)
+  channels = m.image_channels * m.patch * m.patch * (m.video.patch_t if c.get("task") == "video" else 1)
   text = None
   if m.text_encoder == "bytes":
     text = text_encoder.TextEncoderConfig(width=m.text.width, depth=m.text.depth, num_heads=m.text.num_heads,
