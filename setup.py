@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "msgpack==1.2.4",
     "pillow==13.0.0",
+    "imageio-ffmpeg==0.8.1",  # MP4 out (bundles its own ffmpeg binary)
     "tensorboardX==2.6.5",
     "safetensors==0.8.0",  # weights in and out (never pickles)
 ]
