@@ -1,12 +1,14 @@
-"""Samples keyframes for storylines with a trained keyframe model: one storyline or a batch job of any size.
+"""Samples movies for storylines: keyframes (keyframe model), then shot videos (video model), as a batch job.
 
-  python -m cinema_jax.sample --workdir=DIR --storylines=FILE --outdir=OUT [--seed=S] [--num_steps=N]
-      [--guidance=G] [--mode=autoregressive|joint] [--max_shots=K] [--per_device_batch=B]
-      [--process_id=I --num_processes=N]
+  python -m cinema_jax.sample --workdir=DIR --storylines=FILE --outdir=OUT [--video_workdir=VDIR]
+      [--seed=S] [--num_steps=N] [--guidance=G] [--mode=autoregressive|joint] [--max_shots=K]
+      [--per_device_batch=B] [--process_id=I --num_processes=N]
 
 FILE is JSONL, one storyline per line: {"title": ..., "captions": [...]} (data_pipelines.toy_movies
-writes one). Per storyline OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json,
-each folder renamed into place whole. Several processes (hosts, or launch/local.py) split the storylines
+writes one). Per storyline OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json;
+with --video_workdir (a trained configs/video.py model) also shot_<k>.mp4 (each shot, its keyframe
+first), movie.mp4 (the shots in order) and movie.html (storyboard, captions and playable shots in one
+self-contained page). Each folder is renamed into place whole. Several processes (hosts, or launch/local.py) split the storylines
 (--process_id/--num_processes, or SLURM's SRUN environment); each batches storylines over its own
 devices. Rerunning the same command skips complete storylines (cinema_jax/sample_job.py).
 """
@@ -26,9 +28,11 @@ from cinema_jax import checkpoints
 from cinema_jax import sample_job
 from cinema_jax import sampling
 from cinema_jax import sharding
+from cinema_jax import shot_sampling
 from cinema_jax import toy_clip
 from cinema_jax import trainer
 from configs import keyframe as keyframe_config
+from configs import video as video_config
 from data_pipelines import records
 from data_pipelines import toy_movies
 
@@ -49,6 +53,10 @@ def _define_flags() -> dict:
                                         "0 = all)."),
       "raw_params": flags.DEFINE_bool("raw_params", False, "Sample with the raw parameters instead of the EMA copy."),
       "per_device_batch": flags.DEFINE_integer("per_device_batch", 1, "Storylines sampled together per device."),
+      "video_workdir": flags.DEFINE_string("video_workdir", None, "A trained video model's workdir: also sample "
+                                           "every shot's video from its keyframe (MP4s and an HTML page)."),
+      "fps": flags.DEFINE_float("fps", 8.0, "Frame rate of the MP4s (the toy world's is 8)."),
+      "video_scale": flags.DEFINE_integer("video_scale", 4, "Integer upscale of the MP4 frames (nearest pixel)."),
       "process_id": flags.DEFINE_integer("process_id", None, "Batch jobs: this process's index (with --num_processes)."),
       "num_processes": flags.DEFINE_integer("num_processes", None, "Batch jobs: how many processes share the storylines."),
   }
@@ -79,7 +87,12 @@ def read_storylines(path: str) -> list[dict]:
 
 def saved_config(workdir: str):
   """A workdir's training config, over today's defaults of its variant (fields added since it was saved)."""
-  return checkpoints.saved_config(workdir, lambda raw: keyframe_config.get_config(raw.get("variant", "flux_dev")))
+  def defaults(raw):
+    if raw.get("task", "keyframe") == "video":
+      return video_config.get_config(raw.get("variant", "paper"))
+    return keyframe_config.get_config(raw.get("variant", "flux_dev"))
+
+  return checkpoints.saved_config(workdir, defaults)
 
 
 def load(workdir: str, raw_params: bool = False):
@@ -93,6 +106,23 @@ def load(workdir: str, raw_params: bool = False):
     state = checkpoints.restore(mngr, step, setup.abstract_state)
   params = state["params"] if raw_params or not state["ema"] else state["ema"]
   return c, setup.graphdef, params, step
+
+
+def video_stage(workdir: str, keyframe_config_, raw_params: bool = False):
+  """(shots_fn for sample_job.run, manifest info) of the video model in workdir, checked against the
+  keyframe model's config."""
+  if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
+    raise records.DataError(f"no checkpoints in --video_workdir={workdir}: train one first "
+                            "(python -m cinema_jax.train --config=configs/video.py:demo)")
+  c, graphdef, params, step = load(workdir, raw_params)
+  if c.task != "video":
+    raise records.DataError(f"--video_workdir={workdir} holds a {c.task} model, not a video model (configs/video.py)")
+  if tuple(c.data.resolution) != tuple(keyframe_config_.data.resolution):
+    raise records.DataError(f"the video model makes {tuple(c.data.resolution)} frames, the keyframe model "
+                            f"{tuple(keyframe_config_.data.resolution)} keyframes")
+  sampler = shot_sampling.ShotSampler(c, graphdef)
+  info = {"video_checkpoint_step": step, "video_num_steps": c.sample.num_steps, "video_guidance": c.sample.guidance}
+  return (lambda kf, captions, seed: sampler.shots(params, kf, captions, seed=seed)), info
 
 
 def retrieval_clip(c, workdir: str) -> toy_clip.ToyClip | None:
@@ -128,13 +158,26 @@ def main(argv, f: dict):
         c.sample[field] = v[field]
   if v["per_device_batch"] < 1:
     sys.exit(f"error: --per_device_batch={v['per_device_batch']}: expected >= 1")
+  if c.task != "keyframe":
+    sys.exit(f"error: --workdir={v['workdir']} holds a {c.task} model; it must be a keyframe model "
+             "(configs/keyframe.py; the video model goes in --video_workdir)")
+  shots_fn, video = None, None
+  if v["video_workdir"]:
+    try:
+      shots_fn, info_video = video_stage(v["video_workdir"], c, v["raw_params"])
+    except (records.DataError, ValueError) as e:
+      sys.exit(f"error: {e}")
+    video = {"fps": v["fps"], "scale": v["video_scale"]}
+    if v["fps"] <= 0 or v["video_scale"] < 1:
+      sys.exit(f"error: --fps={v['fps']} and --video_scale={v['video_scale']}: expected > 0 and >= 1")
   sampler = sampling.Sampler(c, graphdef, clip=retrieval_clip(c, v["workdir"]))
   os.makedirs(v["outdir"], exist_ok=True)
   info = dict(checkpoint_step=step, mode=c.sample.mode, num_steps=c.sample.num_steps, guidance=c.sample.guidance,
-              kv_cache=c.sample.kv_cache)
+              kv_cache=c.sample.kv_cache, **(info_video if shots_fn else {}))
   sample_job.run(sampler, params, stories, v["outdir"], seed=v["seed"], max_shots=c.sample.max_shots,
                  per_device_batch=v["per_device_batch"], process_id=pid, num_processes=nproc, info=info,
-                 title_suffix=f" (step {step})", echo=lambda line: print(line, flush=True))
+                 title_suffix=f" (step {step})", echo=lambda line: print(line, flush=True), shots_fn=shots_fn,
+                 video=video)
 
 
 if __name__ == "__main__":

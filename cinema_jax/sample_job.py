@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 from PIL import Image
 
+from cinema_jax import movie
 from cinema_jax import sampling
 
 SUMMARY = "job_summary.json"
@@ -61,8 +62,12 @@ def storyline_dir(index: int, story: dict) -> str:
 
 
 def save_storyline(outdir: str, index: int, story: dict, frames, captions: list[str], *, title_suffix: str = "",
-                   **info) -> dict:
+                   shots=None, video: dict | None = None, **info) -> dict:
   """Writes OUT/<index>-<slug>/ (keyframe PNGs, storyboard.png, manifest.json); returns the manifest.
+
+  shots: uint8 [K, F, H, W, 3] shot videos (the keyframes first), written as shot_<k>.mp4, movie.mp4
+  (every shot in order) and movie.html (storyboard, captions and playable shots in one file);
+  video: {"fps": ..., "scale": ...} for them.
 
   Atomic: written into a hidden folder, then renamed, so a folder that exists is complete (a killed
   job leaves only .tmp-* folders, which the next run replaces)."""
@@ -79,12 +84,29 @@ def save_storyline(outdir: str, index: int, story: dict, frames, captions: list[
       os.path.join(tmp, "storyboard.png"))
   manifest = {"dir": name, "title": story["title"], "movie_id": story.get("movie_id"), "captions": captions,
               "keyframes": files, "storyboard": "storyboard.png", **info}
+  if shots is not None:
+    manifest.update(_save_movie(tmp, story["title"] + title_suffix, shots, captions, files, **video))
   with open(os.path.join(tmp, "manifest.json"), "w") as f:
     json.dump(manifest, f, indent=1)
   if os.path.exists(final):  # an earlier, complete output of the same storyline is replaced whole
     shutil.rmtree(final)
   os.rename(tmp, final)
   return manifest
+
+
+def _save_movie(folder: str, title: str, shots, captions: list[str], keyframes: list[str], fps: float,
+                scale: int) -> dict:
+  """Per-shot MP4s, the whole movie's MP4 and its HTML page in folder; their manifest entries."""
+  names = [f"shot_{k:03d}.mp4" for k in range(len(shots))]
+  for name, clip in zip(names, shots):
+    movie.write_mp4(os.path.join(folder, name), clip, fps, scale)
+  movie.write_mp4(os.path.join(folder, "movie.mp4"), np.concatenate(list(shots)), fps, scale)
+  movie.html_page(os.path.join(folder, "movie.html"), title=title,
+                  storyboard_png=os.path.join(folder, "storyboard.png"), movie_mp4=os.path.join(folder, "movie.mp4"),
+                  shots=[{"caption": cap, "keyframe_png": os.path.join(folder, kf), "mp4": os.path.join(folder, name)}
+                         for cap, kf, name in zip(captions, keyframes, names)])
+  return {"shots": names, "movie": "movie.mp4", "html": "movie.html", "fps": fps,
+          "frames_per_shot": int(shots.shape[1])}
 
 
 def _write_json(path: str, obj) -> None:
@@ -96,8 +118,12 @@ def _write_json(path: str, obj) -> None:
 
 def run(sampler: sampling.Sampler, params, stories: list[dict], outdir: str, *, seed: int, max_shots: int,
         per_device_batch: int = 1, process_id: int = 0, num_processes: int = 1, info: dict | None = None,
-        title_suffix: str = "", echo=print) -> dict:
-  """Samples this process's share of `stories` into outdir; returns this process's report."""
+        title_suffix: str = "", echo=print, shots_fn=None, video: dict | None = None) -> dict:
+  """Samples this process's share of `stories` into outdir; returns this process's report.
+
+  shots_fn(keyframes [K, H, W, 3] uint8, captions, seed) -> shot videos [K, F, H, W, 3]: the video
+  stage (shot_sampling.ShotSampler.shots) run on each storyline's keyframes; video: its MP4 settings
+  ({"fps", "scale"}). Without it only keyframes and storyboards are written."""
   devices = jax.local_devices()
   mesh = Mesh(np.array(devices), ("data",))
   params = jax.device_put(params, NamedSharding(mesh, P()))
@@ -127,9 +153,13 @@ def run(sampler: sampling.Sampler, params, stories: list[dict], outdir: str, *, 
     for i, f, c in zip(ch, frames, caps):
       if i not in todo:
         continue
-      manifest = save_storyline(outdir, i, stories[i], f, c, title_suffix=title_suffix, seed=seed + i,
-                                           process=process_id, job_attempt=attempt, seconds=seconds, **(info or {}))
+      shots = shots_fn(f, c, seed + i) if shots_fn is not None else None
+      manifest = save_storyline(outdir, i, stories[i], f, c, title_suffix=title_suffix, shots=shots, video=video,
+                                seed=seed + i, process=process_id, job_attempt=attempt, seconds=seconds,
+                                **(info or {}))
       echo(f"storyboard: {os.path.join(outdir, manifest['dir'], 'storyboard.png')}")
+      if shots is not None:
+        echo(f"movie: {os.path.join(outdir, manifest['dir'], 'movie.mp4')} and movie.html")
       done += 1
       keyframes += len(f)
     now = time.perf_counter()

@@ -183,7 +183,7 @@ class Sampler:
         if tok is None:
           x = frames_KHWC[i:i + 1]
           if c.data.goldenmem.resize == "pixels":  # what the pipeline does: uint8 frames, box filter
-            x = goldenmem.resize_frames(_to_uint8(x), size).astype(np.float32) / 127.5 - 1.0
+            x = goldenmem.resize_frames(to_uint8(x), size).astype(np.float32) / 127.5 - 1.0
           else:
             x = np.asarray(goldenmem.resize_array(jnp.asarray(x)[None], size)[0])
           tok = np.asarray(keyframe.patchify(jnp.asarray(x)[None], p)[0, 0])
@@ -226,7 +226,7 @@ class Sampler:
         x = (np.zeros((1, len(caps), n_tok, chans), np.float32),)
         (x,) = self._denoise(params, x, tokens[None], masks[None], jnp.ones(len(caps), bool), False, full, False,
                              jnp.stack([jax.random.key(seed)]), g)
-        out.append(_to_uint8(to_pixels(x)[0]))
+        out.append(to_uint8(to_pixels(x)[0]))
       return out
     if mode != "autoregressive":
       raise ValueError(f"sample mode {mode!r}: expected 'autoregressive' or 'joint'")
@@ -275,15 +275,15 @@ class Sampler:
       pixels[:, k] = to_pixels(last[:, None])[:, 0]
       if order == "image":
         for b in range(bsz):
-          history[b][k] = self.clip.images(_to_uint8(pixels[b, k:k + 1]))[0]
-    return [_to_uint8(pixels[b, :n]) for b, n in enumerate(lengths)]
+          history[b][k] = self.clip.images(to_uint8(pixels[b, k:k + 1]))[0]
+    return [to_uint8(pixels[b, :n]) for b, n in enumerate(lengths)]
 
 
 def to_tokens(frames_BKHWC: np.ndarray, patch: int) -> np.ndarray:
   return np.asarray(keyframe.patchify(jnp.asarray(frames_BKHWC), patch))
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
   """float [-1, 1] -> uint8 [0, 255]."""
   return np.clip(np.rint((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
 

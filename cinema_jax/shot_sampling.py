@@ -1,0 +1,110 @@
+"""Shot sampling: every shot's frames 1..F-1 from its keyframe and caption, with the video model.
+
+A storyline's shots are generated in windows of the training window's length (config.data.num_pairs
+shots: the RoPE time positions the model was trained on), all shots of a window at once, each window
+seeing its shots' keyframes as clean conditions (t ~ U[config.sample.context_t], 0 by default) at
+their first-frame slots. Euler on the shifted schedule over the clip tokens only; CFG drops every
+caption of the window (the keyframes stay). The keyframes come out as the first frames bit for bit:
+they are the conditions, not denoised.
+
+Each shot draws its noise from (seed, shot index) alone, so a shot's noise does not change with its
+window mates, the window length or the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cinema_jax import objective
+from cinema_jax import sampling
+from cinema_jax.models import keyframe
+from cinema_jax.models import video
+from data_pipelines import tokenizer
+
+
+class ShotSampler:
+  """Samples the shot videos of storylines for the video model of config `c` (params passed per call)."""
+
+  def __init__(self, c: ml_collections.ConfigDict, graphdef):
+    if c.task != "video":
+      raise ValueError(f"ShotSampler needs a video-model config (config.task='video'), got {c.task!r}")
+    if c.model.text_encoder != "bytes" or c.model.vae_downsample != 1:
+      raise ValueError("sampling shots from caption text needs a pixel-space model with the byte text encoder "
+                       "(the toy variants); latent models need the VAE decoder and T5/CLIP encoders")
+    self.c, self.graphdef = c, graphdef
+    self.h, self.w = c.data.resolution
+    self.window = c.data.num_pairs
+    self.num_frames = c.model.video.num_frames
+
+  @functools.partial(jax.jit, static_argnums=(0,))
+  def _denoise(self, params, kf_BKHWC, tokens_BKL, mask_BKL, keys_K, guidance):
+    """Clip pixels [1, K, F-1, H, W, 3] of one window; keys_K: one PRNG key per shot."""
+    c, v = self.c, self.c.model.video
+    model = nnx.merge(self.graphdef, params)
+    states, mask, pooled = model.encode_text({"text_tokens": tokens_BKL, "text_mask": mask_BKL})
+    text = video.pair_text(c, states, mask, pooled)
+    kf = video.keyframe_tokens(c, kf_BKHWC)
+    k = kf.shape[1]
+    gh, gw = keyframe.full_grid(c)
+    n_clip, chans = video.token_frames(c) * gh * gw, kf.shape[-1]
+
+    def draws(key):  # the shot's own: clip noise, its keyframe's context t and noise
+      k_noise, k_t, k_ctx = jax.random.split(key, 3)
+      lo, hi = c.sample.context_t
+      return (jax.random.normal(k_noise, (n_clip, chans)), jax.random.uniform(k_t, (), minval=lo, maxval=hi),
+              jax.random.normal(k_ctx, (gh * gw, chans)))
+
+    x, t_kf, eps_kf = jax.vmap(draws)(keys_K)
+    x, t_kf = x[None], t_kf[None]
+    kf = (1 - t_kf[..., None, None]) * kf + t_kf[..., None, None] * eps_kf[None]
+    times = jnp.asarray(sampling.schedule(c.sample.num_steps, n_clip, c.objective.shift))
+    distilled = c.model.guidance_embed  # the scale goes into guidance_in: one conditional pass
+    if not distilled:  # CFG: the conditional and the caption-free window in one batch of 2
+      empty = video.pair_text(c, jnp.zeros_like(states), jnp.zeros_like(mask), jnp.zeros_like(pooled))
+      text = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), text, empty)
+      kf, t_kf = jnp.concatenate([kf, kf]), jnp.concatenate([t_kf, t_kf])
+    g = jnp.full((1, 2 * k), guidance, jnp.float32) if distilled else None
+
+    def body(i, x):
+      xx = x if distilled else jnp.concatenate([x, x])
+      t = jnp.concatenate([t_kf, jnp.full((xx.shape[0], k), times[i])], axis=1)
+      vel = objective.velocity(video.apply(c, model, kf, xx, t, text, g), (kf, xx), t, c.objective.prediction)[1]
+      if not distilled:
+        vel = vel[1:] + guidance * (vel[:1] - vel[1:])
+      return x + (times[i + 1] - times[i]) * vel
+
+    x = jax.lax.fori_loop(0, c.sample.num_steps, body, x)
+    return video.unpatchify(x, v.patch_t, c.model.patch, self.num_frames - 1, self.h, self.w)
+
+  def shots(self, params, keyframes_KHWC: np.ndarray, captions: list[str], *, seed: int = 0,
+            shot_seeds: list[int] | None = None, guidance: float | None = None) -> np.ndarray:
+    """uint8 [K, F, H, W, 3]: each shot's frames, its keyframe (given, uint8) first.
+
+    shot_seeds: one noise seed per shot (default: seed, with the shot index folded in)."""
+    keyframes_KHWC = np.asarray(keyframes_KHWC)
+    num = len(captions)
+    if keyframes_KHWC.dtype != np.uint8 or keyframes_KHWC.shape != (num, self.h, self.w, 3):
+      raise ValueError(f"keyframes: expected uint8 [{num}, {self.h}, {self.w}, 3] (one per caption), got "
+                       f"{keyframes_KHWC.dtype} {list(keyframes_KHWC.shape)}")
+    if shot_seeds is not None and len(shot_seeds) != num:
+      raise ValueError(f"{len(shot_seeds)} shot seeds for {num} shots")
+    keys = [jax.random.fold_in(jax.random.key(seed), i) if shot_seeds is None else jax.random.key(shot_seeds[i])
+            for i in range(num)]
+    g = jnp.float32(self.c.sample.guidance if guidance is None else guidance)
+    pixels = keyframes_KHWC.astype(np.float32) / 127.5 - 1.0
+    out = np.zeros((num, self.num_frames, self.h, self.w, 3), np.uint8)
+    out[:, 0] = keyframes_KHWC
+    enc = [tokenizer.encode(cap, self.c.data.text_len)[:2] for cap in captions]
+    tokens, masks = np.stack([e[0] for e in enc]), np.stack([e[1] for e in enc])
+    for first in range(0, num, self.window):
+      sl = slice(first, min(num, first + self.window))
+      clips = self._denoise(params, jnp.asarray(pixels[None, sl]), jnp.asarray(tokens[None, sl]),
+                            jnp.asarray(masks[None, sl]), jnp.stack(keys[sl]), g)
+      out[sl, 1:] = sampling.to_uint8(np.asarray(clips[0]))
+    return out
