@@ -50,6 +50,9 @@ def batch_spec(c: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
   else:
     h, w = c.data.resolution[0] // cell, c.data.resolution[1] // cell
     spec["image" if cell == 1 else "latent"] = s((p, h, w, m.image_channels), "float32")
+    if c.data.load_frames:  # every shot's frames (the video model): pixels, or per-frame VAE latents
+      frames = m.video.num_frames if c.task == "video" else c.data.toy.num_frames
+      spec["frames" if cell == 1 else "frame_latents"] = s((p, frames, h, w, m.image_channels), "float32")
   return spec
 
 

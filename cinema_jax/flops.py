@@ -41,7 +41,7 @@ class StepCost:
     n_txt = c.data.text_len // (text.pool_stride if text else 1)
     b, d, m = c.batch_size, dit.hidden, dit.mlp_hidden
     plan = keyframe.memory_plan(c)  # GoldenMem: older pairs have fewer image tokens
-    if c.task == "video":  # K keyframe pairs and K clip pairs
+    if c.task == "video":  # K shots (or, keyframes="pairs": K keyframe pairs and K clip pairs)
       n_img = video.pair_image_tokens(c)
       n_txt *= c.data.num_pairs if c.model.video.captions == "global" else 1
     elif plan is None:
@@ -60,11 +60,11 @@ class StepCost:
     if text is not None:
       tw, tl = text.width, c.data.text_len
       text_fwd = text.depth * (2 * tl * (3 * tw * tw + tw * tw + 8 * tw * tw) + 4 * tl * tl * tw)
-    captions = c.data.num_pairs  # the text encoder runs once per caption (the video model's 2 pairs share one)
+    captions = c.data.num_pairs  # the text encoder runs once per caption
     self.flops_per_step = 3 * b * (double + single + embed + p * per_pair_vec + captions * text_fwd)
     self.tokens_per_step = b * total
     self.num_params = sum(x.size for x in jax.tree.leaves(_param_shapes(c)))
-    self._desc = (f"{p // 2} shots ({sum(n_img)} image tokens in all + {n_txt} text tokens per pair), batch {b}"
+    self._desc = (f"{c.data.num_pairs} shots ({sum(n_img)} image tokens in all + {n_txt} text tokens per pair), batch {b}"
                   if c.task == "video" else
                   f"{p} pairs x ({gh * gw} image + {n_txt} text tokens), batch {b}" if plan is None else
                   f"{p} pairs ({sum(n_img)} GoldenMem image tokens in all + {n_txt} text tokens each), batch {b}")

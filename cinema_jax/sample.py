@@ -108,21 +108,24 @@ def load(workdir: str, raw_params: bool = False):
   return c, setup.graphdef, params, step
 
 
-def video_stage(workdir: str, keyframe_config_, raw_params: bool = False):
-  """(shots_fn for sample_job.run, manifest info) of the video model in workdir, checked against the
-  keyframe model's config."""
+def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bool = False,
+                overrides: dict | None = None):
+  """(shots_fn for sample_job.run, manifest info, config) of the video model in workdir; resolution:
+  the keyframe model's, which it must match (None: unchecked); overrides: config.sample fields."""
   if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
     raise records.DataError(f"no checkpoints in --video_workdir={workdir}: train one first "
                             "(python -m cinema_jax.train --config=configs/video.py:demo)")
   c, graphdef, params, step = load(workdir, raw_params)
   if c.task != "video":
     raise records.DataError(f"--video_workdir={workdir} holds a {c.task} model, not a video model (configs/video.py)")
-  if tuple(c.data.resolution) != tuple(keyframe_config_.data.resolution):
+  if resolution is not None and tuple(c.data.resolution) != tuple(resolution):
     raise records.DataError(f"the video model makes {tuple(c.data.resolution)} frames, the keyframe model "
-                            f"{tuple(keyframe_config_.data.resolution)} keyframes")
+                            f"{tuple(resolution)} keyframes")
+  with c.unlocked():
+    c.sample.update(overrides or {})
   sampler = shot_sampling.ShotSampler(c, graphdef)
   info = {"video_checkpoint_step": step, "video_num_steps": c.sample.num_steps, "video_guidance": c.sample.guidance}
-  return (lambda kf, captions, seed: sampler.shots(params, kf, captions, seed=seed)), info
+  return (lambda kf, captions, seed: sampler.shots(params, kf, captions, seed=seed)), info, c
 
 
 def retrieval_clip(c, workdir: str) -> toy_clip.ToyClip | None:
@@ -164,7 +167,7 @@ def main(argv, f: dict):
   shots_fn, video = None, None
   if v["video_workdir"]:
     try:
-      shots_fn, info_video = video_stage(v["video_workdir"], c, v["raw_params"])
+      shots_fn, info_video, _ = video_stage(v["video_workdir"], c.data.resolution, v["raw_params"])
     except (records.DataError, ValueError) as e:
       sys.exit(f"error: {e}")
     video = {"fps": v["fps"], "scale": v["video_scale"]}

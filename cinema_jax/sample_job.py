@@ -28,6 +28,7 @@ from PIL import Image
 
 from cinema_jax import movie
 from cinema_jax import sampling
+from cinema_jax import storyboard
 
 SUMMARY = "job_summary.json"
 
@@ -101,11 +102,12 @@ def _save_movie(folder: str, title: str, shots, captions: list[str], keyframes: 
   for name, clip in zip(names, shots):
     movie.write_mp4(os.path.join(folder, name), clip, fps, scale)
   movie.write_mp4(os.path.join(folder, "movie.mp4"), np.concatenate(list(shots)), fps, scale)
+  storyboard.filmstrip(shots, captions, title=title).save(os.path.join(folder, "filmstrip.png"))
   movie.html_page(os.path.join(folder, "movie.html"), title=title,
                   storyboard_png=os.path.join(folder, "storyboard.png"), movie_mp4=os.path.join(folder, "movie.mp4"),
                   shots=[{"caption": cap, "keyframe_png": os.path.join(folder, kf), "mp4": os.path.join(folder, name)}
                          for cap, kf, name in zip(captions, keyframes, names)])
-  return {"shots": names, "movie": "movie.mp4", "html": "movie.html", "fps": fps,
+  return {"shots": names, "movie": "movie.mp4", "html": "movie.html", "filmstrip": "filmstrip.png", "fps": fps,
           "frames_per_shot": int(shots.shape[1])}
 
 

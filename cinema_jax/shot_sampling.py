@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cinema_jax import objective
 from cinema_jax import sampling
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
@@ -47,8 +46,7 @@ class ShotSampler:
     """Clip pixels [1, K, F-1, H, W, 3] of one window; keys_K: one PRNG key per shot."""
     c, v = self.c, self.c.model.video
     model = nnx.merge(self.graphdef, params)
-    states, mask, pooled = model.encode_text({"text_tokens": tokens_BKL, "text_mask": mask_BKL})
-    text = video.pair_text(c, states, mask, pooled)
+    text = model.encode_text({"text_tokens": tokens_BKL, "text_mask": mask_BKL})
     kf = video.keyframe_tokens(c, kf_BKHWC)
     k = kf.shape[1]
     gh, gw = keyframe.full_grid(c)
@@ -66,15 +64,14 @@ class ShotSampler:
     times = jnp.asarray(sampling.schedule(c.sample.num_steps, n_clip, c.objective.shift))
     distilled = c.model.guidance_embed  # the scale goes into guidance_in: one conditional pass
     if not distilled:  # CFG: the conditional and the caption-free window in one batch of 2
-      empty = video.pair_text(c, jnp.zeros_like(states), jnp.zeros_like(mask), jnp.zeros_like(pooled))
-      text = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), text, empty)
+      text = jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros_like(a)]), text)
       kf, t_kf = jnp.concatenate([kf, kf]), jnp.concatenate([t_kf, t_kf])
-    g = jnp.full((1, 2 * k), guidance, jnp.float32) if distilled else None
+    g = jnp.full((1, k), guidance, jnp.float32) if distilled else None
 
     def body(i, x):
       xx = x if distilled else jnp.concatenate([x, x])
-      t = jnp.concatenate([t_kf, jnp.full((xx.shape[0], k), times[i])], axis=1)
-      vel = objective.velocity(video.apply(c, model, kf, xx, t, text, g), (kf, xx), t, c.objective.prediction)[1]
+      t = jnp.full((xx.shape[0], k), times[i])
+      vel = video.velocity(c, model, kf, xx, t, t_kf, text, g)
       if not distilled:
         vel = vel[1:] + guidance * (vel[:1] - vel[1:])
       return x + (times[i + 1] - times[i]) * vel

@@ -35,3 +35,23 @@ def sheet(frames_NHWC: np.ndarray, captions: list[str], *, columns: int = 4, sca
     for j, line in enumerate(wrapped[i]):
       draw.text((x, y + h * scale + 3 + 12 * j), line, fill=(20, 20, 20), font=font)
   return img
+
+
+def filmstrip(shots_KFHWC: np.ndarray, captions: list[str], *, scale: int = 3, title: str = "") -> Image.Image:
+  """Shot videos (uint8 [K, F, H, W, 3]) as one picture: a row of frames per shot under its caption."""
+  shots = np.asarray(shots_KFHWC)
+  k, f, h, w, _ = shots.shape
+  font = ImageFont.load_default()
+  pad, line, top = 6, 14, 18 if title else 0
+  row_h = line + h * scale
+  img = Image.new("RGB", (pad + f * (w * scale + 2), top + k * (row_h + pad) + pad), (255, 255, 255))
+  draw = ImageDraw.Draw(img)
+  if title:
+    draw.text((pad, 3), title, fill=(0, 0, 0), font=font)
+  for i in range(k):
+    y = top + pad + i * (row_h + pad)
+    draw.text((pad, y), f"{i}. {captions[i]}"[: f * w * scale // 6], fill=(20, 20, 20), font=font)
+    for j in range(f):
+      img.paste(Image.fromarray(shots[i, j]).resize((w * scale, h * scale), Image.NEAREST),
+                (pad + j * (w * scale + 2), y + line))
+  return img

@@ -29,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   v.num_frames = 17  # per shot, the keyframe first
   v.patch_t = 4  # frames per token along time (must divide num_frames - 1)
   v.shot_gap = 4  # empty RoPE time positions between shots
+  v.keyframes = "in_shot"  # each keyframe leads its shot's tokens | "pairs": its own clean pair (LCT)
+  v.from_keyframe = False  # x-prediction only: predict each clip frame as a change from its keyframe
   v.shot_attention = "full"  # single-stream blocks: "full" (every shot sees every shot) | "causal"
   v.captions = "shot"  # each shot's pairs read its caption | "global": every shot's captions, in order
   c.data.load_frames = True
@@ -45,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.optimizer.update(lr=1e-4, warmup_steps=1000, b1=0.9, b2=0.95)
   elif variant == "demo":
-    v.update(num_frames=9, patch_t=2, shot_gap=2)
+    v.update(num_frames=9, patch_t=2, shot_gap=2, from_keyframe=True)  # the demo predicts x (keyframe.py)
     c.data.toy.num_frames = 9
     c.data.num_pairs = 4
     c.batch_size = 4

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command setup and run on a machine with Python >= 3.11 and access to the package index.
 #
-#   bash launch/quickstart.sh demo   # build the toy-movie world, train the demo model, sample storyboards
+#   bash launch/quickstart.sh demo   # build the toy-movie world, train the demo keyframe and video models,
+#                                    # sample movies (keyframes, shot videos, MP4s, an HTML page each)
 #   bash launch/quickstart.sh test   # the whole test suite (installs the PyTorch references and curation too)
 #
 # Creates .venv beside the checkout on first use (PYTHON=... picks the interpreter, VENV=... the
@@ -30,10 +31,15 @@ case "${1:-}" in
     shift
     install dev
     workdir=${WORKDIR:-runs/demo}
+    video_workdir=${VIDEO_WORKDIR:-runs/demo_video}
+    # extra args (e.g. --config.total_steps=300) go to both trainings
     "$VENV/bin/python" -m cinema_jax.train --config=configs/keyframe.py:demo --workdir="$workdir" "$@"
-    "$VENV/bin/python" -m cinema_jax.sample --workdir="$workdir" --storylines=toy --outdir="$workdir/storyboards"
-    echo "storyboards of the held-out toy storylines: $workdir/storyboards/*/storyboard.png"
-    echo "training curves (TensorBoard event files): $workdir/tensorboard"
+    "$VENV/bin/python" -m cinema_jax.train --config=configs/video.py:demo --workdir="$video_workdir" "$@"
+    "$VENV/bin/python" -m cinema_jax.sample --workdir="$workdir" --video_workdir="$video_workdir" --storylines=toy \
+        --outdir="$workdir/movies"
+    echo "movies of the held-out toy storylines: $workdir/movies/*/movie.html (storyboard, captions, playable shots),"
+    echo "  movie.mp4, shot_*.mp4, storyboard.png, filmstrip.png"
+    echo "training curves (TensorBoard event files): $workdir/tensorboard, $video_workdir/tensorboard"
     ;;
   test)
     shift

@@ -56,6 +56,8 @@ def test_paper_variant_is_about_3b_parameters_and_compiles_abstractly():
   n = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
   assert 2.9e9 < n < 3.2e9, n
   assert model.dit.img_in.kernel.shape == (16 * 4 * 2 * 2, 2048)  # 4 frames x 2 x 2 latent patches
+  assert video.pair_image_tokens(c) == [5 * 21 * 42] * 8  # each shot: its keyframe, then 4 token frames
+  c.model.video.keyframes = "pairs"
   assert video.pair_image_tokens(c) == [21 * 42] * 8 + [4 * 21 * 42] * 8
 
 
@@ -104,16 +106,16 @@ def test_keyframes_enter_clean_and_each_shot_gets_its_own_time(toy_train, monkey
   seen = {}
   real = video.apply
 
-  def spy(c_, model, kf, clips, t, *args, **kw):
-    seen.update(kf=kf, clips=clips, t=t)
-    return real(c_, model, kf, clips, t, *args, **kw)
+  def spy(c_, model, kf, clips, t, t_kf, *args, **kw):
+    seen.update(kf=kf, clips=clips, t=t, t_kf=t_kf)
+    return real(c_, model, kf, clips, t, t_kf, *args, **kw)
 
   monkeypatch.setattr(video, "apply", spy)
   loss, _ = video.loss(c, keyframe.build(c), batch, jax.random.key(0))
   kf_clean, clips_clean = video.shot_tokens(c, batch)
   np.testing.assert_array_equal(seen["kf"], kf_clean)  # t = 0: the keyframes exactly, no noise
   t = np.asarray(seen["t"])
-  assert t.shape == (2, 4) and not t[:, :2].any() and (t[:, 2:] > 0).all() and len(set(t[:, 2:].ravel())) == 4
+  assert t.shape == (2, 2) and (t > 0).all() and len(set(t.ravel())) == 4 and not np.asarray(seen["t_kf"]).any()
   assert np.abs(np.asarray(seen["clips"]) - clips_clean).mean() > 0.1  # the clips are noised
   assert np.isfinite(float(loss))
 
@@ -134,11 +136,12 @@ def _keyframes(k):
   return np.random.RandomState(0).randint(0, 256, (k, 16, 32, 3)).astype(np.uint8)
 
 
-@pytest.mark.parametrize("attention", ["full", "causal"])
-def test_keyframes_come_out_unchanged_and_one_shots_noise_changes_no_other_keyframe(random_video_model, attention):
+@pytest.mark.parametrize("keyframes,attention", [("in_shot", "full"), ("in_shot", "causal"), ("pairs", "full")])
+def test_keyframes_come_out_unchanged_and_one_shots_noise_changes_no_other_keyframe(random_video_model, keyframes,
+                                                                                      attention):
   c, graphdef, params = random_video_model
   c = c.copy_and_resolve_references()
-  c.model.video.shot_attention = attention
+  c.model.video.update(keyframes=keyframes, shot_attention=attention)
   sampler = shot_sampling.ShotSampler(c, graphdef)
   kf, caps = _keyframes(2), ["a red circle walks left in the forest", "a blue square jumps"]
   a = sampler.shots(params, kf, caps, shot_seeds=[1, 2])
@@ -193,3 +196,20 @@ def test_whole_movie_mp4s_have_exact_frames_and_rate_and_open_on_their_keyframes
 @pytest.mark.skipif(movie.find_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_whole_movie_page_plays_every_video_in_headless_chromium(whole_movie):
   assert movie.render_html_status(str(whole_movie / "movie.html"), movie.find_chromium()) == "loaded 4/4"
+
+
+def test_an_untrained_from_keyframe_model_holds_each_keyframe_still():
+  """model.video.from_keyframe: the zero-initialised final layer predicts 'no change from the keyframe'."""
+  c = video_config.get_config("tiny")
+  c.model.video.from_keyframe = True
+  c.objective.prediction = "x"
+  c.sample.num_steps = 3
+  trainer.validate(c)
+  model = keyframe.build(c)
+  sampler = shot_sampling.ShotSampler(c, nnx.graphdef(model))
+  kf = _keyframes(2)
+  out = sampler.shots(nnx.to_pure_dict(nnx.state(model)), kf, ["a", "b"], seed=3)
+  np.testing.assert_allclose(out, np.broadcast_to(kf[:, None], out.shape), atol=1)
+  c.objective.prediction = "v"
+  with pytest.raises(pipeline.ConfigError, match="needs config.objective.prediction='x'"):
+    trainer.validate(c)

@@ -3,16 +3,20 @@
 Given every shot's keyframe (its first frame) and caption, it generates frames 1..F-1 of all K shots
 at once (the paper's bottom-up stage; LCT's multi-shot layout). The network is the keyframe model
 itself (keyframe.KeyframeModel: the same text encoder, blocks and parameter tree, so a keyframe or
-FLUX checkpoint initialises it); only the token layout and the RoPE ids differ. The sequence is two
-of the MM-DiT's pair groups:
+FLUX checkpoint initialises it); only the token layout and the RoPE ids differ. Each shot is a pair
+of the MM-DiT, modulated by its own timestep; where its keyframe goes is model.video.keyframes:
 
-  group 0  K keyframe pairs  [caption k; keyframe k]            clean conditions (t ~ U[objective.context_t], ~0)
-  group 1  K clip pairs      [caption k; frames 1..F-1 of shot k] each shot its own t; these carry the loss
+  in_shot  (default) one pair per shot, [caption; keyframe tokens; clip tokens]: the clean keyframe
+           leads its shot's sequence (as FLUX.1 Kontext appends its clean condition image), so the
+           double-stream blocks already see it; it shares the shot's adaLN timestep
+  pairs    LCT's layout: two pair groups, K keyframe pairs [caption; keyframe] at their own t (~0)
+           and K clip pairs [caption; clip] at the shots' t; only single-stream blocks connect them
 
-so every shot is modulated by its own timestep (per-pair adaLN), double-stream blocks see one shot's
-keyframe or clip with its caption, and single-stream blocks see all 2K pairs: bidirectionally
-(model.video.shot_attention="full", LCT's scene-level attention) or block-causally ("causal": shot k's
-clip sees every keyframe and the clips of shots <= k, so shots can be extended one at a time).
+Keyframes are clean, or lightly noised to t ~ U[objective.context_t] (0 by default), and carry no
+loss. Single-stream blocks see every shot: bidirectionally (model.video.shot_attention="full", LCT's
+scene-level attention) or block-causally ("causal": shot k sees shots <= k, and with "pairs" every
+keyframe), so shots can be extended one at a time. Captions are each shot's own, or every shot's
+captions in order (captions="global", a tiled scene caption).
 
 3D patches: patch_t frames x patch x patch pixels (or latents), channels ordered (c, t, ph, pw): with
 patch_t = 1 a token is exactly a keyframe token, so FLUX's img_in loads unchanged. A keyframe enters as
@@ -34,6 +38,7 @@ from cinema_jax import objective
 from cinema_jax.models import keyframe
 
 SHOT_ATTENTION = ("full", "causal")
+KEYFRAMES = ("in_shot", "pairs")
 CAPTIONS = ("shot", "global")
 
 
@@ -90,10 +95,12 @@ def position_ids(num_shots: int, token_frames_: int, grid: tuple[int, int], num_
 
 
 def pair_image_tokens(c: ml_collections.ConfigDict) -> list[int]:
-  """Image tokens of each of the 2K pairs (keyframes, then clips)."""
+  """Image tokens of each pair the MM-DiT sees (in_shot: K shots; pairs: K keyframes, then K clips)."""
   gh, gw = keyframe.full_grid(c)
-  k = c.data.num_pairs
-  return [gh * gw] * k + [token_frames(c) * gh * gw] * k
+  k, clip = c.data.num_pairs, token_frames(c) * gh * gw
+  if c.model.video.keyframes == "in_shot":
+    return [gh * gw + clip] * k
+  return [gh * gw] * k + [clip] * k
 
 
 def shot_tokens(c: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -118,42 +125,72 @@ def keyframe_tokens(c: ml_collections.ConfigDict, keyframes_BKHWC: jax.Array) ->
   return patchify(x, pt, c.model.patch)
 
 
-def pair_text(c: ml_collections.ConfigDict, states_BKLE, mask_BKL, pooled_BKV):
-  """Per-pair text of the 2K pairs: each shot's caption (model.video.captions="shot"), or every shot's
-  captions in order ("global", the tiled scene caption), in both of the shot's pairs. The pooled vector
-  (the adaLN input) stays the shot's own."""
+def _shot_text(c: ml_collections.ConfigDict, states_BKLE, mask_BKL):
+  """Each shot's caption (model.video.captions="shot"), or every shot's captions in order ("global",
+  the tiled scene caption)."""
   if c.model.video.captions == "global":
     b, k, l, e = states_BKLE.shape
     states_BKLE = jnp.broadcast_to(states_BKLE.reshape(b, 1, k * l, e), (b, k, k * l, e))
     mask_BKL = jnp.broadcast_to(mask_BKL.reshape(b, 1, k * l), (b, k, k * l))
-  twice = lambda x: jnp.concatenate([x, x], axis=1)
-  return twice(states_BKLE), twice(mask_BKL), twice(pooled_BKV)
+  return states_BKLE, mask_BKL
 
 
-def apply(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, kf_BKNC, clip_BKNC, t_B2K, text,
-          guidance_B2K=None, first_shot: int = 0):
-  """Network outputs (keyframe pairs', clip pairs') for keyframe and (noisy) clip tokens; t [B, 2K]
-  (keyframes first); text = pair_text(...). The raw output: objective.velocity turns it into a velocity."""
+def apply(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, kf_BKNC, clip_BKNC, t_BK, t_kf_BK, text,
+          guidance_BK=None) -> jax.Array:
+  """The network's output [B, K, F'*h*w, C'] for each shot's clip tokens (noisy, at t), given the
+  keyframe tokens (clean, or lightly noised to t_kf) and text = (states, mask, pooled) per shot. The raw
+  output: objective.velocity turns it into a velocity. The pooled vector (the adaLN input) stays each
+  shot's own with either caption mode."""
   states, mask, pooled = text
-  b, k = kf_BKNC.shape[:2]
+  states, mask = _shot_text(c, states, mask)
+  b, k, n_kf = kf_BKNC.shape[:3]
   kf_ids, clip_ids, txt_ids = position_ids(k, token_frames(c), keyframe.full_grid(c), states.shape[2],
-                                           c.model.video.shot_gap, first_shot)
+                                           c.model.video.shot_gap)
   bcast = lambda ids: jnp.broadcast_to(jnp.asarray(ids), (b, *ids.shape))
-  return model.dit((kf_BKNC, clip_BKNC), (bcast(kf_ids), bcast(clip_ids)), states, bcast(txt_ids), mask, t_B2K,
-                   pooled, guidance_B2K, causal=c.model.video.shot_attention == "causal")
+  causal = c.model.video.shot_attention == "causal"
+  if c.model.video.keyframes == "in_shot":  # one pair per shot: [caption; keyframe; clip], the shot's t
+    img = jnp.concatenate([kf_BKNC, clip_BKNC], axis=2)
+    ids = bcast(np.concatenate([kf_ids, clip_ids], axis=1))
+    out = model.dit(img, ids, states, bcast(txt_ids[:k]), mask, t_BK, pooled, guidance_BK, causal=causal)
+    return out[:, :, n_kf:]
+  twice = lambda x: jnp.concatenate([x, x], axis=1)  # keyframe pairs (at t_kf), then clip pairs
+  g = None if guidance_BK is None else twice(guidance_BK)
+  _, out = model.dit((kf_BKNC, clip_BKNC), (bcast(kf_ids), bcast(clip_ids)), twice(states), bcast(txt_ids),
+                     twice(mask), jnp.concatenate([t_kf_BK, t_BK], axis=1), twice(pooled), g, causal=causal)
+  return out
+
+
+def velocity(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, kf_BKNC, clip_BKNC, t_BK, t_kf_BK, text,
+             guidance_BK=None) -> jax.Array:
+  """The flow velocity of the clip tokens (apply's output turned into one by config.objective.prediction).
+
+  model.video.from_keyframe (x-prediction): the network predicts each clip token's change from its
+  shot's keyframe token at the same (row, col), so an untrained network already holds the keyframe
+  still (the final layer starts at zero) and training learns only the motion."""
+  out = apply(c, model, kf_BKNC, clip_BKNC, t_BK, t_kf_BK, text, guidance_BK)
+  if c.model.video.from_keyframe:
+    out = out + jnp.tile(kf_BKNC, (1, 1, clip_BKNC.shape[2] // kf_BKNC.shape[2], 1))
+  return objective.velocity(out, clip_BKNC, t_BK, c.objective.prediction)
 
 
 def loss(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, batch: dict, key: jax.Array):
-  """Flow-matching loss on the clips of K shots, their keyframes clean conditions (objective.flow_loss
-  with loss_pairs='newest_group': the clip group carries the loss, the keyframes get t ~ context_t)."""
+  """Flow matching on the clips of K shots, each shot its own t; the keyframes are conditions at
+  t ~ U[objective.context_t] (0: clean) and carry no loss."""
   o = c.objective
-  k_drop, k_flow = jax.random.split(key)
-  text = pair_text(c, *objective.drop_captions(k_drop, *model.encode_text(batch), o.caption_dropout))
+  k_drop, k_t, k_eps, k_kf_t, k_kf_eps = jax.random.split(key, 5)
+  text = objective.drop_captions(k_drop, *model.encode_text(batch), o.caption_dropout)
   kf, clips = shot_tokens(c, batch)
   b, k = kf.shape[:2]
-  guidance = jnp.full((b, 2 * k), o.guidance, jnp.float32) if c.model.guidance_embed else None
-  run = lambda x_t, t: objective.velocity(apply(c, model, *x_t, t, text, guidance), x_t, t, o.prediction)
-  return objective.flow_loss(run, (kf, clips), k_flow, o, num_image_tokens=clips.shape[2])
+  t = objective.sample_t(k_t, (b, k), o, clips.shape[2])
+  t_kf = jax.random.uniform(k_kf_t, (b, k), minval=o.context_t[0], maxval=o.context_t[1])
+  eps = jax.random.normal(k_eps, clips.shape, clips.dtype)
+  x_t = (1 - t[..., None, None]) * clips + t[..., None, None] * eps
+  kf_t = (1 - t_kf[..., None, None]) * kf + t_kf[..., None, None] * jax.random.normal(k_kf_eps, kf.shape, kf.dtype)
+  guidance = jnp.full((b, k), o.guidance, jnp.float32) if c.model.guidance_embed else None
+  v = velocity(c, model, kf_t, x_t, t, t_kf, text, guidance)
+  err = jnp.mean(jnp.square(v.astype(jnp.float32) - (eps - clips)), axis=(2, 3))  # [B, K]
+  loss_ = jnp.mean(err)
+  return loss_, {"loss": loss_, "t_mean": jnp.mean(t)}
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -161,6 +198,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   v = c.model.video
   if v.shot_attention not in SHOT_ATTENTION:
     raise ValueError(f"config.model.video.shot_attention={v.shot_attention!r}: expected one of {SHOT_ATTENTION}")
+  if v.keyframes not in KEYFRAMES:
+    raise ValueError(f"config.model.video.keyframes={v.keyframes!r}: expected one of {KEYFRAMES}")
+  if v.from_keyframe and c.objective.prediction != "x":
+    raise ValueError("config.model.video.from_keyframe=True predicts the clip as a change from its keyframe: it "
+                     f"needs config.objective.prediction='x', not {c.objective.prediction!r}")
   if v.captions not in CAPTIONS:
     raise ValueError(f"config.model.video.captions={v.captions!r}: expected one of {CAPTIONS}")
   if not (isinstance(v.num_frames, int) and v.num_frames >= 2):
