@@ -243,11 +243,16 @@ def main(argv, f: dict) -> None:
   except (records.DataError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   rows.append(reference)
-  os.makedirs(v["out"], exist_ok=True)
-  with open(os.path.join(v["out"], "report.json"), "w") as fp:
-    json.dump({"storylines": storylines, "workdir": v["workdir"], "rows": rows}, fp, indent=1)
-  table = markdown(rows, f"Toy-cinema benchmark: {os.path.basename(storylines)}")
-  with open(os.path.join(v["out"], "report.md"), "w") as fp:
+  write_report(v["out"], {"storylines": storylines, "workdir": v["workdir"], "rows": rows},
+               markdown(rows, f"Toy-cinema benchmark: {os.path.basename(storylines)}"))
+
+
+def write_report(out: str, report: dict, table: str) -> None:
+  """out/report.json and out/report.md; prints the table."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "report.json"), "w") as fp:
+    json.dump(report, fp, indent=1)
+  with open(os.path.join(out, "report.md"), "w") as fp:
     fp.write(table)
   print(table)
 

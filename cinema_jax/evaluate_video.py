@@ -17,7 +17,6 @@ per shot (--storylines=toy: the video model's own toy world). Writes report.json
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -71,7 +70,7 @@ def markdown(rows: list[dict], title: str) -> str:
   head = "| setting | shots | " + " | ".join(t for _, t, _ in _TABLE) + " |"
   lines = [f"### {title}", "", head, "|" + "---|" * (len(_TABLE) + 2)]
   for r in rows:
-    cells = [("-" if r.get(k) is None or r[k] != r[k] else fmt.format(r[k])) for k, _, fmt in _TABLE]
+    cells = ["-" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in _TABLE]
     lines.append(f"| {r['setting']} | {r['shots']} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -126,15 +125,11 @@ def main(argv, f: dict) -> None:
     if shots:
       table.append({"setting": setting, "shots": len(shots), **score(shots)})
   table[0]["seconds_per_shot"] = seconds / count
-  os.makedirs(v["out"], exist_ok=True)
-  with open(os.path.join(v["out"], "report.json"), "w") as fp:
-    json.dump({"storylines": storylines, "video_workdir": v["video_workdir"], "workdir": v["workdir"],
-               "rows": table}, fp, indent=1)
-  md = markdown(table, f"Toy-cinema shot videos: {os.path.basename(storylines)}")
-  with open(os.path.join(v["out"], "report.md"), "w") as fp:
-    fp.write(md)
-  print(md)
-
+  for row in table:  # JSON has no NaN: a metric no shot rates is null
+    row.update({k: None if isinstance(x, float) and x != x else x for k, x in row.items()}, shots=int(row["shots"]))
+  evaluate.write_report(v["out"], {"storylines": storylines, "video_workdir": v["video_workdir"],
+                                  "workdir": v["workdir"], "rows": table},
+                        markdown(table, f"Toy-cinema shot videos: {os.path.basename(storylines)}"))
 
 if __name__ == "__main__":
   _flags = _define_flags()

@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.num_pairs = 4
     c.batch_size = 4
     c.total_steps = 1500
-    c.sample.max_shots = 8
+    c.sample.update(max_shots=8, guidance=1.0)  # CFG 2 over-saturated the demo's clips (docs/design_notes.md)
   elif variant == "tiny":
     v.update(num_frames=3, patch_t=2, shot_gap=1)
     c.data.toy.num_frames = 3

@@ -61,6 +61,15 @@ def test_paper_variant_is_about_3b_parameters_and_compiles_abstractly():
   assert video.pair_image_tokens(c) == [21 * 42] * 8 + [4 * 21 * 42] * 8
 
 
+@pytest.mark.parametrize("variant", ["demo", "tiny", "paper"])
+def test_video_variants_validate(variant):
+  c = video_config.get_config(variant)
+  trainer.validate(c, reads_data=variant != "paper")
+  if variant == "paper":  # its per-frame latents are not in the records yet: compile-only
+    with pytest.raises(pipeline.ConfigError, match="record schema 1 does not store"):
+      trainer.validate(c)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("model.video.patch_t", 3, "must divide the 2 generated frames"),
     ("model.video.shot_attention", "sparse", "shot_attention='sparse'"),
@@ -176,10 +185,11 @@ def whole_movie(tiny_run, tmp_path_factory):
                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
   assert res.returncode == 0, res.stderr[-3000:]
   first = sorted(d for d in os.listdir(out) if not d.startswith(".") and os.path.isdir(out / d))[0]
-  return out / first
+  return out / first, video_run
 
 
 def test_whole_movie_mp4s_have_exact_frames_and_rate_and_open_on_their_keyframes(whole_movie):
+  whole_movie, _ = whole_movie
   m = json.loads((whole_movie / "manifest.json").read_text())
   assert m["shots"] == ["shot_000.mp4", "shot_001.mp4", "shot_002.mp4"] and m["frames_per_shot"] == 3
   keyframes = [np.asarray(Image.open(whole_movie / png)).astype(int) for png in m["keyframes"]]
@@ -195,6 +205,7 @@ def test_whole_movie_mp4s_have_exact_frames_and_rate_and_open_on_their_keyframes
 
 @pytest.mark.skipif(movie.find_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_whole_movie_page_plays_every_video_in_headless_chromium(whole_movie):
+  whole_movie, _ = whole_movie
   assert movie.render_html_status(str(whole_movie / "movie.html"), movie.find_chromium()) == "loaded 4/4"
 
 
@@ -213,3 +224,19 @@ def test_an_untrained_from_keyframe_model_holds_each_keyframe_still():
   c.objective.prediction = "v"
   with pytest.raises(pipeline.ConfigError, match="needs config.objective.prediction='x'"):
     trainer.validate(c)
+
+
+def test_video_benchmark_scores_the_model_against_holding_still_and_the_real_shots(whole_movie, tmp_path):
+  _, video_run = whole_movie
+  res = subprocess.run([sys.executable, "-m", "cinema_jax.evaluate_video", f"--video_workdir={video_run}",
+                        f"--out={tmp_path}", "--max_storylines=1", "--max_shots=2", "--num_steps=2"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+  assert res.returncode == 0, res.stderr[-3000:]
+  rows = {r["setting"]: r for r in json.loads((tmp_path / "report.json").read_text())["rows"]}
+  assert list(rows) == ["video model, real keyframes", "hold the keyframe still", "real shots (reference)"]
+  assert all(r["shots"] == 2 for r in rows.values())
+  still = rows["hold the keyframe still"]
+  assert still["flicker"] == 0 and still["location_adherence"] == 1 and still["motion_match"] in (0, None)
+  assert still["motion_energy"] in (0, None) and rows["real shots (reference)"]["motion_energy"] in (1, None)
+  assert "| video model, real keyframes | 2 |" in (tmp_path / "report.md").read_text()

@@ -58,19 +58,9 @@ def unpatchify(x_BKNC: jax.Array, pt: int, p: int, f: int, h: int, w: int) -> ja
   return x.reshape(b, k, f, h, w, c)
 
 
-def clip_frames(c: ml_collections.ConfigDict) -> int:
-  """Frames the model generates per shot (all but the keyframe)."""
-  return c.model.video.num_frames - 1
-
-
 def token_frames(c: ml_collections.ConfigDict) -> int:
-  """F': the clip's frames in tokens along time."""
-  return clip_frames(c) // c.model.video.patch_t
-
-
-def shot_stride(c: ml_collections.ConfigDict) -> int:
-  """RoPE time positions per shot: the keyframe slot, the clip's token frames and the gap."""
-  return 1 + token_frames(c) + c.model.video.shot_gap
+  """F': the clip's frames (all but the keyframe) in tokens along time."""
+  return (c.model.video.num_frames - 1) // c.model.video.patch_t
 
 
 def position_ids(num_shots: int, token_frames_: int, grid: tuple[int, int], num_text: int, gap: int,
@@ -220,6 +210,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
                      "at full resolution ('none')")
   if not c.data.load_frames:
     raise ValueError("config.data.load_frames=False: the video model trains on each shot's frames")
-  if c.data.path == "" and c.data.toy.num_frames != v.num_frames:
+  if c.data.path == "" and c.model.vae_downsample == 1 and c.data.toy.num_frames != v.num_frames:
     raise ValueError(f"config.data.toy.num_frames={c.data.toy.num_frames} but config.model.video.num_frames="
                      f"{v.num_frames}: the toy world must render the model's frames per shot")
