@@ -20,6 +20,7 @@ from cinema_jax.models import keyframe
 from cinema_jax.models import video
 from configs import video as video_config
 from data_pipelines import pipeline
+from data_pipelines import tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,8 +110,10 @@ def test_video_sharded_step_equals_the_unsharded_step(toy_train):
   assert one_losses[2] != one_losses[1] != one_losses[0]
 
 
-def test_keyframes_enter_clean_and_each_shot_gets_its_own_time(toy_train, monkeypatch):
+@pytest.mark.parametrize("keyframes", ["in_shot", "pairs"])
+def test_keyframes_enter_clean_and_each_shot_gets_its_own_time(toy_train, monkeypatch, keyframes):
   c = _tiny_video(batch_size=2)
+  c.model.video.keyframes = keyframes
   batch = next(pipeline.make_pipeline(c.data, toy_train, batch_size=2).iterator())
   seen = {}
   real = video.apply
@@ -162,6 +165,25 @@ def test_keyframes_come_out_unchanged_and_one_shots_noise_changes_no_other_keyfr
   if attention == "causal":  # shot 0 sees only the keyframes and itself: entirely unchanged
     np.testing.assert_array_equal(a[0], b[0])
   np.testing.assert_array_equal(a, sampler.shots(params, kf, caps, shot_seeds=[1, 2]))  # reproducible
+
+
+@pytest.mark.parametrize("captions", ["shot", "global"])
+def test_global_captions_let_every_shot_read_every_caption(random_video_model, captions):
+  """Under causal shot attention shot 0 cannot see shot 1, except through the tiled global caption."""
+  c, graphdef, params = random_video_model
+  c = c.copy_and_resolve_references()
+  c.model.video.update(shot_attention="causal", captions=captions)
+  model = nnx.merge(graphdef, params)
+  kf, clips = (jax.random.normal(jax.random.key(i), (1, 2, n, 96)) for i, n in ((0, 32), (1, 32)))  # 4x8 tokens
+
+  def shot0(second_caption):
+    tokens, masks = zip(*(tokenizer.encode(cap, c.data.text_len)[:2] for cap in ("a red circle", second_caption)))
+    text = model.encode_text({"text_tokens": jnp.asarray(np.stack(tokens))[None],
+                              "text_mask": jnp.asarray(np.stack(masks))[None]})
+    return np.asarray(video.velocity(c, model, kf, clips, jnp.full((1, 2), 0.5), jnp.zeros((1, 2)), text))[0, 0]
+
+  changed = np.abs(shot0("a blue square jumps") - shot0("a green star leaves")).max()
+  assert (changed > 1e-3) == (captions == "global"), changed
 
 
 def test_shot_sampler_checks_its_keyframes(random_video_model):
@@ -226,15 +248,17 @@ def test_an_untrained_from_keyframe_model_holds_each_keyframe_still():
     trainer.validate(c)
 
 
-def test_video_benchmark_scores_the_model_against_holding_still_and_the_real_shots(whole_movie, tmp_path):
+def test_video_benchmark_scores_the_model_against_holding_still_and_the_real_shots(whole_movie, tiny_run, tmp_path):
   _, video_run = whole_movie
   res = subprocess.run([sys.executable, "-m", "cinema_jax.evaluate_video", f"--video_workdir={video_run}",
-                        f"--out={tmp_path}", "--max_storylines=1", "--max_shots=2", "--num_steps=2"],
+                        f"--workdir={tiny_run}", f"--out={tmp_path}", "--max_storylines=1", "--max_shots=2",
+                        "--num_steps=2"],
                        cwd=REPO, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
   assert res.returncode == 0, res.stderr[-3000:]
   rows = {r["setting"]: r for r in json.loads((tmp_path / "report.json").read_text())["rows"]}
-  assert list(rows) == ["video model, real keyframes", "hold the keyframe still", "real shots (reference)"]
+  assert list(rows) == ["video model, real keyframes", "video model, generated keyframes", "hold the keyframe still",
+                        "real shots (reference)"]
   assert all(r["shots"] == 2 for r in rows.values())
   still = rows["hold the keyframe still"]
   assert still["flicker"] == 0 and still["location_adherence"] == 1 and still["motion_match"] in (0, None)
