@@ -44,7 +44,8 @@ case "${1:-}" in
   test)
     shift
     install dev,torch,curate
-    exec "$VENV/bin/python" -m pytest -n 2 "$@" tests
+    # loadgroup: tests marked xdist_group("x") share one worker (and its expensive module fixture)
+    exec "$VENV/bin/python" -m pytest -n 2 --dist loadgroup "$@" tests
     ;;
   *)
     echo "usage: bash launch/quickstart.sh demo|test [extra args]" >&2

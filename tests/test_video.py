@@ -210,6 +210,7 @@ def whole_movie(tiny_run, tmp_path_factory):
   return out / first, video_run
 
 
+@pytest.mark.xdist_group(name="whole_movie")  # one worker builds the fixture
 def test_whole_movie_mp4s_have_exact_frames_and_rate_and_open_on_their_keyframes(whole_movie):
   whole_movie, _ = whole_movie
   m = json.loads((whole_movie / "manifest.json").read_text())
@@ -225,6 +226,7 @@ def test_whole_movie_mp4s_have_exact_frames_and_rate_and_open_on_their_keyframes
   assert html.count("<video") == 4 and all(cap in html for cap in m["captions"][:1])
 
 
+@pytest.mark.xdist_group(name="whole_movie")  # one worker builds the fixture
 @pytest.mark.skipif(movie.find_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_whole_movie_page_plays_every_video_in_headless_chromium(whole_movie):
   whole_movie, _ = whole_movie
@@ -248,6 +250,7 @@ def test_an_untrained_from_keyframe_model_holds_each_keyframe_still():
     trainer.validate(c)
 
 
+@pytest.mark.xdist_group(name="whole_movie")  # one worker builds the fixture
 def test_video_benchmark_scores_the_model_against_holding_still_and_the_real_shots(whole_movie, tiny_run, tmp_path):
   _, video_run = whole_movie
   res = subprocess.run([sys.executable, "-m", "cinema_jax.evaluate_video", f"--video_workdir={video_run}",
