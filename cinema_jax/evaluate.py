@@ -125,12 +125,15 @@ def score(samples: list[tuple[dict, np.ndarray]], truth: dict[str, dict]) -> dic
   return {"result": result, "reference": reference}
 
 
-def markdown(rows: list[dict], title: str) -> str:
-  head = "| setting | context pairs | " + " | ".join(t for _, t, _ in _TABLE) + " |"
-  lines = [f"# {title}", "", head, "|" + "---|" * (len(_TABLE) + 2)]
+def markdown(rows: list[dict], title: str, columns=_TABLE,
+             second: tuple[str, str] = ("num_pairs", "context pairs")) -> str:
+  """A markdown table of report rows: setting, the `second` (key, title) column, then `columns`."""
+  key, name = second
+  head = f"| setting | {name} | " + " | ".join(t for _, t, _ in columns) + " |"
+  lines = [f"# {title}", "", head, "|" + "---|" * (len(columns) + 2)]
   for r in rows:
-    cells = ["-" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in _TABLE]
-    lines.append(f"| {r['setting']} | {r.get('num_pairs') or '-'} | " + " | ".join(cells) + " |")
+    cells = ["-" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in columns]
+    lines.append(f"| {r['setting']} | {r.get(key) or '-'} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 

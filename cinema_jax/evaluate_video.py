@@ -66,15 +66,6 @@ def score(shots: list[tuple[np.ndarray, dict]]) -> dict:
   return video_metrics.aggregate([video_metrics.shot_metrics(f, t) for f, t in shots])
 
 
-def markdown(rows: list[dict], title: str) -> str:
-  head = "| setting | shots | " + " | ".join(t for _, t, _ in _TABLE) + " |"
-  lines = [f"### {title}", "", head, "|" + "---|" * (len(_TABLE) + 2)]
-  for r in rows:
-    cells = ["-" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in _TABLE]
-    lines.append(f"| {r['setting']} | {r['shots']} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
 def main(argv, f: dict) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -129,7 +120,8 @@ def main(argv, f: dict) -> None:
     row.update({k: None if isinstance(x, float) and x != x else x for k, x in row.items()}, shots=int(row["shots"]))
   evaluate.write_report(v["out"], {"storylines": storylines, "video_workdir": v["video_workdir"],
                                   "workdir": v["workdir"], "rows": table},
-                        markdown(table, f"Toy-cinema shot videos: {os.path.basename(storylines)}"))
+                        evaluate.markdown(table, f"Toy-cinema shot videos: {os.path.basename(storylines)}",
+                                          columns=_TABLE, second=("shots", "shots")))
 
 if __name__ == "__main__":
   _flags = _define_flags()
