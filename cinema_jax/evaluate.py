@@ -28,6 +28,7 @@ from PIL import Image
 
 from cinema_jax import checkpoints
 from cinema_jax import retrieval
+from cinema_jax import loading
 from cinema_jax import sample as sample_lib
 from cinema_jax import sample_job
 from cinema_jax import sampling
@@ -150,7 +151,7 @@ def _sample_all(v: dict, stories: list[dict], out: str) -> list[tuple[str, int, 
       c.data.context_order = v["context_order"]
     if v["context_t"]:
       c.sample.context_t = tuple(float(x) for x in v["context_t"])  # checked in main
-  clip = sample_lib.retrieval_clip(c, v["workdir"])
+  clip = loading.retrieval_clip(c, v["workdir"])
   done = []
   for pairs in v["num_pairs"]:
     sampler = sampling.Sampler(c, graphdef, context_pairs=pairs, clip=clip)

@@ -26,6 +26,7 @@ from absl import flags
 import numpy as np
 
 from cinema_jax import evaluate
+from cinema_jax import loading
 from cinema_jax import sample as sample_lib
 from cinema_jax import sampling
 from cinema_jax.eval import video_metrics
@@ -83,7 +84,7 @@ def main(argv, f: dict) -> None:
       c, graphdef, params, _ = sample_lib.load(v["workdir"])
       with c.unlocked():
         c.sample.update(overrides)
-      keyframe_model = (sampling.Sampler(c, graphdef, clip=sample_lib.retrieval_clip(c, v["workdir"])), params)
+      keyframe_model = (sampling.Sampler(c, graphdef, clip=loading.retrieval_clip(c, v["workdir"])), params)
   except (records.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   h, w = vc.data.resolution

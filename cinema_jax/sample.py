@@ -3,6 +3,12 @@
   python -m cinema_jax.sample --workdir=DIR --storylines=FILE --outdir=OUT [--video_workdir=VDIR]
       [--seed=S] [--num_steps=N] [--guidance=G] [--mode=autoregressive|joint] [--max_shots=K]
       [--per_device_batch=B] [--process_id=I --num_processes=N]
+      [--vae=VAE --t5=T5 --clip=CLIP [--retrieval_clip=CLIP_MODEL]]   # models on latents and T5/CLIP states
+  python -m cinema_jax.sample --flux=CONVERTED --config=configs/keyframe.py --vae=... --t5=... --clip=... \
+      --storylines=FILE --outdir=OUT   # a converted FLUX.1 transformer (cinema_jax.convert.flux), one pair
+
+Only the parameters sampling uses are read (the EMA copy unless --raw_params), in config.sample.param_dtype
+(bfloat16 on accelerators), onto the config's mesh; the parameter memory per device is printed.
 
 FILE is JSONL, one storyline per line: {"title": ..., "captions": [...]} (data_pipelines.toy_movies
 writes one). Per storyline OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json;
@@ -21,18 +27,15 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
-import jax
+from ml_collections import config_flags
 
 from cinema_jax import checkpoints
+from cinema_jax import cli
+from cinema_jax import loading
 from cinema_jax import sample_job
 from cinema_jax import sampling
 from cinema_jax import sharding
 from cinema_jax import shot_sampling
-from cinema_jax import toy_clip
-from cinema_jax import trainer
-from configs import keyframe as keyframe_config
-from configs import video as video_config
 from data_pipelines import records
 from data_pipelines import toy_movies
 
@@ -40,8 +43,21 @@ from data_pipelines import toy_movies
 def _define_flags() -> dict:
   """CLI flags, defined only when run as a script (cinema_jax.evaluate imports this module)."""
   return {
-      "workdir": flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is used).",
-                                     required=True),
+      "workdir": flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is used)."),
+      "flux": flags.DEFINE_string("flux", None, "Instead of --workdir: a converted FLUX transformer folder "
+                                  "(python -m cinema_jax.convert.flux), sampled with --config's model."),
+      "config": config_flags.DEFINE_config_file("config", None, "With --flux: the model's config[:variant].",
+                                                lock_config=False),
+      "context_pairs": flags.DEFINE_integer("context_pairs", None, "Pairs in the autoregressive window (default: "
+                                            "the training window; 1 with --flux: FLUX.1 has never seen context)."),
+      "vae": flags.DEFINE_string("vae", None, "AutoencoderKL folder (default: config.sample.encoders.vae)."),
+      "t5": flags.DEFINE_string("t5", None, "T5 encoder folder with its tokenizer (config.sample.encoders.t5)."),
+      "clip": flags.DEFINE_string("clip", None, "CLIP text encoder folder with its tokenizer (config.sample.encoders.clip)."),
+      "retrieval_clip": flags.DEFINE_string("retrieval_clip", None, "A whole CLIP model folder for context_order "
+                                            "'image' on real data (config.sample.encoders.retrieval_clip)."),
+      "t5_on_host": flags.DEFINE_bool("t5_on_host", None, "Run T5 from host memory (default: sharded on the mesh)."),
+      "param_dtype": flags.DEFINE_enum("param_dtype", None, ["auto", "float32", "bfloat16"],
+                                       "Parameter dtype (default: config.sample.param_dtype)."),
       "storylines": flags.DEFINE_string("storylines", None, "JSONL file of storylines, or 'toy': the held-out "
                                         "storylines of the toy world the model was trained on.", required=True),
       "outdir": flags.DEFINE_string("outdir", None, "Where keyframes, storyboards and manifests go.", required=True),
@@ -85,27 +101,8 @@ def read_storylines(path: str) -> list[dict]:
   return out
 
 
-def saved_config(workdir: str):
-  """A workdir's training config, over today's defaults of its variant (fields added since it was saved)."""
-  def defaults(raw):
-    if raw.get("task", "keyframe") == "video":
-      return video_config.get_config(raw.get("variant", "paper"))
-    return keyframe_config.get_config(raw.get("variant", "flux_dev"))
-
-  return checkpoints.saved_config(workdir, defaults)
-
-
-def load(workdir: str, raw_params: bool = False):
-  """(config, graphdef, sampling params, step) of the latest checkpoint in workdir (EMA unless raw)."""
-  c = saved_config(workdir)
-  mesh = sharding.make_mesh(c.mesh)
-  setup = trainer.make_setup(c, mesh)
-  mngr = checkpoints.manager(workdir, read_only=True)
-  step = mngr.latest_step()
-  with jax.set_mesh(mesh):
-    state = checkpoints.restore(mngr, step, setup.abstract_state)
-  params = state["params"] if raw_params or not state["ema"] else state["ema"]
-  return c, setup.graphdef, params, step
+saved_config = loading.saved_config
+load = loading.load
 
 
 def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bool = False,
@@ -128,13 +125,6 @@ def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bo
   return (lambda kf, captions, seed: sampler.shots(params, kf, captions, seed=seed)), info, c
 
 
-def retrieval_clip(c, workdir: str) -> toy_clip.ToyClip | None:
-  """The run's ToyCLIP when it retrieves context text to image (trained into workdir on first use)."""
-  if c.data.context_order != "image":
-    return None
-  return toy_clip.load(toy_clip.resolve(c.data, workdir, logging.info))
-
-
 def main(argv, f: dict):
   v = {k: flag.value for k, flag in f.items()}
   if len(argv) > 1:
@@ -143,17 +133,41 @@ def main(argv, f: dict):
     pid, nproc = sample_job.process_identity(v["process_id"], v["num_processes"])
   except ValueError as e:
     sys.exit(f"error: {e}")
+  if (v["workdir"] is None) == (v["flux"] is None):
+    sys.exit("error: give either --workdir (a training run) or --flux with --config (a converted FLUX transformer)")
+  if v["flux"] is not None and v["config"] is None:
+    sys.exit("error: --flux needs --config=configs/keyframe.py[:VARIANT] (the converted model's size and settings)")
+  if v["flux"] is not None and v["storylines"] == "toy":
+    sys.exit("error: --storylines=toy needs a --workdir trained on the toy world")
   try:
     if v["storylines"] != "toy":
       stories = read_storylines(v["storylines"])
-    if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
-      raise records.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
-    c, graphdef, params, step = load(v["workdir"], v["raw_params"])
+    if v["flux"] is not None:
+      c, step = v["config"], 0
+    else:
+      if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
+        raise records.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
+      c = saved_config(v["workdir"])
+    with c.unlocked():
+      for field in ("vae", "t5", "clip", "retrieval_clip", "t5_on_host"):
+        if v[field] is not None:
+          c.sample.encoders[field] = v[field]
+      if v["param_dtype"] is not None:
+        c.sample.param_dtype = v["param_dtype"]
+    dtype = loading.sampling_dtype(c.sample.param_dtype)
+    mesh = sharding.make_mesh(c.mesh)
+    if v["flux"] is not None:
+      graphdef, params = loading.converted_params(v["flux"], c, dtype, mesh)
+    else:
+      graphdef, params, step = loading.restore_params(v["workdir"], c, v["raw_params"], dtype, mesh)
+    text, frames = loading.encoders_for(c, dtype, mesh)
+    clip = loading.retrieval_clip(c, v["workdir"] or "", dtype)
+    print(loading.memory_report(params, text, frames), flush=True)
     if v["storylines"] == "toy":
       if c.data.path:
         raise records.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
       stories = read_storylines(os.path.join(toy_movies.root_for_config(c.data, v["workdir"]), "storylines.jsonl"))
-  except (records.DataError, FileNotFoundError) as e:
+  except (records.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   with c.unlocked():
     for field in ("num_steps", "guidance", "mode", "max_shots"):
@@ -162,7 +176,7 @@ def main(argv, f: dict):
   if v["per_device_batch"] < 1:
     sys.exit(f"error: --per_device_batch={v['per_device_batch']}: expected >= 1")
   if c.task != "keyframe":
-    sys.exit(f"error: --workdir={v['workdir']} holds a {c.task} model; it must be a keyframe model "
+    sys.exit(f"error: --workdir={v['workdir'] or v['flux']} holds a {c.task} model; it must be a keyframe model "
              "(configs/keyframe.py; the video model goes in --video_workdir)")
   shots_fn, video = None, None
   if v["video_workdir"]:
@@ -173,9 +187,14 @@ def main(argv, f: dict):
     video = {"fps": v["fps"], "scale": v["video_scale"]}
     if v["fps"] <= 0 or v["video_scale"] < 1:
       sys.exit(f"error: --fps={v['fps']} and --video_scale={v['video_scale']}: expected > 0 and >= 1")
-  sampler = sampling.Sampler(c, graphdef, clip=retrieval_clip(c, v["workdir"]))
+  pairs = v["context_pairs"] or (1 if v["flux"] is not None else None)
+  try:
+    sampler = sampling.Sampler(c, graphdef, context_pairs=pairs, clip=clip, text=text, frames=frames)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   os.makedirs(v["outdir"], exist_ok=True)
-  info = dict(checkpoint_step=step, mode=c.sample.mode, num_steps=c.sample.num_steps, guidance=c.sample.guidance,
+  info = dict(checkpoint_step=step, **({"flux": os.path.abspath(v["flux"])} if v["flux"] else {}),
+              context_pairs=sampler.num_pairs, mode=c.sample.mode, num_steps=c.sample.num_steps, guidance=c.sample.guidance,
               kv_cache=c.sample.kv_cache, **(info_video if shots_fn else {}))
   sample_job.run(sampler, params, stories, v["outdir"], seed=v["seed"], max_shots=c.sample.max_shots,
                  per_device_batch=v["per_device_batch"], process_id=pid, num_processes=nproc, info=info,
@@ -185,4 +204,4 @@ def main(argv, f: dict):
 
 if __name__ == "__main__":
   _flags = _define_flags()
-  app.run(lambda argv: main(argv, _flags))
+  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)

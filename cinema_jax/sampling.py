@@ -23,6 +23,11 @@ not depend on its batch mates (up to float rounding).
 CFG drops only the new pairs' captions (the context keeps its own), the way training drops them. A
 guidance-distilled model (model.guidance_embed, FLUX.1-dev) instead gets the scale through its guidance
 embedding and runs one conditional pass per step.
+
+The sampler works in the model's frame space (pixels, or VAE latents) and takes its captions and
+frames through cinema_jax/encoders.py: `text` turns captions into the model's text input (byte tokens,
+or T5 states and CLIP pooled vectors by the config's text convention), `frames` decodes frames into
+pixels (identity, or the VAE). Context retrieval by image embeds each generated keyframe's pixels.
 """
 
 from __future__ import annotations
@@ -36,13 +41,12 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from cinema_jax import encoders
 from cinema_jax import goldenmem
 from cinema_jax import objective
 from cinema_jax import retrieval
-from cinema_jax import toy_clip
 from cinema_jax import storyboard
 from cinema_jax.models import keyframe
-from data_pipelines import tokenizer
 
 
 _SLOT_BUCKET = 8  # autoregressive windows are padded to a multiple of this many pairs
@@ -60,41 +64,42 @@ def schedule(num_steps: int, num_image_tokens: int, shift: bool) -> np.ndarray:
 class Sampler:
   """Samples keyframes of storylines for the model of config `c` (its params passed per call)."""
 
-  def __init__(self, c: ml_collections.ConfigDict, graphdef, context_pairs: int | None = None,
-               clip: toy_clip.ToyClip | None = None):
-    """clip: the image/text embedding for context_order "image" (toy_clip.load(toy_clip.resolve(...)))."""
-    if c.model.text_encoder != "bytes":
-      raise ValueError("sampling from caption text needs the byte text encoder (config.model.text_encoder="
-                       "'bytes'); models on pre-computed T5/CLIP states need those encoders (pretrained-weights issue)")
-    if c.model.vae_downsample != 1:
-      raise ValueError("sampling latent-space models needs the VAE decoder (pretrained-weights issue)")
+  def __init__(self, c: ml_collections.ConfigDict, graphdef, context_pairs: int | None = None, clip=None,
+               text=None, frames=None):
+    """clip: the image/text embedding for context_order "image" (encoders.ClipEmbedding, or ToyCLIP);
+    text: captions -> the model's text input (default for byte-token models: encoders.ByteText);
+    frames: the model's frames -> pixels (default for pixel-space models: encoders.PixelFrames)."""
+    if text is None and c.model.text_encoder != "bytes":
+      raise ValueError("this model conditions on T5 states and CLIP pooled vectors: sampling needs the T5 and CLIP "
+                       "encoders (--t5, --clip or config.sample.encoders; encoders.FluxText)")
+    if frames is None and c.model.vae_downsample != 1:
+      raise ValueError("this model makes VAE latents: sampling needs the VAE decoder (--vae or "
+                       "config.sample.encoders.vae; encoders.VAEFrames)")
     self.c, self.graphdef = c, graphdef
-    cell = c.model.patch
-    self.h, self.w = c.data.resolution
-    self.grid = (self.h // cell, self.w // cell)
+    self.text = text or encoders.ByteText(c.data.text_len)
+    self.frames = frames or encoders.PixelFrames()
+    self.grid = keyframe.full_grid(c)
+    ds = c.model.vae_downsample
+    self.frame_shape = (c.data.resolution[0] // ds, c.data.resolution[1] // ds, c.model.image_channels)
     self.num_pairs = context_pairs or c.data.num_pairs  # pairs in the autoregressive window
     if self.num_pairs < 1:
       raise ValueError(f"context_pairs must be >= 1, got {context_pairs}")
     if c.data.context_order == "image" and clip is None:
-      raise ValueError("config.data.context_order='image' (text-to-image retrieval) needs the ToyCLIP embedding: "
-                       "Sampler(..., clip=toy_clip.load(toy_clip.resolve(c.data, workdir)))")
+      raise ValueError("config.data.context_order='image' (text-to-image retrieval) needs an image/text embedding: "
+                       "Sampler(..., clip=encoders.ClipEmbedding.load(...) or toy_clip.load(...))")
     self.clip = clip
 
-  def _text(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    enc = [tokenizer.encode(cap, self.c.data.text_len)[:2] for cap in captions]
-    return np.stack([e[0] for e in enc]), np.stack([e[1] for e in enc])
-
-  @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
-  def _denoise(self, params, xs, tokens_BPL, mask_BPL, new_P, causal: bool, group_grids, cached: bool, keys_B,
-               guidance):
+  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
+  def _denoise(self, params, xs, text_BP: dict, new_P, causal: bool, group_grids, cached: bool, keys_B, guidance):
     """Denoises the pairs flagged in new_P of B windows; the others are context (clean, or re-noised
-    to sample.context_t). xs: groups [B, n_g, N_g, C] on group_grids, oldest first; keys_B: one PRNG
+    to sample.context_t). xs: groups [B, n_g, N_g, C] on group_grids, oldest first; text_BP: the windows'
+    text input (Sampler.text's arrays, [B, P, ...]); keys_B: one PRNG
     key per window. cached: one new pair (in the last group), its context's keys and values computed
     once (KV cache) and only the new pair run at each step. Returns the groups."""
     c = self.c
     model = nnx.merge(self.graphdef, params)
-    b = tokens_BPL.shape[0]
-    states, mask, pooled = model.encode_text({"text_tokens": tokens_BPL, "text_mask": mask_BPL})
+    b = xs[0].shape[0]
+    states, mask, pooled = model.encode_text(text_BP)
     times = jnp.asarray(schedule(c.sample.num_steps, self.grid[0] * self.grid[1], c.objective.shift))
     lo, hi = c.sample.context_t
 
@@ -168,7 +173,7 @@ class Sampler:
     return (*xs[:-1], jax.lax.dynamic_update_slice_in_dim(xs[-1], x_new, j - first, axis=1))
 
   def _context(self, frames_KHWC: np.ndarray, plan, memo: dict, ids) -> tuple[np.ndarray, ...]:
-    """GoldenMem: each group's frames (the last pair a placeholder) resized to its grid, as tokens.
+    """GoldenMem: each group's frames (model space; the last pair a placeholder) resized to its grid, as tokens.
 
     memo keeps each generated frame's tokens per grid (keyed by (ids[i], grid)), so only frames whose
     level changed since the last keyframe are resized again; the new pair's placeholder is not kept."""
@@ -199,9 +204,18 @@ class Sampler:
     """uint8 [K, H, W, 3]: one keyframe per caption, reproducible from the seed."""
     return self.keyframes_batch(params, [captions], seeds=[seed], mode=mode, guidance=guidance)[0]
 
-  def keyframes_batch(self, params, storylines: list[list[str]], *, seeds: list[int], mode: str | None = None,
-                      guidance: float | None = None, sharding=None) -> list[np.ndarray]:
-    """uint8 [K_b, H, W, 3] per storyline; storyline b is reproducible from seeds[b].
+  def keyframes_batch(self, params, storylines: list[list[str]], **kw) -> list[np.ndarray]:
+    """uint8 [K_b, H, W, 3] per storyline (frames_batch's arguments), decoded to pixels."""
+    return [self.decode(f) for f in self.frames_batch(params, storylines, **kw)]
+
+  def decode(self, frames_KhwC: np.ndarray) -> np.ndarray:
+    """The model's frames -> uint8 pixels [K, H, W, 3]."""
+    return encoders.to_uint8(self.frames.decode(frames_KhwC))
+
+  def frames_batch(self, params, storylines: list[list[str]], *, seeds: list[int], mode: str | None = None,
+                   guidance: float | None = None, sharding=None) -> list[np.ndarray]:
+    """float [K_b, h, w, C] per storyline in the model's frame space (pixels in [-1, 1], or latents);
+    storyline b is reproducible from seeds[b].
 
     Autoregressive: the storylines are denoised together, one keyframe slot at a time (a shorter
     storyline repeats its last caption, and the extra keyframes are dropped). Joint: one at a time.
@@ -214,26 +228,26 @@ class Sampler:
     g = jnp.float32(c.sample.guidance if guidance is None else guidance)
     put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
     n_tok = self.grid[0] * self.grid[1]
-    chans = 3 * c.model.patch ** 2
+    chans = self.frame_shape[2] * c.model.patch ** 2
     full = (tuple(self.grid),)
-    to_pixels = lambda tok: np.asarray(keyframe.unpatchify(jnp.asarray(tok), c.model.patch, self.h, self.w))
+    to_frames = lambda tok: np.asarray(keyframe.unpatchify(jnp.asarray(tok), c.model.patch, *self.frame_shape[:2]))
     keys = lambda k: jnp.stack([jax.random.key(s) if k is None else jax.random.fold_in(jax.random.key(s), k)
                                 for s in seeds])
     if mode == "joint":
       out = []
       for caps, seed in zip(storylines, seeds):
-        tokens, masks = self._text(caps)
+        text = {k: put(v[None]) for k, v in self.text(caps).items()}
         x = (np.zeros((1, len(caps), n_tok, chans), np.float32),)
-        (x,) = self._denoise(params, x, tokens[None], masks[None], jnp.ones(len(caps), bool), False, full, False,
+        (x,) = self._denoise(params, x, text, jnp.ones(len(caps), bool), False, full, False,
                              jnp.stack([jax.random.key(seed)]), g)
-        out.append(to_uint8(to_pixels(x)[0]))
+        out.append(to_frames(x)[0])
       return out
     if mode != "autoregressive":
       raise ValueError(f"sample mode {mode!r}: expected 'autoregressive' or 'joint'")
     lengths = [len(caps) for caps in storylines]
     num = max(lengths)
     storylines = [list(caps) + [caps[-1]] * (num - len(caps)) for caps in storylines]
-    text = [self._text(caps) for caps in storylines]
+    text = [self.text(caps) for caps in storylines]
     p, order, bsz = self.num_pairs, c.data.context_order, len(storylines)
     query = history = None  # retrieval embeddings: of the captions, and of the captions or keyframes
     if order == "text":
@@ -241,7 +255,7 @@ class Sampler:
     elif order == "image":
       query = [self.clip.texts(caps) for caps in storylines]
       history = [np.zeros((num, self.clip.dim), np.float32) for _ in storylines]
-    pixels = np.zeros((bsz, num, self.h, self.w, 3), np.float32)
+    frames = np.zeros((bsz, num, *self.frame_shape), np.float32)
     memos = [{} for _ in storylines]
     for k in range(num):
       # The context: the last P - 1 keyframes, or the P - 1 most relevant (retrieval), best last.
@@ -256,36 +270,35 @@ class Sampler:
         slots = min(p, -(-n // _SLOT_BUCKET) * _SLOT_BUCKET)
         x = np.zeros((bsz, slots, n_tok, chans), np.float32)
         if n > 1:
-          x[:, :n - 1] = to_tokens(np.stack([pixels[b, sel[:-1]] for b, sel in enumerate(sels)]), c.model.patch)
+          x[:, :n - 1] = to_tokens(np.stack([frames[b, sel[:-1]] for b, sel in enumerate(sels)]), c.model.patch)
         xs, grids = (x,), full
       else:  # GoldenMem: the history re-levelled for this window; shapes fixed per window length
         slots = n
-        xs = tuple(np.stack(gs) for gs in zip(*(self._context(pixels[b, sel], plan, memos[b], sel)
+        xs = tuple(np.stack(gs) for gs in zip(*(self._context(frames[b, sel], plan, memos[b], sel)
                                                  for b, sel in enumerate(sels))))
         grids = tuple(grp.grid for grp in plan)
-      win_tokens = np.zeros((bsz, slots, text[0][0].shape[1]), np.int32)
-      win_masks = np.zeros((bsz, slots, text[0][0].shape[1]), bool)
-      for b, sel in enumerate(sels):
-        win_tokens[b, :n], win_masks[b, :n] = text[b][0][sel], text[b][1][sel]
+      win = {}
+      for key, arr in text[0].items():
+        win[key] = np.zeros((bsz, slots, *arr.shape[1:]), arr.dtype)
+        for b, sel in enumerate(sels):
+          win[key][b, :n] = text[b][key][sel]
       new = np.arange(slots) == n - 1
       cached = bool(c.sample.kv_cache) and n > 1
-      out = self._denoise(params, tuple(put(x) for x in xs), put(win_tokens), put(win_masks), new, True, grids,
-                          cached, put(keys(k)), g)
+      out = self._denoise(params, tuple(put(x) for x in xs), {key: put(v) for key, v in win.items()}, new, True,
+                          grids, cached, put(keys(k)), g)
       last = np.asarray(out[-1][:, -1] if plan is not None else out[0][:, n - 1])
-      pixels[:, k] = to_pixels(last[:, None])[:, 0]
-      if order == "image":
+      frames[:, k] = to_frames(last[:, None])[:, 0]
+      if order == "image":  # each generated keyframe is embedded as retrieval will see it: its pixels
         for b in range(bsz):
-          history[b][k] = self.clip.images(to_uint8(pixels[b, k:k + 1]))[0]
-    return [to_uint8(pixels[b, :n]) for b, n in enumerate(lengths)]
+          history[b][k] = self.clip.images(self.decode(frames[b, k:k + 1]))[0]
+    return [frames[b, :n] for b, n in enumerate(lengths)]
 
 
 def to_tokens(frames_BKHWC: np.ndarray, patch: int) -> np.ndarray:
   return np.asarray(keyframe.patchify(jnp.asarray(frames_BKHWC), patch))
 
 
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-  """float [-1, 1] -> uint8 [0, 255]."""
-  return np.clip(np.rint((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
+to_uint8 = encoders.to_uint8
 
 
 def storyboard_image(frames_KHWC: np.ndarray, captions: list[str], title: str = "") -> Image.Image:

@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.path = ""
   c.data.num_pairs = 8
   c.data.text_source = "precomputed"
-  c.data.text_len = 128
+  c.data.text_len = 512  # FLUX.1-dev's T5 length
+  c.data.text_convention = "flux"  # T5 states of the padded caption, unmasked, as FLUX.1-dev was trained
 
   c.model = m = ml_collections.ConfigDict()
   m.hidden = 3072
@@ -106,6 +107,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.max_shots = 0  # 0: every shot of a storyline
   s.context_t = (0.0, 0.0)  # autoregressive context pairs re-noised to t ~ U[a, b] (paper: 1..250 of 1000)
   s.kv_cache = True  # autoregressive: the context's keys/values once per keyframe, not once per step
+  s.param_dtype = "auto"  # parameters as sampling holds them: "auto" (bfloat16 on accelerators) | float32 | bfloat16
+  # Encoder folders for models on T5/CLIP states and VAE latents (diffusers/transformers layout; the
+  # sample command's --vae/--t5/--clip/--retrieval_clip flags override them)
+  s.encoders = ml_collections.ConfigDict(dict(
+      vae="", t5="", clip="",
+      retrieval_clip="",  # a whole CLIP model (text and vision towers): context_order "image" on real data
+      t5_on_host=False,  # T5-XXL on the host's memory instead of sharded over the devices
+      vae_tile=64))  # decode latents larger than this (latent pixels) in overlapping tiles; 0: never
 
   if variant in ("demo", "demo_long"):
     # Sized for a 2-core CPU: ~0.4 s a step, ~11 minutes of training. Patch 8 (32 tokens per 32x64
@@ -145,6 +154,7 @@ def _toy(c: ml_collections.ConfigDict, steps: int, batch: int) -> None:
   c.data.resolution = (32, 64)
   c.data.text_source = "bytes"
   c.data.text_len = 128
+  c.data.text_convention = "masked"
   c.model.update(image_channels=3, vae_downsample=1, text_encoder="bytes", guidance_embed=False,
                  dtype="float32", remat="none")
   c.objective.guidance = 0.0

@@ -73,6 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
   c.text_source = "bytes"  # "bytes": byte-tokenised captions | "precomputed": the records' t5/clip_pooled
   c.text_len = 192  # text tokens per pair (captions are truncated, the count is logged)
+  # precomputed T5 states: "masked" (the caption's tokens, the padding masked) | "flux" (T5 ran on the
+  # caption padded to text_len, every position kept and none masked: FLUX.1-dev's convention)
+  c.text_convention = "masked"
   c.load_frames = False  # also decode each shot's frames (video model)
   c.context_order = "chronological"  # the window's context as it comes | "text": retrieval orders it
                                      # by caption similarity to the last shot | "image": by similarity
@@ -114,6 +117,7 @@ def check_config(c: ml_collections.ConfigDict, batch_size: int, process_count: i
   need(c.num_epochs is None or c.num_epochs >= 1, "num_epochs", "None or an int >= 1")
   need(c.text_source in ("bytes", "precomputed"), "text_source", "'bytes' or 'precomputed'")
   need(isinstance(c.text_len, int) and c.text_len >= 1, "text_len", "an int >= 1")
+  need(c.text_convention in ("flux", "masked"), "text_convention", "'flux' or 'masked'")
   need(c.context_order in retrieval.ORDERS, "context_order", f"one of {list(retrieval.ORDERS)}")
   if c.retrieval.encoder != "words":
     raise ConfigError(f"config.data.retrieval.encoder={c.retrieval.encoder!r}: expected 'words' (retrieval over the "
@@ -148,6 +152,7 @@ class LoadWindow(grain.transforms.Map):
   context_order: str
   recency: float = 0.0
   embedding_path: str = ""  # ToyCLIP weights (context_order "image")
+  text_convention: str = "masked"
   image_groups: tuple[tuple[int, tuple[int, int]], ...] | None = None  # (pairs, (h, w) pixels) per group
 
   def map(self, window: dict[str, Any]) -> Example:
@@ -204,6 +209,11 @@ class LoadWindow(grain.transforms.Map):
                                        "record has no t5/clip_pooled")
         states = np.zeros((self.text_len, shot.t5.shape[-1]), np.float32)
         n = min(self.text_len, len(shot.t5))
+        if self.text_convention == "flux":  # every position of the padded caption, none masked
+          if len(shot.t5) != self.text_len:
+            raise records.BadRecordError(f"{self.reader.where(record)}: text_convention='flux' needs T5 states of "
+                                         f"all {self.text_len} positions, the record holds {len(shot.t5)}")
+          n = self.text_len
         states[:n] = shot.t5[:n]
         cols.setdefault("text_states", []).append(states)
         cols.setdefault("text_mask", []).append(np.arange(self.text_len) < n)
@@ -343,6 +353,12 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
                       f"{reader.index.resolution[0]}x{reader.index.resolution[1]} keyframes")
   if c.text_source == "precomputed" and not {"t5", "clip_pooled"} <= set(reader.index.embeddings):
     raise ConfigError(f"config.data.text_source='precomputed' but {path} has no t5/clip_pooled embeddings")
+  if c.text_source == "precomputed":
+    made = reader.index.info.get("text_convention", "masked"), reader.index.info.get("text_len")
+    if made[0] != c.text_convention or (c.text_convention == "flux" and made[1] != c.text_len):
+      raise ConfigError(f"config.data.text_convention={c.text_convention!r} (text_len {c.text_len}) but {path} was "
+                        f"pre-computed with {made[0]!r} (text_len {made[1]}): rerun data_pipelines.precompute with "
+                        f"--text_convention={c.text_convention} --t5_len={c.text_len}")
   if c.load_frames and not reader.index.num_frames:
     raise ConfigError(f"config.data.load_frames=True but {path} stores no frames")
   try:
@@ -356,7 +372,7 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
   ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len,
                          load_frames=c.load_frames, skip_bad=c.bad_records == "skip",
                          context_order=c.context_order, recency=float(c.retrieval.recency),
-                         embedding_path=embedding_path,
+                         embedding_path=embedding_path, text_convention=c.text_convention,
                          image_groups=tuple((int(n), tuple(size)) for n, size in image_groups or ()) or None))
   it = ds.to_iter_dataset()
   if c.worker_count > 0:

@@ -181,7 +181,7 @@ def test_import_streams_onto_the_mesh_and_exports_a_checkpoint_diffusers_loads(t
   cfg = keyframe.configs(c)[0]
 
   # import: every parameter placed with its FSDP sharding, equal to the in-memory conversion
-  print(flux._convert_in(str(tmp_path / "hf"), str(tmp_path / "ours"), c))  # pylint: disable=protected-access
+  print(flux.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ours"), c))
   want = flux.from_diffusers(_numpy_state(torch_model), cfg)
   mesh = sharding.make_mesh(c.mesh)
   abstract = nnx.state(keyframe.abstract(c).dit, nnx.Param)
@@ -221,7 +221,7 @@ def test_training_starts_from_converted_weights(tmp_path, toy_train):
       num_attention_heads=cfg.num_heads, joint_attention_dim=cfg.context_dim, pooled_projection_dim=cfg.vec_dim,
       axes_dims_rope=cfg.axes_dim, guidance_embeds=False)
   torch_model.save_pretrained(tmp_path / "hf", safe_serialization=True)
-  flux._convert_in(str(tmp_path / "hf"), str(tmp_path / "ours"), c)  # pylint: disable=protected-access
+  flux.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ours"), c)
   c.update(init_from=str(tmp_path / "ours"), total_steps=1, batch_size=8)
   c.data.update(path=toy_train)
   trainer.train_and_evaluate(c, str(tmp_path / "run"))

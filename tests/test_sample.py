@@ -213,7 +213,7 @@ def test_image_retrieval_embeds_each_generated_keyframe_and_chooses_by_it(model)
   c, graphdef, params = model
   c = c.copy_and_resolve_references()
   c.data.context_order = "image"
-  with pytest.raises(ValueError, match="context_order='image' .* needs the ToyCLIP embedding"):
+  with pytest.raises(ValueError, match="context_order=.image. .* needs an image/text embedding"):
     sampling.Sampler(c, graphdef)
   rng = np.random.default_rng(0)
   clip = toy_clip.fit(rng.integers(0, 255, (16, 16, 32, 3), np.uint8), [f"shot {i} in place {i % 3}" for i in range(16)],
@@ -296,10 +296,9 @@ def test_kv_cached_denoising_equals_the_uncached(model, variant):
   sizes = [(g.num_pairs, g.grid[0] * g.grid[1]) for g in plan] if plan else [(3, s.grid[0] * s.grid[1])]
   rng = np.random.default_rng(0)
   xs = tuple(rng.uniform(-1, 1, (2, n, t, 3 * c.model.patch ** 2)).astype(np.float32) for n, t in sizes)
-  tokens, masks = s._text(CAPTIONS[:3])  # pylint: disable=protected-access
-  tokens, masks = np.stack([tokens, tokens[::-1]]), np.stack([masks, masks[::-1]])
+  text = {k: np.stack([v, v[::-1]]) for k, v in s.text(CAPTIONS[:3]).items()}
   keys = jax.numpy.stack([jax.random.key(0), jax.random.key(1)])
-  run = lambda cached: s._denoise(params, xs, tokens, masks, new, True, grids, cached, keys, 3.0)  # pylint: disable=protected-access
+  run = lambda cached: s._denoise(params, xs, text, new, True, grids, cached, keys, 3.0)  # pylint: disable=protected-access
   plain, cached = run(False), run(True)
   for a, b in zip(plain, cached):
     np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)

@@ -258,7 +258,8 @@ def check_against_model(lay: mapping.Layout, abstract_params: Mapping) -> None:
     raise ValueError("conversion layout and model disagree:\n  " + "\n  ".join(problems))
 
 
-def _convert_in(src: str, dst: str, c) -> str:
+def import_checkpoint(src: str, dst: str, c) -> str:
+  """A BFL or diffusers FLUX transformer at src -> dst/params (Orbax), for config c's model; a summary line."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from cinema_jax import sharding  # pylint: disable=import-outside-toplevel
   from cinema_jax.models import keyframe  # pylint: disable=import-outside-toplevel
@@ -317,7 +318,7 @@ def main(argv: list[str]) -> None:
       sys.exit(f"error: unexpected arguments {args[1:]}")
     try:
       if to.value == "cinema_jax":
-        print(_convert_in(src.value, dst.value, config.value), flush=True)
+        print(import_checkpoint(src.value, dst.value, config.value), flush=True)
       else:
         print(_convert_out(src.value, dst.value, config.value, to.value), flush=True)
     except (ValueError, FileNotFoundError) as e:

@@ -119,16 +119,33 @@ class CLIPTextModel(nnx.Module):
     self.eos_token_id = cfg.eos_token_id
 
   def __call__(self, ids_BL: jax.Array, mask_BL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    t = self.text_model
-    b, length = ids_BL.shape
-    x = t.embeddings.token_embedding(ids_BL) + t.embeddings.position_embedding(jnp.arange(length))[None]
-    allowed = jnp.tril(jnp.ones((length, length), bool))[None, None]
-    if mask_BL is not None:
-      allowed = allowed & mask_BL.astype(bool)[:, None, None, :]
-    states = t.final_layer_norm(t.encoder(x, allowed))
-    # the end-of-text token: the largest id in the original configs, else the first eos id
-    eos = jnp.argmax(ids_BL, -1) if self.eos_token_id == 2 else jnp.argmax(ids_BL == self.eos_token_id, -1)
-    return states, states[jnp.arange(b), eos]
+    return _text_states(self.text_model, self.eos_token_id, ids_BL, mask_BL)
+
+
+def _text_states(t: CLIPTextTransformer, eos_token_id: int, ids_BL, mask_BL):
+  """(token states, pooled vector at the end-of-text token) of a causal text tower."""
+  b, length = ids_BL.shape
+  x = t.embeddings.token_embedding(ids_BL) + t.embeddings.position_embedding(jnp.arange(length))[None]
+  allowed = jnp.tril(jnp.ones((length, length), bool))[None, None]
+  if mask_BL is not None:
+    allowed = allowed & mask_BL.astype(bool)[:, None, None, :]
+  states = t.final_layer_norm(t.encoder(x, allowed))
+  # the end-of-text token: the largest id in the original configs, else the first eos id
+  eos = jnp.argmax(ids_BL, -1) if eos_token_id == 2 else jnp.argmax(ids_BL == eos_token_id, -1)
+  return states, states[jnp.arange(b), eos]
+
+
+class CLIPTextModelWithProjection(nnx.Module):
+  """token ids [B, L] -> text embedding [B, projection_dim] (not normalised): the pooled vector projected
+  into CLIP's joint text-image space (retrieval scores captions against image embeddings there)."""
+
+  def __init__(self, cfg: CLIPConfig, rngs: nnx.Rngs):
+    self.text_model = CLIPTextTransformer(cfg, rngs)
+    self.eos_token_id = cfg.eos_token_id
+    self.text_projection = nnx.Linear(cfg.hidden_size, cfg.projection_dim, use_bias=False, rngs=rngs, **_kw(cfg))
+
+  def __call__(self, ids_BL: jax.Array, mask_BL: jax.Array | None = None) -> jax.Array:
+    return self.text_projection(_text_states(self.text_model, self.eos_token_id, ids_BL, mask_BL)[1])
 
 
 class CLIPVisionEmbeddings(nnx.Module):

@@ -1,0 +1,155 @@
+"""What sampling loads: a model's parameters only, and the encoders around it.
+
+Parameters come from a training workdir (the EMA copy, or the raw parameters: a partial Orbax restore
+that reads neither the optimizer's moments nor the other copy) or from a converted FLUX folder
+(`python -m cinema_jax.convert.flux`), straight onto a mesh of the sampler's own in the sampling dtype.
+The encoders (cinema_jax/encoders.py) come from the folders named in config.sample.encoders (or the
+sample command's flags): T5 and CLIP for models on T5/CLIP states, the VAE for latent models, and a
+whole CLIP model for retrieval by image on real data (ToyCLIP on the toy world).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from cinema_jax import checkpoints
+from cinema_jax import encoders
+from cinema_jax import sharding
+from cinema_jax import toy_clip
+from cinema_jax.models import keyframe
+from configs import keyframe as keyframe_config
+from configs import video as video_config
+
+
+def sampling_dtype(name: str) -> str:
+  """config.sample.param_dtype: "auto" is bfloat16 on accelerators, float32 on CPUs."""
+  if name == "auto":
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"config.sample.param_dtype={name!r}: expected 'auto', 'float32' or 'bfloat16'")
+  return name
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """A workdir's training config, over today's defaults of its variant (fields added since it was saved)."""
+  def defaults(raw):
+    if raw.get("task", "keyframe") == "video":
+      c = video_config.get_config(raw.get("variant", "paper"))
+    else:
+      c = keyframe_config.get_config(raw.get("variant", "flux_dev"))
+    if "text_convention" not in raw.get("data", {}):  # runs from before the field trained the masked way
+      c.data.text_convention = "masked"
+    return c
+
+  return checkpoints.saved_config(workdir, defaults)
+
+
+def _target(c: ml_collections.ConfigDict, mesh, dtype: str):
+  """(graphdef, abstract parameters placed on mesh by the rules table, in dtype)."""
+  graphdef, abstract = nnx.split(keyframe.abstract(c))
+  shardings = sharding.param_shardings(abstract, mesh)
+  return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s),
+                                nnx.to_pure_dict(abstract), shardings)
+
+
+def restore_params(workdir: str, c: ml_collections.ConfigDict, raw_params: bool = False, dtype: str = "float32",
+                   mesh=None) -> tuple[Any, dict, int]:
+  """(graphdef, parameters, step) of the latest checkpoint: the EMA copy (or the raw parameters, or the
+  only copy a run without EMA keeps), and nothing else of the training state."""
+  mesh = mesh or sharding.make_mesh(c.mesh)
+  graphdef, target = _target(c, mesh, dtype)
+  which = "params" if raw_params or not c.optimizer.ema_decay > 0 else "ema"
+  mngr = checkpoints.manager(workdir, read_only=True)
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), checkpoints.CHECKPOINT_DIR)}")
+  item = {which: target}
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)))["state"]
+  mngr.close()
+  return graphdef, restored[which], step
+
+
+def converted_params(path: str, c: ml_collections.ConfigDict, dtype: str = "float32", mesh=None) -> tuple[Any, dict]:
+  """(graphdef, parameters) of a converted FLUX folder (its params/: the MM-DiT's), for config c's model."""
+  if c.model.text_encoder != "precomputed":
+    raise ValueError(f"--flux={path}: a FLUX transformer conditions on T5/CLIP states; config variant {c.variant!r} "
+                     "is a toy model (config.model.text_encoder='bytes')")
+  params_dir = os.path.join(os.path.abspath(path), "params")
+  if not os.path.isdir(params_dir):
+    raise FileNotFoundError(f"--flux={path}: no converted parameters there ({params_dir}); make them with "
+                            "python -m cinema_jax.convert.flux --src CHECKPOINT --dst DIR")
+  mesh = mesh or sharding.make_mesh(c.mesh)
+  graphdef, target = _target(c, mesh, dtype)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      dit = ckptr.restore(params_dir, target["dit"])
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"--flux={path} does not fit the config's model: {str(e).splitlines()[0]}") from None
+  return graphdef, {"dit": dit}
+
+
+def load(workdir: str, raw_params: bool = False, dtype: str = "auto"):
+  """(config, graphdef, sampling params, step) of the latest checkpoint in workdir (EMA unless raw)."""
+  c = saved_config(workdir)
+  graphdef, params, step = restore_params(workdir, c, raw_params, sampling_dtype(dtype))
+  return c, graphdef, params, step
+
+
+def encoders_for(c: ml_collections.ConfigDict, dtype: str = "float32", mesh=None):
+  """(text, frames) for the Sampler: None where the model needs none (the toy world's byte tokens,
+  pixel frames), else loaded from config.sample.encoders; one-line errors for what is missing."""
+  e = c.sample.encoders
+  text = frames = None
+  if c.model.text_encoder == "precomputed":
+    if not e.t5 or not e.clip:
+      raise ValueError("this model conditions on T5 states and CLIP pooled vectors: give the encoder folders "
+                       "(--t5=FLUX.1-dev/text_encoder_2 --clip=FLUX.1-dev/text_encoder, or config.sample.encoders)")
+    text = encoders.FluxText.load(e.t5, e.clip, c.data.text_len, c.data.text_convention, dtype, mesh=mesh,
+                                  t5_on_host=bool(e.t5_on_host))
+  if c.model.vae_downsample != 1:
+    if not e.vae:
+      raise ValueError("this model makes VAE latents: give the autoencoder folder (--vae=FLUX.1-dev/vae, or "
+                       "config.sample.encoders.vae)")
+    frames = encoders.VAEFrames.load(e.vae, dtype, mesh=mesh, tile=int(e.vae_tile))
+    if frames.downsample != c.model.vae_downsample or frames.model.cfg.latent_channels != c.model.image_channels:
+      raise ValueError(f"--vae={e.vae}: a {frames.downsample}x autoencoder with {frames.model.cfg.latent_channels} "
+                       f"latent channels; the model reads {c.model.vae_downsample}x, {c.model.image_channels} channels")
+  return text, frames
+
+
+def retrieval_clip(c: ml_collections.ConfigDict, workdir: str = "", dtype: str = "float32"):
+  """The image/text embedding context_order "image" scores with (None for other orders): the CLIP model
+  of config.sample.encoders.retrieval_clip (real data: the one whose image embeddings the records hold),
+  or the run's ToyCLIP (trained into workdir on first use)."""
+  if c.data.context_order != "image":
+    return None
+  if c.sample.encoders.retrieval_clip:
+    return encoders.ClipEmbedding.load(c.sample.encoders.retrieval_clip, dtype=dtype)
+  if c.data.path and c.model.text_encoder == "precomputed":
+    raise ValueError("config.data.context_order='image' on real data scores with CLIP: give the CLIP model folder "
+                     "(--retrieval_clip=clip-vit-large-patch14, or config.sample.encoders.retrieval_clip)")
+  return toy_clip.load(toy_clip.resolve(c.data, workdir, logging.info))
+
+
+def memory_report(params, text=None, frames=None) -> str:
+  """Parameter memory per device (the most any device holds) of the transformer and each encoder."""
+  parts = [("transformer", params)]
+  if text is not None:
+    parts += [("T5", nnx.state(text.t5)), ("CLIP", nnx.state(text.clip))]
+  if frames is not None and hasattr(frames, "model"):
+    parts.append(("VAE", nnx.state(frames.model)))
+  def where(p):
+    leaf = next((x for x in jax.tree.leaves(p) if isinstance(x, jax.Array)), None)
+    on_host = leaf is not None and jax.default_backend() != "cpu" and next(iter(leaf.devices())).platform == "cpu"
+    return " (host)" if on_host else ""
+
+  return "parameters per device: " + ", ".join(f"{name} {encoders.gib(encoders.bytes_per_device(p))}{where(p)}"
+                                                for name, p in parts)

@@ -1,0 +1,181 @@
+"""Sampling FLUX-layout models: against diffusers' FluxPipeline (tiny random components made in the
+session's flux_folders), from a training workdir that reads parameters only, from a converted FLUX
+checkpoint through the sample command, and the VAE's tiled decode against diffusers'."""
+
+import json
+import os
+import subprocess
+import sys
+
+from flax import nnx
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import torch
+
+from cinema_jax import encoders
+from cinema_jax import loading
+from cinema_jax import sampling
+from cinema_jax.convert import flux
+from cinema_jax.convert import mapping
+
+from conftest import FLUX_T5_LEN
+
+PROMPT = "Wide shot at the lake shore. <Mia> walks left."  # shorter than the T5 length: FLUX pads it
+
+
+def _rel(got, want) -> float:
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def _converted(folders, c) -> dict:
+  """The MM-DiT parameters of flux_folders' diffusers transformer, as convert.flux imports them."""
+  from cinema_jax.models import keyframe  # pylint: disable=g-import-not-at-top
+  source = mapping.open_source(folders["transformer"])
+  return {"dit": flux.from_diffusers({k: source.get(k) for k in source.keys()}, keyframe.configs(c)[0])}
+
+
+def _text(folders, c):
+  return encoders.FluxText.load(folders["text_encoder_2"], folders["text_encoder"], c.data.text_len,
+                                c.data.text_convention)
+
+
+def test_one_keyframe_equals_diffusers_flux_pipeline(flux_folders, flux_config):
+  from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  f = flux_folders
+  c = flux_config()
+  c.sample.update(num_steps=6, guidance=3.5)
+  text = _text(f, c)
+  sampler = sampling.Sampler(c, nnx.graphdef(loading.keyframe.abstract(c)), context_pairs=1, text=text,
+                             frames=encoders.VAEFrames.load(f["vae"]))
+  params = _converted(f, c)
+  ours = sampler.frames_batch(params, [[PROMPT]], seeds=[3])[0]  # [1, 8, 16, 16] latents
+  assert int(text.t5_tokenizer([PROMPT])[1].sum()) < FLUX_T5_LEN  # the prompt is padded
+
+  # The same noise: autoregressive keyframe 0 of seed 3 draws it from fold_in(key(3), 0).
+  n_tok, chans = sampler.grid[0] * sampler.grid[1], 64
+  noise = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(3), 0), (1, n_tok, chans)))
+  tok = lambda folder, pad, n: transformers.PreTrainedTokenizerFast(
+      tokenizer_file=os.path.join(f["root"], folder, "tokenizer.json"), pad_token=pad, model_max_length=n)
+  pipe = FluxPipeline(
+      scheduler=FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's scheduler_config.json
+          base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, num_train_timesteps=1000,
+          shift=3.0, use_dynamic_shifting=True),
+      vae=AutoencoderKL.from_pretrained(f["vae"]).float().eval(),
+      text_encoder=transformers.CLIPTextModel.from_pretrained(f["text_encoder"]).float().eval(),
+      tokenizer=tok("tokenizer", "<|endoftext|>", 16),
+      text_encoder_2=transformers.T5EncoderModel.from_pretrained(f["text_encoder_2"]).float().eval(),
+      tokenizer_2=tok("tokenizer_2", "<pad>", FLUX_T5_LEN),
+      transformer=FluxTransformer2DModel.from_pretrained(f["transformer"]).float().eval())
+  final = {}
+  keep = lambda p, i, t, kw: final.update(kw) or kw  # the latents after each step; the last are the final ones
+  with torch.no_grad():
+    want_image = pipe(PROMPT, height=16, width=32, num_inference_steps=6, guidance_scale=3.5,
+                      max_sequence_length=FLUX_T5_LEN, latents=torch.from_numpy(noise.copy()), output_type="np",
+                      callback_on_step_end=keep).images
+  want_latents = final["latents"].numpy()
+  got_latents = np.asarray(loading.keyframe.patchify(ours[None], 2))[0]
+  assert _rel(got_latents, want_latents) < 1e-4, _rel(got_latents, want_latents)
+  got_image = np.clip(sampler.frames.decode(ours) / 2 + 0.5, 0, 1)
+  assert _rel(got_image, want_image) < 1e-4, _rel(got_image, want_image)
+  assert np.abs(want_latents - noise).max() > 0.1  # it did denoise
+
+
+@pytest.mark.xdist_group(name="flux_run")  # one worker builds the fixture
+def test_a_flux_layout_workdir_samples_storylines_from_its_parameters_only(flux_run, flux_folders, monkeypatch):
+  from cinema_jax import checkpoints, sharding, trainer  # pylint: disable=g-import-not-at-top
+  workdir, f = flux_run["workdir"], flux_folders
+  c = loading.saved_config(workdir)
+  assert c.data.text_convention == "flux" and c.model.text_encoder == "precomputed"
+  mesh = sharding.make_mesh(c.mesh)
+  with jax.set_mesh(mesh):  # the whole training state, for comparison
+    full = checkpoints.restore(checkpoints.manager(workdir, read_only=True), 2, trainer.make_setup(c, mesh).abstract_state)
+  items = []
+  restore = ocp.CheckpointManager.restore
+  monkeypatch.setattr(ocp.CheckpointManager, "restore",
+                      lambda self, step, args=None, **kw: items.append(args["state"].item) or restore(self, step, args=args, **kw))
+  monkeypatch.setattr(trainer, "make_setup", lambda *a: pytest.fail("sampling built the optimizer"))
+  graphdef, params, step = loading.restore_params(workdir, c)
+  assert step == 2 and [list(i) for i in items] == [["ema"]]  # neither the moments nor the raw copy is read
+  jax.tree.map(np.testing.assert_array_equal, params, full["ema"])
+  assert any(not np.allclose(e, p) for e, p in zip(jax.tree.leaves(full["ema"]), jax.tree.leaves(full["params"])))
+
+  c.sample.encoders.update(vae=f["vae"], t5=f["text_encoder_2"], clip=f["text_encoder"])
+  text, frames = loading.encoders_for(c)
+  report = loading.memory_report(params, text, frames)
+  assert all(f"{name} 0.00 GiB" in report for name in ("transformer", "T5", "CLIP", "VAE")), report
+  sampler = sampling.Sampler(c, graphdef, text=text, frames=frames)
+  captions = ["Wide shot at the lake shore. <Mia> walks left.", "Close shot. <Mia> jumps.", "<Mia> walks away."]
+  frames = sampler.frames_batch(params, [captions], seeds=[1])[0]
+  keyframes = sampler.decode(frames)
+  assert frames.shape == (3, 8, 16, 16) and keyframes.shape == (3, 16, 32, 3) and keyframes.dtype == np.uint8
+  again = sampler.frames_batch(params, [captions[:2] + ["A different third caption."]], seeds=[1])[0]
+  np.testing.assert_array_equal(again[:2], frames[:2])  # autoregressive: later captions change nothing before
+  assert np.abs(again[2] - frames[2]).max() > 1e-4  # the caption steers its keyframe
+  c.sample.encoders.vae = ""
+  with pytest.raises(ValueError, match="makes VAE latents: give the autoencoder folder"):
+    loading.encoders_for(c)
+
+
+@pytest.mark.xdist_group(name="flux_run")  # one worker builds the fixture
+def test_the_sample_command_runs_a_converted_flux_checkpoint(flux_run, flux_folders, tmp_path):
+  f = flux_folders
+  overrides = ["--config.data.resolution=(16, 32)", f"--config.data.text_len={FLUX_T5_LEN}",
+               "--config.model.hidden=32", "--config.model.num_heads=2", "--config.model.depth_double=1",
+               "--config.model.depth_single=1", "--config.model.axes_dim=(4, 6, 6)", "--config.model.vae_downsample=2",
+               "--config.model.context_dim=32", "--config.model.vec_dim=24", "--config.model.dtype=float32",
+               "--config.model.attention=xla", "--config.mesh.data=-1", "--config.mesh.fsdp=1",
+               "--config.sample.num_steps=3"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  stories = tmp_path / "stories.jsonl"
+  stories.write_text(json.dumps({"title": "lake", "captions": [PROMPT, "Close shot. <Mia> jumps."]}) + "\n")
+  sample = [sys.executable, "-m", "cinema_jax.sample", f"--flux={flux_run['converted']}", "--config=configs/keyframe.py",
+            *overrides, f"--vae={f['vae']}", f"--t5={f['text_encoder_2']}", f"--clip={f['text_encoder']}",
+            f"--storylines={stories}", f"--outdir={tmp_path / 'out'}"]
+  out = subprocess.run(sample, capture_output=True, text=True, env=env)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "parameters per device: transformer" in out.stdout and "VAE" in out.stdout
+  folder = tmp_path / "out" / "000-lake"
+  manifest = json.loads((folder / "manifest.json").read_text())
+  assert manifest["context_pairs"] == 1 and manifest["flux"] == flux_run["converted"]
+  assert sorted(p for p in os.listdir(folder) if p.startswith("keyframe")) == ["keyframe_000.png", "keyframe_001.png"]
+
+
+def test_tiled_vae_decode_equals_diffusers_tiled_decode(flux_folders):
+  from diffusers import AutoencoderKL  # pylint: disable=g-import-not-at-top
+  ref = AutoencoderKL.from_pretrained(flux_folders["vae"]).float().eval()
+  latents = np.random.default_rng(0).standard_normal((1, 10, 14, 16)).astype(np.float32)
+  frames = encoders.VAEFrames.load(flux_folders["vae"], tile=4)
+  ref.enable_tiling()  # tiles of 4 latent pixels, as ours
+  ref.tile_sample_min_size, ref.tile_latent_min_size, ref.tile_overlap_factor = 8, 4, 0.25
+  cfg = frames.model.cfg
+  z = torch.from_numpy(latents.transpose(0, 3, 1, 2) / cfg.scaling_factor + cfg.shift_factor)
+  with torch.no_grad():
+    want = ref.decode(z).sample.numpy().transpose(0, 2, 3, 1)
+  got = frames.decode(latents)
+  assert got.shape == want.shape == (1, 20, 28, 3)
+  assert _rel(got, want) < 1e-5, _rel(got, want)
+  whole = encoders.VAEFrames(frames.model).decode(latents)  # GroupNorm sees each tile alone: tiling is not exact
+  assert _rel(got, whole) > 1e-3
+
+
+def test_encoders_sharded_over_the_mesh_or_on_the_host_give_the_same_states(flux_folders, flux_config):
+  from cinema_jax import sharding  # pylint: disable=g-import-not-at-top
+  c = flux_config()
+  captions = [PROMPT, "Close shot. <Mia> jumps."]
+  alone = _text(flux_folders, c)(captions)
+  mesh = sharding.make_mesh(c.mesh)
+  sharded = encoders.FluxText.load(flux_folders["text_encoder_2"], flux_folders["text_encoder"], c.data.text_len,
+                                   mesh=mesh)
+  emb = sharded.t5.shared.embedding.get_value()
+  assert len(emb.sharding.device_set) == 8 and emb.addressable_shards[0].data.size == emb.size // 8
+  host = encoders.FluxText.load(flux_folders["text_encoder_2"], flux_folders["text_encoder"], c.data.text_len,
+                                mesh=mesh, t5_on_host=True)
+  assert host.t5.shared.embedding.get_value().devices() == {jax.devices("cpu")[0]}
+  for text in (sharded, host):
+    got = text(captions)
+    for k in alone:
+      np.testing.assert_allclose(got[k], alone[k], rtol=1e-5, atol=1e-6)
