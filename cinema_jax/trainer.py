@@ -254,7 +254,9 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
                                f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
   path = toy_movies.train_path(c.data, workdir, logging.info)
   plan = stages(c)
-  clip_path = toy_clip.resolve(c.data, workdir, logging.info) if c.data.context_order == "image" else ""
+  # text-to-image retrieval: ToyCLIP on pixel keyframes; records of pre-computed latents carry CLIP's embeddings
+  toy = c.data.context_order == "image" and c.model.vae_downsample == 1
+  clip_path = toy_clip.resolve(c.data, workdir, logging.info) if toy else ""
 
   setup = make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names
   with jax.set_mesh(mesh):

@@ -220,12 +220,19 @@ class LoadWindow(grain.transforms.Map):
         cols.setdefault("text_pooled", []).append(np.asarray(shot.clip_pooled, np.float32))
       if shot.image_embedding is not None:
         cols.setdefault("image_embedding", []).append(np.asarray(shot.image_embedding, np.float32))
+      if shot.text_embedding is not None and self.context_order == "image":
+        cols.setdefault("_text_embedding", []).append(np.asarray(shot.text_embedding, np.float32))
       if self.context_order == "text":
         cols.setdefault("_history", []).append(retrieval.words_embedding(shot.caption))
     ex = {k: np.stack(v) for k, v in cols.items()}
     if self.context_order == "text":
       ex["_query"] = ex["_history"][-1]
-    elif self.context_order == "image":
+    elif self.context_order == "image" and not self.embedding_path:  # the records' CLIP embeddings
+      if "_text_embedding" not in ex or len(ex.get("image_embedding", ())) != len(window["shots"]):
+        raise records.BadRecordError(f"{self.reader.path}: context_order='image' needs every record's "
+                                     "image_embedding and text_embedding")
+      ex["_query"], ex["_history"] = ex.pop("_text_embedding")[-1], ex["image_embedding"]
+    elif self.context_order == "image":  # ToyCLIP on the pixel keyframes
       if "image" not in ex:
         raise records.BadRecordError(f"{self.reader.path}: text-to-image retrieval embeds pixel keyframes, the "
                                      "records hold latents")
@@ -342,12 +349,14 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
   (a resume whose saved iterator state belongs to another number of processes).
   """
   check_config(c, batch_size, process_count)
-  if c.context_order == "image":
-    if not embedding_path:
-      raise ConfigError("config.data.context_order='image': text-to-image retrieval needs the ToyCLIP file "
-                        "(make_pipeline(embedding_path=cinema_jax.toy_clip.resolve(...)))")
-    toy_clip.load(embedding_path)  # fails here, naming the file, rather than in a grain worker
   reader = records.ShotReader(path)
+  if c.context_order == "image" and not embedding_path:
+    if not {"image_embedding", "text_embedding"} <= set(reader.index.embeddings):
+      raise ConfigError(f"config.data.context_order='image': {path} holds no CLIP image and caption embeddings; "
+                        "pre-compute them (data_pipelines.precompute --clip_vision=<a whole CLIP model>), or give "
+                        "pixel records and a ToyCLIP file (make_pipeline(embedding_path=toy_clip.resolve(...)))")
+  elif c.context_order == "image":
+    toy_clip.load(embedding_path)  # fails here, naming the file, rather than in a grain worker
   if reader.index.resolution is not None and list(reader.index.resolution) != list(c.resolution):
     raise ConfigError(f"config.data.resolution={tuple(c.resolution)}: {path} holds "
                       f"{reader.index.resolution[0]}x{reader.index.resolution[1]} keyframes")

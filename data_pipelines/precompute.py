@@ -45,6 +45,7 @@ class Encoders:
   vae: vae_model.AutoencoderKL
   text: encoders.FluxText
   clip_vision: clip.CLIPVisionModelWithProjection | None
+  retrieval: encoders.ClipEmbedding | None = None  # a whole CLIP model: caption embeddings in its image space
 
   def latents(self, images_BHWC: np.ndarray) -> np.ndarray:
     return np.asarray(_latents(self.vae, jnp.asarray(images_BHWC)))
@@ -58,6 +59,12 @@ class Encoders:
   def image_embeddings(self, images_BHWC: np.ndarray) -> np.ndarray:
     return encoders.image_embeddings(self.clip_vision, images_BHWC)
 
+  def text_embeddings(self, captions: list[str]) -> list[np.ndarray | None]:
+    """The captions in the CLIP space of the image embeddings (None without a whole CLIP model)."""
+    if self.retrieval is None:
+      return [None] * len(captions)
+    return list(self.retrieval.texts(captions))
+
 
 @nnx.jit
 def _latents(model, images):
@@ -66,10 +73,19 @@ def _latents(model, images):
 
 def load_encoders(vae_path: str, t5_path: str, clip_path: str, clip_vision_path: str = "", t5_len: int = 512,
                   dtype: str = "float32", text_convention: str = "flux") -> Encoders:
-  """The encoders of a FLUX pipeline folder's parts (or any checkpoints of these architectures)."""
+  """The encoders of a FLUX pipeline folder's parts (or any checkpoints of these architectures).
+  clip_vision_path: a CLIP vision tower, or a whole CLIP model (then captions are embedded too, for
+  retrieval by image: the text tower and projection of the same model)."""
+  vision = retrieval = None
+  if clip_vision_path:
+    if encoders.config_json(clip_vision_path).get("model_type") == "clip":
+      retrieval = encoders.ClipEmbedding.load(clip_vision_path, dtype=dtype)
+      vision = retrieval.vision
+    else:
+      vision = encoders.load_clip_vision(clip_vision_path, dtype)
   return Encoders(vae=encoders.load_vae(vae_path, dtype),
                   text=encoders.FluxText.load(t5_path, clip_path, t5_len, text_convention, dtype),
-                  clip_vision=encoders.load_clip_vision(clip_vision_path, dtype) if clip_vision_path else None)
+                  clip_vision=vision, retrieval=retrieval)
 
 
 def _movie_file(work: str, m: int) -> str:
@@ -92,9 +108,9 @@ def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoder
     latents = enc.latents(images)
     states, pooled = enc.text_records(captions)
     embeds = enc.image_embeddings(images) if enc.clip_vision is not None else [None] * len(captions)
-    for s, lat, st, po, em in zip(shots, latents, states, pooled, embeds):
+    for s, lat, st, po, em, te in zip(shots, latents, states, pooled, embeds, enc.text_embeddings(captions)):
       out.append(dataclasses.replace(s, keyframe_png=None, frames_png=None, keyframe_latent=lat, t5=st,
-                                     clip_pooled=po, image_embedding=em).to_bytes())
+                                     clip_pooled=po, image_embedding=em, text_embedding=te).to_bytes())
   return out
 
 
@@ -147,7 +163,8 @@ def main(argv) -> None:
       "vae": flags.DEFINE_string("vae", None, "AutoencoderKL folder (config.json + safetensors).", required=True),
       "t5": flags.DEFINE_string("t5", None, "T5 encoder folder (+ tokenizer.json).", required=True),
       "clip": flags.DEFINE_string("clip", None, "CLIP text encoder folder (+ tokenizer.json).", required=True),
-      "clip_vision": flags.DEFINE_string("clip_vision", "", "CLIP vision tower folder (image embeddings)."),
+      "clip_vision": flags.DEFINE_string("clip_vision", "", "CLIP vision tower folder (image embeddings), or a whole "
+                                         "CLIP model (also caption embeddings: context_order 'image' training)."),
       "t5_len": flags.DEFINE_integer("t5_len", 512, "T5 tokens per caption (FLUX.1-dev: 512; the model's "
                                      "config.data.text_len)."),
       "text_convention": flags.DEFINE_enum("text_convention", "flux", encoders.TEXT_CONVENTIONS,

@@ -16,7 +16,8 @@ Record fields (msgpack map, schema 1):
   frames_png      bytes, optional: the shot's F frames stacked vertically in one RGB PNG [F*H, W, 3]
   t5              array, optional [L, D] text token states (pre-computed; L: the caption's own tokens)
   clip_pooled     array, optional [D] pooled text vector (pre-computed)
-  image_embedding array, optional [D] image embedding for retrieval (pre-computed)
+  image_embedding array, optional [D] image embedding for retrieval (pre-computed: CLIP's image tower)
+  text_embedding  array, optional [D] the caption's embedding in the same CLIP space (text tower + projection)
   meta            map, JSON-able: fps, start/end seconds, source, and for the toy world the ground truth
 
 Arrays are maps {"dtype": str, "shape": [..], "data": bytes} (C order).
@@ -41,7 +42,7 @@ from PIL import Image
 
 SCHEMA_VERSION = 1
 INDEX_FILE = "index.json"
-_ARRAY_FIELDS = ("keyframe_latent", "t5", "clip_pooled", "image_embedding")
+_ARRAY_FIELDS = ("keyframe_latent", "t5", "clip_pooled", "image_embedding", "text_embedding")
 _OPTIONAL_BYTES = ("keyframe_png", "frames_png")
 _DTYPES = ("uint8", "float16", "float32", "bfloat16")
 
@@ -107,6 +108,7 @@ class Shot:
   t5: np.ndarray | None = None
   clip_pooled: np.ndarray | None = None
   image_embedding: np.ndarray | None = None
+  text_embedding: np.ndarray | None = None
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def to_bytes(self) -> bytes:
@@ -316,7 +318,7 @@ def _check_contract(shot: Shot, contract: dict[str, Any], num_frames: int) -> No
   if num_frames and key == "latent_shape":
     raise ValueError(f"{where}: schema {SCHEMA_VERSION} stores frames only beside PNG keyframes")
   first = contract.setdefault("first", True)
-  for name in ("t5", "clip_pooled", "image_embedding"):
+  for name in ("t5", "clip_pooled", "image_embedding", "text_embedding"):
     arr = getattr(shot, name)
     shape = None if arr is None else list(arr.shape)
     if name == "t5" and shape is not None:

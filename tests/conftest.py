@@ -132,7 +132,7 @@ def flux_config(**data):
   """configs/keyframe.py's FLUX.1-dev layout at the size of flux_folders' transformer and encoders."""
   from configs import keyframe as keyframe_config  # pylint: disable=g-import-not-at-top
   c = keyframe_config.get_config("flux_dev")
-  c.data.update(resolution=(16, 32), num_pairs=3, text_len=FLUX_T5_LEN, **data)
+  c.data.update({"resolution": (16, 32), "num_pairs": 3, "text_len": FLUX_T5_LEN, **data})
   c.model.update(hidden=32, num_heads=2, depth_double=1, depth_single=1, axes_dim=(4, 6, 6), vae_downsample=2,
                  context_dim=32, vec_dim=24, dtype="float32", remat="none", attention="xla")
   c.mesh.update(data=-1, fsdp=1)

@@ -16,6 +16,7 @@ import torch
 
 from cinema_jax import encoders
 from cinema_jax import loading
+from cinema_jax import retrieval
 from cinema_jax import sampling
 from cinema_jax.convert import flux
 from cinema_jax.convert import mapping
@@ -103,15 +104,23 @@ def test_a_flux_layout_workdir_samples_storylines_from_its_parameters_only(flux_
   jax.tree.map(np.testing.assert_array_equal, params, full["ema"])
   assert any(not np.allclose(e, p) for e, p in zip(jax.tree.leaves(full["ema"]), jax.tree.leaves(full["params"])))
 
-  c.sample.encoders.update(vae=f["vae"], t5=f["text_encoder_2"], clip=f["text_encoder"])
+  c.sample.encoders.update(vae=f["vae"], t5=f["text_encoder_2"], clip=f["text_encoder"], retrieval_clip=f["clip"])
+  c.data.context_order = "image"  # retrieval by CLIP: the new caption against each generated keyframe
   text, frames = loading.encoders_for(c)
   report = loading.memory_report(params, text, frames)
   assert all(f"{name} 0.00 GiB" in report for name in ("transformer", "T5", "CLIP", "VAE")), report
-  sampler = sampling.Sampler(c, graphdef, text=text, frames=frames)
+  clip = loading.retrieval_clip(c)
+  assert isinstance(clip, encoders.ClipEmbedding)
+  sampler = sampling.Sampler(c, graphdef, text=text, frames=frames, clip=clip)
+  seen = []
+  select = retrieval.select
+  monkeypatch.setattr(retrieval, "select", lambda *a, **kw: seen.append(kw) or select(*a, **kw))
   captions = ["Wide shot at the lake shore. <Mia> walks left.", "Close shot. <Mia> jumps.", "<Mia> walks away."]
   frames = sampler.frames_batch(params, [captions], seeds=[1])[0]
   keyframes = sampler.decode(frames)
   assert frames.shape == (3, 8, 16, 16) and keyframes.shape == (3, 16, 32, 3) and keyframes.dtype == np.uint8
+  np.testing.assert_allclose(seen[2]["history"], clip.images(keyframes[:2]), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(seen[2]["query"], clip.texts(captions[2:])[0], rtol=1e-4, atol=1e-5)
   again = sampler.frames_batch(params, [captions[:2] + ["A different third caption."]], seeds=[1])[0]
   np.testing.assert_array_equal(again[:2], frames[:2])  # autoregressive: later captions change nothing before
   assert np.abs(again[2] - frames[2]).max() > 1e-4  # the caption steers its keyframe
@@ -179,3 +188,39 @@ def test_encoders_sharded_over_the_mesh_or_on_the_host_give_the_same_states(flux
     got = text(captions)
     for k in alone:
       np.testing.assert_allclose(got[k], alone[k], rtol=1e-5, atol=1e-6)
+
+
+def test_clip_embeddings_match_transformers_and_embed_a_wide_frame_as_its_two_halves(flux_folders):
+  import transformers  # pylint: disable=g-import-not-at-top
+  ref = transformers.CLIPModel.from_pretrained(flux_folders["clip"]).float().eval()
+  ours = encoders.ClipEmbedding.load(flux_folders["clip"])
+  captions = [PROMPT, "Close shot. <Mia> jumps."]
+  ids, _ = ours.text_tokenizer(captions)
+  frames = np.random.default_rng(0).integers(0, 256, (2, 16, 32, 3), np.uint8)  # 2:1, as keyframes are
+  halves = np.concatenate([frames[:, :, :16], frames[:, :, 16:]]).astype(np.float32) / 255.0  # 16 px: no resize
+  pixels = (halves - encoders.CLIP_MEAN) / encoders.CLIP_STD
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  with torch.no_grad():
+    text = ref.get_text_features(input_ids=torch.from_numpy(ids.astype(np.int64)))
+    image = ref.get_image_features(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()))
+  text = getattr(text, "pooler_output", text).numpy()
+  image = getattr(image, "pooler_output", image).numpy()
+  np.testing.assert_allclose(ours.texts(captions), unit(text), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ours.images(frames), unit(image[:2] + image[2:]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.xdist_group(name="flux_run")  # one worker builds the fixture
+def test_training_windows_retrieve_context_by_the_records_clip_embeddings(flux_run, flux_config, toy_train):
+  from data_pipelines import pipeline, records  # pylint: disable=g-import-not-at-top
+  c = flux_config(path=flux_run["data"], context_order="image", num_pairs=4)
+  reader = records.ShotReader(flux_run["data"])
+  assert {"image_embedding", "text_embedding"} <= set(reader.index.embeddings)  # precompute wrote both
+  p = pipeline.make_pipeline(c.data, flux_run["data"], batch_size=8)
+  batch = next(iter(p.dataset))
+  for movie, shots in zip(batch["movie"], batch["shot_index"]):
+    recs = [reader.read(reader.index.movies[movie]["records"][k]) for k in sorted(shots)]
+    want = retrieval.select("image", 3, 3, query=recs[-1].text_embedding,
+                            history=np.stack([r.image_embedding for r in recs[:-1]]))
+    np.testing.assert_array_equal(shots, np.array(sorted(shots))[np.concatenate([want, [3]])])
+  with pytest.raises(pipeline.ConfigError, match="holds no CLIP image and caption embeddings"):
+    pipeline.make_pipeline(c.data, toy_train, batch_size=8)  # pixel records: no CLIP embeddings, no ToyCLIP given

@@ -33,7 +33,7 @@ def test_two_processes_resume_and_assemble_the_dataset(encoders, toy_train, tmp_
 
   src, out = records.ShotReader(toy_train), records.ShotReader(dst)
   assert len(out) == len(src) and out.index.latent_shape == [8, 16, 16]
-  assert out.index.embeddings == {"t5": [-1, 32], "clip_pooled": [24], "image_embedding": [12]}
+  assert out.index.embeddings == {"t5": [-1, 32], "clip_pooled": [24], "image_embedding": [12], "text_embedding": [12]}
   assert out.index.info["text_convention"] == "flux" and out.index.info["text_len"] == FLUX_T5_LEN
   movie = src.index.movies[3]
   shot, pixels, _ = src.read_pixels(movie["records"][1], frames=False)
@@ -46,6 +46,8 @@ def test_two_processes_resume_and_assemble_the_dataset(encoders, toy_train, tmp_
   np.testing.assert_allclose(got.t5, states[0], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got.clip_pooled, encoders.text.pooled([shot.caption])[0], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got.image_embedding, encoders.image_embeddings(pixels[None])[0], rtol=1e-5, atol=1e-6)
+  # a whole CLIP model given: the caption in the same space, for retrieval by image
+  np.testing.assert_allclose(got.text_embedding, encoders.retrieval.texts([shot.caption])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_the_masked_convention_keeps_each_captions_own_tokens(encoders):
