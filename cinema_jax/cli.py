@@ -24,3 +24,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     detail = " ".join(str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\'", "'").split())
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     sys.exit(f"error: bad config override ({' '.join(overrides) or 'config file'}): {detail}")
+
+
+ENCODER_FIELDS = ("vae", "t5", "clip", "retrieval_clip", "t5_on_host")
+
+
+def define_encoder_flags() -> dict:
+  """The encoder folders of models on VAE latents and T5/CLIP states (config.sample.encoders)."""
+  return {
+      "vae": flags.DEFINE_string("vae", None, "AutoencoderKL folder (default: config.sample.encoders.vae)."),
+      "t5": flags.DEFINE_string("t5", None, "T5 encoder folder with its tokenizer (config.sample.encoders.t5)."),
+      "clip": flags.DEFINE_string("clip", None, "CLIP text encoder folder with its tokenizer "
+                                  "(config.sample.encoders.clip)."),
+      "retrieval_clip": flags.DEFINE_string("retrieval_clip", None, "A whole CLIP model folder for context_order "
+                                            "'image' on real data (config.sample.encoders.retrieval_clip)."),
+      "t5_on_host": flags.DEFINE_bool("t5_on_host", None, "Run T5 from host memory (default: sharded on the mesh)."),
+  }
+
+
+def apply_encoder_flags(c, values: dict) -> None:
+  """Writes the encoder flags that were given into config.sample.encoders."""
+  with c.unlocked():
+    for field in ENCODER_FIELDS:
+      if values.get(field) is not None:
+        c.sample.encoders[field] = values[field]

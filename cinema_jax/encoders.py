@@ -112,23 +112,21 @@ def load_clip_vision(path: str, dtype: str = "float32") -> clip.CLIPVisionModelW
 # ---------------------------------------------------------------------------------------- placement
 
 
-def place(model: nnx.Module, mesh: jax.sharding.Mesh | None) -> nnx.Module:
-  """Puts a frozen encoder's parameters on the host (mesh None: the first CPU device) or shards each
-  over the whole mesh along its largest dimension the mesh size divides (replicated when none does);
-  XLA gathers them as the encoder runs. In place; returns the model."""
-  state = nnx.state(model)
-  if mesh is None:
-    where = lambda _: jax.devices("cpu")[0]
-  else:
-    n, axes = mesh.size, tuple(mesh.axis_names)
+def placement(shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Where `place` puts a frozen encoder's parameter of this shape: split over the whole mesh along its
+  largest dimension the mesh size divides, replicated when none does."""
+  spec = [None] * len(shape)
+  d = next((d for d in sorted(range(len(shape)), key=lambda d: -shape[d]) if shape[d] % mesh.size == 0), None)
+  if d is not None:
+    spec[d] = tuple(mesh.axis_names)
+  return NamedSharding(mesh, P(*spec))
 
-    def where(x):
-      dims = sorted(range(x.ndim), key=lambda d: -x.shape[d])
-      d = next((d for d in dims if x.shape[d] % n == 0), None)
-      spec = [None] * x.ndim
-      if d is not None:
-        spec[d] = axes
-      return NamedSharding(mesh, P(*spec))
+
+def place(model: nnx.Module, mesh: jax.sharding.Mesh | None) -> nnx.Module:
+  """Puts a frozen encoder's parameters on the host (mesh None: the first CPU device) or sharded over the
+  mesh by `placement`; XLA gathers them as the encoder runs. In place; returns the model."""
+  state = nnx.state(model)
+  where = (lambda _: jax.devices("cpu")[0]) if mesh is None else (lambda x: placement(x.shape, mesh))
   nnx.update(model, jax.tree.map(lambda x: jax.device_put(x, where(x)), state))
   return model
 
@@ -235,8 +233,17 @@ class PixelFrames:
   def decode(self, frames_NHWC: np.ndarray) -> np.ndarray:
     return np.asarray(frames_NHWC, np.float32)
 
+  def encode(self, images_NHWC: np.ndarray) -> np.ndarray:
+    """uint8 images -> the model's frames."""
+    return np.asarray(images_NHWC, np.float32) / 127.5 - 1.0
+
   def params(self) -> dict:
     return {}
+
+
+@nnx.jit
+def _vae_latents(model, images):
+  return model.latents(images.astype(jnp.float32) / 127.5 - 1.0).astype(jnp.float32)
 
 
 @nnx.jit
@@ -267,6 +274,10 @@ class VAEFrames:
   @property
   def downsample(self) -> int:
     return self.model.cfg.downsample
+
+  def encode(self, images_NHWC: np.ndarray) -> np.ndarray:
+    """uint8 images -> latents (the posterior mean, shifted and scaled, as pre-computation writes them)."""
+    return np.asarray(_vae_latents(self.model, jnp.asarray(images_NHWC)))
 
   def decode(self, latents_NhwC: np.ndarray) -> np.ndarray:
     cfg = self.model.cfg
@@ -310,6 +321,18 @@ def _blend(a: np.ndarray, b: np.ndarray, extent: int, axis: int) -> None:
     src = np.take(a, -extent + y, axis=axis)
     idx = (slice(None), y) if axis == 1 else (slice(None), slice(None), y)
     b[idx] = src * (1 - y / extent) + b[idx] * (y / extent)
+
+
+def for_model(c, text=None, frames=None):
+  """(text, frames) a sampler of config c's model uses: the given ones, or the toy world's (byte tokens,
+  pixels) where the model needs no other; a one-line error where it does."""
+  if text is None and c.model.text_encoder != "bytes":
+    raise ValueError("this model conditions on T5 states and CLIP pooled vectors: sampling needs the T5 and CLIP "
+                     "encoders (--t5, --clip or config.sample.encoders; encoders.FluxText)")
+  if frames is None and c.model.vae_downsample != 1:
+    raise ValueError("this model makes VAE latents: sampling needs the VAE decoder (--vae or "
+                     "config.sample.encoders.vae; encoders.VAEFrames)")
+  return text or ByteText(c.data.text_len), frames or PixelFrames()
 
 
 # ------------------------------------------------------------------------------------------- CLIP

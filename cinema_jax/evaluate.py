@@ -11,6 +11,11 @@ the model's config (or --memory) says) into REPORT_DIR/samples/,
 the second judges folders that cinema_jax.sample (or an earlier evaluate) wrote. The ground truth is
 storylines_truth.jsonl beside FILE (data_pipelines.toy_movies writes both). The real renders of the same
 shots are judged too, as the reference row. Writes REPORT_DIR/report.json and report.md.
+
+With --clip_model=DIR (a whole CLIP model) every row also gets the paper's automatic proxies
+(cinema_jax/eval/clip_metrics.py: CLIP text-image alignment, CLIP consistency across shots that name
+the same character or place); storylines without ground truth (any real storylines) get only those.
+Models on VAE latents and T5/CLIP states take the sample command's encoder flags (--vae, --t5, --clip).
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ import numpy as np
 from PIL import Image
 
 from cinema_jax import checkpoints
+from cinema_jax import encoders
 from cinema_jax import retrieval
 from cinema_jax import loading
 from cinema_jax import sample as sample_lib
 from cinema_jax import sample_job
 from cinema_jax import sampling
+from cinema_jax import cli
+from cinema_jax.eval import clip_metrics
 from cinema_jax.eval import judge as judge_lib
 from cinema_jax.eval import metrics
 from data_pipelines import records
@@ -46,6 +54,9 @@ _TABLE = (  # (report key, column title, format)
     ("place_consistency", "place", "{:.3f}"),
     ("landmark_consistency", "landmark", "{:.3f}"),
     ("caption_alignment", "caption alignment", "{:.3f}"),
+    ("clip_alignment", "CLIP text-image", "{:.3f}"),
+    ("clip_character_consistency", "CLIP character", "{:.3f}"),
+    ("clip_place_consistency", "CLIP place", "{:.3f}"),
     ("frechet_distance", "Frechet distance (lower)", "{:.2f}"),
     ("diversity", "diversity", "{:.2f}"),
     ("duplicate_rate", "duplicates (lower)", "{:.3f}"),
@@ -89,8 +100,16 @@ def read_samples(folder: str) -> list[tuple[dict, np.ndarray]]:
   return out
 
 
-def score(samples: list[tuple[dict, np.ndarray]], truth: dict[str, dict]) -> dict:
-  """The report entry of one set of sampled storylines (and of the real renders of the same shots)."""
+def score(samples: list[tuple[dict, np.ndarray]], truth: dict[str, dict] | None, clip=None) -> dict:
+  """The report entry of one set of sampled storylines (and of the real renders of the same shots):
+  judged against the ground truth when there is one, CLIP's proxies when a CLIP model is given."""
+  proxies = {}
+  if clip is not None:
+    proxies = clip_metrics.rates([clip_metrics.storyline(clip, frames, m["captions"], m.get("characters"),
+                                                         m.get("places")) for m, frames in samples])
+  if truth is None:
+    keyframes = sum(len(f) for _, f in samples)
+    return {"result": {**proxies, "storylines": len(samples), "keyframes": keyframes}, "reference": None}
   counts: dict[str, int] = {}
   real_counts: dict[str, int] = {}
   div = {"pairs": 0, "gen_distance": 0.0, "real_distance": 0.0, "near_copies": 0}
@@ -119,7 +138,7 @@ def score(samples: list[tuple[dict, np.ndarray]], truth: dict[str, dict]) -> dic
   seconds = [m.get("seconds") for m, _ in samples]
   keyframes = sum(len(f) for _, f in samples)
   result["seconds_per_keyframe"] = sum(seconds) / keyframes if None not in seconds else None
-  result.update(storylines=len(samples), keyframes=keyframes, counts=counts)
+  result.update(storylines=len(samples), keyframes=keyframes, counts=counts, **proxies)
   reference = metrics.rates(real_counts)
   reference.update(frechet_distance=0.0, diversity=1.0, duplicate_rate=None, seconds_per_keyframe=None,
                    storylines=len(samples), keyframes=keyframes, counts=real_counts)
@@ -151,10 +170,12 @@ def _sample_all(v: dict, stories: list[dict], out: str) -> list[tuple[str, int, 
       c.data.context_order = v["context_order"]
     if v["context_t"]:
       c.sample.context_t = tuple(float(x) for x in v["context_t"])  # checked in main
+  cli.apply_encoder_flags(c, v)
   clip = loading.retrieval_clip(c, v["workdir"])
+  text, frames_decoder = loading.encoders_for(c)
   done = []
   for pairs in v["num_pairs"]:
-    sampler = sampling.Sampler(c, graphdef, context_pairs=pairs, clip=clip)
+    sampler = sampling.Sampler(c, graphdef, context_pairs=pairs, clip=clip, text=text, frames=frames_decoder)
     setting = "no memory" if pairs == 1 else (
         "GoldenMem" if c.data.memory_levels == "goldenmem" else "full context")
     if pairs > 1 and c.data.context_order != "chronological":
@@ -180,6 +201,9 @@ def _sample_all(v: dict, stories: list[dict], out: str) -> list[tuple[str, int, 
 
 def _define_flags() -> dict:
   return {
+      **cli.define_encoder_flags(),
+      "clip_model": flags.DEFINE_string("clip_model", None, "A whole CLIP model folder: also score CLIP text-image "
+                                        "alignment and consistency (the only scores for storylines without truth)."),
       "workdir": flags.DEFINE_string("workdir", None, "Training workdir to sample from (latest checkpoint)."),
       "samples": flags.DEFINE_list("samples", None, "Instead of sampling: folders of sampled storylines to judge."),
       "storylines": flags.DEFINE_string("storylines", None, "Storylines JSONL (truth beside it), or 'toy': the "
@@ -229,7 +253,13 @@ def main(argv, f: dict) -> None:
       c = sample_lib.saved_config(v["workdir"])
       storylines = os.path.join(toy_movies.root_for_config(c.data, v["workdir"]), "storylines.jsonl")
     stories = sample_lib.read_storylines(storylines)[: v["max_storylines"] or None]
-    truth = read_truth(storylines)
+    clip = encoders.ClipEmbedding.load(v["clip_model"]) if v["clip_model"] else None
+    try:
+      truth = read_truth(storylines)
+    except records.DataError:
+      if clip is None:
+        raise
+      truth = None  # any storylines: CLIP's proxies only
     if v["workdir"]:
       if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
         raise records.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
@@ -241,12 +271,14 @@ def main(argv, f: dict) -> None:
       samples = read_samples(folder)
       if pairs is None:  # a folder of samples: its manifests say how they were made
         pairs = samples[0][0].get("context_pairs")
-      s = score(samples, truth)
+      s = score(samples, truth, clip)
       rows.append({"setting": setting, "num_pairs": pairs, "samples": folder, **s["result"]})
-      reference = reference or {"setting": "real renders (reference)", "num_pairs": None, **s["reference"]}
-  except (records.DataError, FileNotFoundError) as e:
+      if s["reference"] is not None:
+        reference = reference or {"setting": "real renders (reference)", "num_pairs": None, **s["reference"]}
+  except (records.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  rows.append(reference)
+  if reference is not None:
+    rows.append(reference)
   write_report(v["out"], {"storylines": storylines, "workdir": v["workdir"], "rows": rows},
                markdown(rows, f"Toy-cinema benchmark: {os.path.basename(storylines)}"))
 
@@ -263,4 +295,4 @@ def write_report(out: str, report: dict, table: str) -> None:
 
 if __name__ == "__main__":
   _flags = _define_flags()
-  app.run(lambda argv: main(argv, _flags))
+  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)

@@ -7,8 +7,8 @@ resolution). Orders (config.data.context_order):
   chronological  the k most recent shots, oldest first (no retrieval)
   text           caption to caption similarity (text to text)
   image          the new caption against the earlier keyframes (text to image, the paper's best), in
-                 a contrastive image/text space: ToyCLIP (cinema_jax.toy_clip) in the toy world; CLIP
-                 once the pretrained-weights issue lands
+                 a contrastive image/text space: CLIP on real data (the records' pre-computed embeddings,
+                 cinema_jax.encoders.ClipEmbedding while sampling), ToyCLIP (cinema_jax.toy_clip) in the toy world
 Scores mix similarity with recency: (1 - recency) * similarity + recency * (position / count).
 
 Caption embeddings for "text" in the toy world: `words`, a hashed bag of words without stop words

@@ -11,7 +11,8 @@ Only the parameters sampling uses are read (the EMA copy unless --raw_params), i
 (bfloat16 on accelerators), onto the config's mesh; the parameter memory per device is printed.
 
 FILE is JSONL, one storyline per line: {"title": ..., "captions": [...]} (data_pipelines.toy_movies
-writes one). Per storyline OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json;
+writes one), optionally with per-shot "characters" (lists of names) and "places" (names or null), which
+evaluation's CLIP consistency reads (else a caption's <Name> tags say who is in it). Per storyline OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json;
 with --video_workdir (a trained configs/video.py model) also shot_<k>.mp4 (each shot, its keyframe
 first), movie.mp4 (the shots in order) and movie.html (storyboard, captions and playable shots in one
 self-contained page). Each folder is renamed into place whole. Several processes (hosts, or launch/local.py) split the storylines
@@ -43,6 +44,7 @@ from data_pipelines import toy_movies
 def _define_flags() -> dict:
   """CLI flags, defined only when run as a script (cinema_jax.evaluate imports this module)."""
   return {
+      **cli.define_encoder_flags(),
       "workdir": flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is used)."),
       "flux": flags.DEFINE_string("flux", None, "Instead of --workdir: a converted FLUX transformer folder "
                                   "(python -m cinema_jax.convert.flux), sampled with --config's model."),
@@ -50,12 +52,6 @@ def _define_flags() -> dict:
                                                 lock_config=False),
       "context_pairs": flags.DEFINE_integer("context_pairs", None, "Pairs in the autoregressive window (default: "
                                             "the training window; 1 with --flux: FLUX.1 has never seen context)."),
-      "vae": flags.DEFINE_string("vae", None, "AutoencoderKL folder (default: config.sample.encoders.vae)."),
-      "t5": flags.DEFINE_string("t5", None, "T5 encoder folder with its tokenizer (config.sample.encoders.t5)."),
-      "clip": flags.DEFINE_string("clip", None, "CLIP text encoder folder with its tokenizer (config.sample.encoders.clip)."),
-      "retrieval_clip": flags.DEFINE_string("retrieval_clip", None, "A whole CLIP model folder for context_order "
-                                            "'image' on real data (config.sample.encoders.retrieval_clip)."),
-      "t5_on_host": flags.DEFINE_bool("t5_on_host", None, "Run T5 from host memory (default: sharded on the mesh)."),
       "param_dtype": flags.DEFINE_enum("param_dtype", None, ["auto", "float32", "bfloat16"],
                                        "Parameter dtype (default: config.sample.param_dtype)."),
       "storylines": flags.DEFINE_string("storylines", None, "JSONL file of storylines, or 'toy': the held-out "
@@ -94,8 +90,16 @@ def read_storylines(path: str) -> list[dict]:
       caps = story.get("captions") if isinstance(story, dict) else None
       if not isinstance(caps, list) or not caps or not all(isinstance(x, str) and x.strip() for x in caps):
         raise records.DataError(f"{path} line {n}: expected {{\"title\": ..., \"captions\": [non-empty strings]}}")
-      out.append({"title": str(story.get("title", f"storyline {len(out)}")), "captions": caps,
-                  "movie_id": story.get("movie_id")})
+      entry = {"title": str(story.get("title", f"storyline {len(out)}")), "captions": caps,
+               "movie_id": story.get("movie_id")}
+      for key, ok in (("characters", lambda x: isinstance(x, list) and all(isinstance(n, str) for n in x)),
+                      ("places", lambda x: x is None or isinstance(x, str))):  # optional, one per shot
+        if key in story:
+          if not isinstance(story[key], list) or len(story[key]) != len(caps) or not all(map(ok, story[key])):
+            raise records.DataError(f"{path} line {n}: {key!r} must hold one entry per caption "
+                                    f"({'a list of names' if key == 'characters' else 'a place name or null'})")
+          entry[key] = story[key]
+      out.append(entry)
   if not out:
     raise records.DataError(f"{path}: no storylines")
   return out
@@ -106,13 +110,14 @@ load = loading.load
 
 
 def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bool = False,
-                overrides: dict | None = None):
+                overrides: dict | None = None, encoder_flags: dict | None = None):
   """(shots_fn for sample_job.run, manifest info, config) of the video model in workdir; resolution:
-  the keyframe model's, which it must match (None: unchecked); overrides: config.sample fields."""
+  the keyframe model's, which it must match (None: unchecked); overrides: config.sample fields;
+  encoder_flags: the encoder folders (cli.define_encoder_flags' values) for a latent T5/CLIP model."""
   if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
     raise records.DataError(f"no checkpoints in --video_workdir={workdir}: train one first "
                             "(python -m cinema_jax.train --config=configs/video.py:demo)")
-  c, graphdef, params, step = load(workdir, raw_params)
+  c = saved_config(workdir)
   if c.task != "video":
     raise records.DataError(f"--video_workdir={workdir} holds a {c.task} model, not a video model (configs/video.py)")
   if resolution is not None and tuple(c.data.resolution) != tuple(resolution):
@@ -120,7 +125,12 @@ def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bo
                             f"{tuple(resolution)} keyframes")
   with c.unlocked():
     c.sample.update(overrides or {})
-  sampler = shot_sampling.ShotSampler(c, graphdef)
+  cli.apply_encoder_flags(c, encoder_flags or {})
+  dtype = loading.sampling_dtype(c.sample.param_dtype)
+  mesh = sharding.make_mesh(c.mesh)
+  graphdef, params, step = loading.restore_params(workdir, c, raw_params, dtype, mesh)
+  text, frames = loading.encoders_for(c, dtype, mesh)
+  sampler = shot_sampling.ShotSampler(c, graphdef, text=text, frames=frames)
   info = {"video_checkpoint_step": step, "video_num_steps": c.sample.num_steps, "video_guidance": c.sample.guidance}
   return (lambda kf, captions, seed: sampler.shots(params, kf, captions, seed=seed)), info, c
 
@@ -148,10 +158,8 @@ def main(argv, f: dict):
       if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
         raise records.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
       c = saved_config(v["workdir"])
+    cli.apply_encoder_flags(c, v)
     with c.unlocked():
-      for field in ("vae", "t5", "clip", "retrieval_clip", "t5_on_host"):
-        if v[field] is not None:
-          c.sample.encoders[field] = v[field]
       if v["param_dtype"] is not None:
         c.sample.param_dtype = v["param_dtype"]
     dtype = loading.sampling_dtype(c.sample.param_dtype)
@@ -181,7 +189,8 @@ def main(argv, f: dict):
   shots_fn, video = None, None
   if v["video_workdir"]:
     try:
-      shots_fn, info_video, _ = video_stage(v["video_workdir"], c.data.resolution, v["raw_params"])
+      shots_fn, info_video, _ = video_stage(v["video_workdir"], c.data.resolution, v["raw_params"],
+                                            encoder_flags=v)
     except (records.DataError, ValueError) as e:
       sys.exit(f"error: {e}")
     video = {"fps": v["fps"], "scale": v["video_scale"]}

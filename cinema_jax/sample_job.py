@@ -85,6 +85,9 @@ def save_storyline(outdir: str, index: int, story: dict, frames, captions: list[
       os.path.join(tmp, "storyboard.png"))
   manifest = {"dir": name, "title": story["title"], "movie_id": story.get("movie_id"), "captions": captions,
               "keyframes": files, "storyboard": "storyboard.png", **info}
+  for key in ("characters", "places"):  # who and where, per shot, when the storyline says
+    if key in story:
+      manifest[key] = story[key][:len(captions)]
   if shots is not None:
     manifest.update(_save_movie(tmp, story["title"] + title_suffix, shots, captions, files, **video))
   with open(os.path.join(tmp, "manifest.json"), "w") as f:

@@ -69,15 +69,8 @@ class Sampler:
     """clip: the image/text embedding for context_order "image" (encoders.ClipEmbedding, or ToyCLIP);
     text: captions -> the model's text input (default for byte-token models: encoders.ByteText);
     frames: the model's frames -> pixels (default for pixel-space models: encoders.PixelFrames)."""
-    if text is None and c.model.text_encoder != "bytes":
-      raise ValueError("this model conditions on T5 states and CLIP pooled vectors: sampling needs the T5 and CLIP "
-                       "encoders (--t5, --clip or config.sample.encoders; encoders.FluxText)")
-    if frames is None and c.model.vae_downsample != 1:
-      raise ValueError("this model makes VAE latents: sampling needs the VAE decoder (--vae or "
-                       "config.sample.encoders.vae; encoders.VAEFrames)")
     self.c, self.graphdef = c, graphdef
-    self.text = text or encoders.ByteText(c.data.text_len)
-    self.frames = frames or encoders.PixelFrames()
+    self.text, self.frames = encoders.for_model(c, text, frames)
     self.grid = keyframe.full_grid(c)
     ds = c.model.vae_downsample
     self.frame_shape = (c.data.resolution[0] // ds, c.data.resolution[1] // ds, c.model.image_channels)

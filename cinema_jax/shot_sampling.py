@@ -21,33 +21,35 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cinema_jax import encoders
 from cinema_jax import sampling
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
-from data_pipelines import tokenizer
 
 
 class ShotSampler:
   """Samples the shot videos of storylines for the video model of config `c` (params passed per call)."""
 
-  def __init__(self, c: ml_collections.ConfigDict, graphdef):
+  def __init__(self, c: ml_collections.ConfigDict, graphdef, text=None, frames=None):
+    """text: captions -> the model's text input; frames: uint8 keyframes <-> the model's frames (encode and
+    decode); both from cinema_jax/encoders.py, the toy world's by default (byte tokens, pixels)."""
     if c.task != "video":
       raise ValueError(f"ShotSampler needs a video-model config (config.task='video'), got {c.task!r}")
-    if c.model.text_encoder != "bytes" or c.model.vae_downsample != 1:
-      raise ValueError("sampling shots from caption text needs a pixel-space model with the byte text encoder "
-                       "(the toy variants); latent models need the VAE decoder and T5/CLIP encoders")
     self.c, self.graphdef = c, graphdef
+    self.text, self.frames = encoders.for_model(c, text, frames)
     self.h, self.w = c.data.resolution
+    ds = c.model.vae_downsample
+    self.frame_shape = (self.h // ds, self.w // ds, c.model.image_channels)
     self.window = c.data.num_pairs
     self.num_frames = c.model.video.num_frames
 
   @functools.partial(jax.jit, static_argnums=(0,))
-  def _denoise(self, params, kf_BKHWC, tokens_BKL, mask_BKL, keys_K, guidance):
-    """Clip pixels [1, K, F-1, H, W, 3] of one window; keys_K: one PRNG key per shot."""
+  def _denoise(self, params, kf_BKhwC, text_BK: dict, keys_K, guidance):
+    """Clip frames [1, K, F-1, h, w, C] (model space) of one window; keys_K: one PRNG key per shot."""
     c, v = self.c, self.c.model.video
     model = nnx.merge(self.graphdef, params)
-    text = model.encode_text({"text_tokens": tokens_BKL, "text_mask": mask_BKL})
-    kf = video.keyframe_tokens(c, kf_BKHWC)
+    text = model.encode_text(text_BK)
+    kf = video.keyframe_tokens(c, kf_BKhwC)
     k = kf.shape[1]
     gh, gw = keyframe.full_grid(c)
     n_clip, chans = video.token_frames(c) * gh * gw, kf.shape[-1]
@@ -77,7 +79,7 @@ class ShotSampler:
       return x + (times[i + 1] - times[i]) * vel
 
     x = jax.lax.fori_loop(0, c.sample.num_steps, body, x)
-    return video.unpatchify(x, v.patch_t, c.model.patch, self.num_frames - 1, self.h, self.w)
+    return video.unpatchify(x, v.patch_t, c.model.patch, self.num_frames - 1, *self.frame_shape[:2])
 
   def shots(self, params, keyframes_KHWC: np.ndarray, captions: list[str], *, seed: int = 0,
             shot_seeds: list[int] | None = None, guidance: float | None = None) -> np.ndarray:
@@ -94,14 +96,15 @@ class ShotSampler:
     keys = [jax.random.fold_in(jax.random.key(seed), i) if shot_seeds is None else jax.random.key(shot_seeds[i])
             for i in range(num)]
     g = jnp.float32(self.c.sample.guidance if guidance is None else guidance)
-    pixels = keyframes_KHWC.astype(np.float32) / 127.5 - 1.0
+    kf = self.frames.encode(keyframes_KHWC)  # the model's frames: pixels in [-1, 1], or VAE latents
     out = np.zeros((num, self.num_frames, self.h, self.w, 3), np.uint8)
     out[:, 0] = keyframes_KHWC
-    enc = [tokenizer.encode(cap, self.c.data.text_len)[:2] for cap in captions]
-    tokens, masks = np.stack([e[0] for e in enc]), np.stack([e[1] for e in enc])
+    text = self.text(captions)
     for first in range(0, num, self.window):
       sl = slice(first, min(num, first + self.window))
-      clips = self._denoise(params, jnp.asarray(pixels[None, sl]), jnp.asarray(tokens[None, sl]),
-                            jnp.asarray(masks[None, sl]), jnp.stack(keys[sl]), g)
-      out[sl, 1:] = sampling.to_uint8(np.asarray(clips[0]))
+      clips = np.asarray(self._denoise(params, jnp.asarray(kf[None, sl]), {k: jnp.asarray(a[None, sl])
+                                                                            for k, a in text.items()},
+                                       jnp.stack(keys[sl]), g)[0])  # [k, F-1, h, w, C]
+      pixels = self.frames.decode(clips.reshape(-1, *self.frame_shape))
+      out[sl, 1:] = encoders.to_uint8(pixels).reshape(clips.shape[0], self.num_frames - 1, self.h, self.w, 3)
     return out

@@ -54,10 +54,6 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
   if (m.text_encoder == "bytes") != (c.data.text_source == "bytes"):
     raise pipeline.ConfigError(f"config.model.text_encoder={m.text_encoder!r} needs config.data.text_source="
                                f"{'bytes' if m.text_encoder == 'bytes' else 'precomputed'!r}")
-  if reads_data and c.task == "video" and m.vae_downsample != 1:
-    raise pipeline.ConfigError(f"variant {c.variant!r} of configs/video.py trains on per-frame latents, which record "
-                               "schema 1 does not store (frames are kept only beside PNG keyframes): use it with "
-                               "--compile_only, or a toy variant (demo, tiny)")
   if reads_data and m.vae_downsample != 1 and not c.data.path:
     raise pipeline.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads pre-computed latents; "
                                "the toy world (empty path) is pixels, use a toy variant (demo, tiny)")

@@ -55,7 +55,7 @@ class ConfigError(ValueError):
 
 
 MEMORY_LEVELS = ("none", "goldenmem")
-_PER_PAIR = ("image", "latent", "frames", "text_tokens", "text_mask", "text_states", "text_pooled",
+_PER_PAIR = ("image", "latent", "frames", "frame_latents", "text_tokens", "text_mask", "text_states", "text_pooled",
              "image_embedding", "shot_index")
 
 
@@ -120,8 +120,8 @@ def check_config(c: ml_collections.ConfigDict, batch_size: int, process_count: i
   need(c.text_convention in ("flux", "masked"), "text_convention", "'flux' or 'masked'")
   need(c.context_order in retrieval.ORDERS, "context_order", f"one of {list(retrieval.ORDERS)}")
   if c.retrieval.encoder != "words":
-    raise ConfigError(f"config.data.retrieval.encoder={c.retrieval.encoder!r}: expected 'words' (retrieval over the "
-                      "records' pre-computed CLIP embeddings is not wired yet)")
+    raise ConfigError(f"config.data.retrieval.encoder={c.retrieval.encoder!r}: expected 'words' (context_order "
+                      "'text' embeds captions as words; 'image' uses the records' CLIP embeddings or ToyCLIP)")
   if not 0 <= c.retrieval.recency <= 1:
     raise ConfigError(f"config.data.retrieval.recency={c.retrieval.recency!r}: expected a weight in [0, 1]")
   need(c.memory_levels in MEMORY_LEVELS, "memory_levels", f"one of {list(MEMORY_LEVELS)}")
@@ -194,7 +194,9 @@ class LoadWindow(grain.transforms.Map):
         cols.setdefault("image", []).append(keyframe)  # uint8 until batched: 4x less to move between processes
       else:
         cols.setdefault("latent", []).append(np.asarray(shot.keyframe_latent, np.float32))
-      if self.load_frames:
+      if self.load_frames and shot.frame_latents is not None:
+        cols.setdefault("frame_latents", []).append(np.asarray(shot.frame_latents, np.float32))
+      elif self.load_frames:
         if frames is None:
           raise records.BadRecordError(f"{self.reader.where(record)}: load_frames is set but the dataset "
                                        "stores no frames")
@@ -369,7 +371,9 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
                         f"pre-computed with {made[0]!r} (text_len {made[1]}): rerun data_pipelines.precompute with "
                         f"--text_convention={c.text_convention} --t5_len={c.text_len}")
   if c.load_frames and not reader.index.num_frames:
-    raise ConfigError(f"config.data.load_frames=True but {path} stores no frames")
+    how = (" per-frame latents (record schema 1 had none): make them from its pixel dataset with python -m "
+           "data_pipelines.precompute --src=PIXELS --dst=... --frames" if reader.index.latent_shape else " frames")
+    raise ConfigError(f"config.data.load_frames=True but {path} stores no{how}")
   try:
     plan = windows.WindowPlan([m["num_shots"] for m in reader.index.movies], c.num_pairs,
                               max_stride=c.max_stride, max_overlap=c.max_overlap, seed=c.seed,

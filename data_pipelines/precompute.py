@@ -3,7 +3,8 @@ CLIP image embeddings, for every shot of a dataset of pixel records.
 
   python -m data_pipelines.precompute --src=runs/curated/train --dst=runs/latents/train \
       --vae=FLUX.1-dev/vae --t5=FLUX.1-dev/text_encoder_2 --clip=FLUX.1-dev/text_encoder \
-      [--clip_vision=clip-vit-large-patch14] [--t5_len=512] [--text_convention=flux|masked] [--batch_size=16] [--process_id=I --num_processes=N]
+      [--clip_vision=clip-vit-large-patch14] [--t5_len=512] [--text_convention=flux|masked] [--frames] \
+      [--batch_size=16] [--process_id=I --num_processes=N]
 
 Each encoder folder holds its config.json, safetensors weights and (text encoders) tokenizer.json, as
 in a diffusers FLUX.1 pipeline folder (vae/, text_encoder_2/ with tokenizer_2/, text_encoder/ with
@@ -12,8 +13,9 @@ tokenizer/; a tokenizer is looked for in the folder, then in its sibling tokeniz
 The output is a dataset of the same movies and shots with `keyframe_latent` instead of the keyframe
 PNG, `t5` (by --text_convention: FLUX's T5 states of every position of the caption padded to --t5_len,
 or the caption's valid tokens only, the pipeline padding them), `clip_pooled` and, with --clip_vision,
-`image_embedding`; the keyframe trainer then never runs an encoder. Shot frames stay in the pixel
-dataset (record schema 1 stores frames only beside PNG keyframes).
+`image_embedding` (and `text_embedding` when --clip_vision is a whole CLIP model); the trainer then never
+runs an encoder. With --frames every shot frame's latent too (`frame_latents`, record schema 2), which
+the video model (configs/video.py:paper) trains on.
 Process p of N encodes movies p, p+N, ... (several hosts or GPUs, no collectives). Each movie is
 written whole to DST.work/ as it finishes and skipped when rerun, so a killed job resumes; the process
 that finds every movie done assembles DST (atomically, as records.write_dataset does).
@@ -28,8 +30,6 @@ import sys
 import time
 from typing import Any
 
-from flax import nnx
-import jax.numpy as jnp
 import msgpack
 import numpy as np
 
@@ -48,7 +48,7 @@ class Encoders:
   retrieval: encoders.ClipEmbedding | None = None  # a whole CLIP model: caption embeddings in its image space
 
   def latents(self, images_BHWC: np.ndarray) -> np.ndarray:
-    return np.asarray(_latents(self.vae, jnp.asarray(images_BHWC)))
+    return encoders.VAEFrames(self.vae).encode(images_BHWC)
 
   def text_records(self, captions: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
     """(T5 states to store per caption [n, D], CLIP pooled vectors [B, D]): by the text convention, every
@@ -64,11 +64,6 @@ class Encoders:
     if self.retrieval is None:
       return [None] * len(captions)
     return list(self.retrieval.texts(captions))
-
-
-@nnx.jit
-def _latents(model, images):
-  return model.latents(images.astype(jnp.float32) / 127.5 - 1.0)
 
 
 def load_encoders(vae_path: str, t5_path: str, clip_path: str, clip_vision_path: str = "", t5_len: int = 512,
@@ -92,13 +87,15 @@ def _movie_file(work: str, m: int) -> str:
   return os.path.join(work, f"movie-{m:06d}.msgpack")
 
 
-def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoders, batch_size: int) -> list[bytes]:
-  """The movie's shots as records with latents and embeddings, in shot order. Every encoder call sees
-  batch_size shots (a movie's last chunk is padded), so each encoder compiles once for the whole job."""
+def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoders, batch_size: int,
+                 frames: bool = False) -> list[bytes]:
+  """The movie's shots as records with latents and embeddings (frames: every shot frame's latent too), in
+  shot order. Every encoder call sees batch_size shots (a movie's last chunk is padded), so each encoder
+  compiles once for the whole job."""
   out = []
   recs = movie["records"]
   for start in range(0, len(recs), batch_size):
-    chunk = [reader.read_pixels(r, frames=False) for r in recs[start:start + batch_size]]
+    chunk = [reader.read_pixels(r, frames=frames) for r in recs[start:start + batch_size]]
     shots = [s for s, _, _ in chunk]
     if any(k is None for _, k, _ in chunk):
       raise records.DataError(f"{reader.path}: movie {movie['movie_id']} already holds latents, not keyframe pixels")
@@ -108,21 +105,26 @@ def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoder
     latents = enc.latents(images)
     states, pooled = enc.text_records(captions)
     embeds = enc.image_embeddings(images) if enc.clip_vision is not None else [None] * len(captions)
-    for s, lat, st, po, em, te in zip(shots, latents, states, pooled, embeds, enc.text_embeddings(captions)):
-      out.append(dataclasses.replace(s, keyframe_png=None, frames_png=None, keyframe_latent=lat, t5=st,
-                                     clip_pooled=po, image_embedding=em, text_embedding=te).to_bytes())
+    frame_latents = [enc.latents(f) if frames else None for _, _, f in chunk]  # [F, H, W, 3] each: one shape
+    for s, lat, fl, st, po, em, te in zip(shots, latents, frame_latents, states, pooled, embeds,
+                                          enc.text_embeddings(captions)):
+      out.append(dataclasses.replace(s, keyframe_png=None, frames_png=None, keyframe_latent=lat, frame_latents=fl,
+                                     t5=st, clip_pooled=po, image_embedding=em, text_embedding=te).to_bytes())
   return out
 
 
 def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: int = 1, batch_size: int = 16,
-        log=print) -> bool:
-  """Encodes this process's movies; assembles DST when every movie is done. True when DST is complete."""
+        log=print, frames: bool = False) -> bool:
+  """Encodes this process's movies; assembles DST when every movie is done. True when DST is complete.
+  frames: also every shot frame's latent (the video model's input; the source must store frames)."""
   if not 0 <= process_id < num_processes:
     raise ValueError(f"--process_id={process_id}: expected 0 <= id < --num_processes={num_processes}")
   if os.path.exists(os.path.join(dst, records.INDEX_FILE)):
     log(f"{dst} is complete")
     return True
   reader = records.ShotReader(src)
+  if frames and not reader.index.num_frames:
+    raise records.DataError(f"--frames: {src} stores no shot frames (curate with --frames N, or toy_movies)")
   work = f"{os.path.abspath(dst)}.work"
   os.makedirs(work, exist_ok=True)
   mine = list(range(process_id, len(reader.index.movies), num_processes))
@@ -130,7 +132,7 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
   log(f"process {process_id} of {num_processes}: {len(mine)} movies, {len(mine) - len(todo)} already done")
   start = time.perf_counter()
   for i, m in enumerate(todo):
-    data = msgpack.packb(encode_movie(reader, reader.index.movies[m], enc, batch_size), use_bin_type=True)
+    data = msgpack.packb(encode_movie(reader, reader.index.movies[m], enc, batch_size, frames), use_bin_type=True)
     tmp = f"{_movie_file(work, m)}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
       f.write(data)
@@ -145,7 +147,8 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
             for m in range(len(reader.index.movies)))
   info = dict(reader.index.info, precomputed=True, text_convention=enc.text.convention, text_len=enc.text.text_len)
   try:
-    records.write_dataset(dst, movies, num_shards=len(reader.index.shards), info=info)
+    records.write_dataset(dst, movies, num_shards=len(reader.index.shards), info=info,
+                          num_frames=reader.index.num_frames if frames else 0)
   except (records.DataError, OSError):
     if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):  # another process did not just finish it
       raise
@@ -172,6 +175,7 @@ def main(argv) -> None:
                                            "every position of the padded caption, unmasked (FLUX.1-dev); 'masked' "
                                            "the caption's tokens only."),
       "batch_size": flags.DEFINE_integer("batch_size", 16, "Shots per encoder call."),
+      "frames": flags.DEFINE_bool("frames", False, "Also each shot frame's VAE latent (the video model's input)."),
       "process_id": flags.DEFINE_integer("process_id", 0, "This process's index."),
       "num_processes": flags.DEFINE_integer("num_processes", 1, "How many processes share the work."),
   }
@@ -183,7 +187,7 @@ def main(argv) -> None:
     try:
       enc = load_encoders(v["vae"], v["t5"], v["clip"], v["clip_vision"], v["t5_len"],
                           text_convention=v["text_convention"])
-      run(v["src"], v["dst"], enc, v["process_id"], v["num_processes"], v["batch_size"])
+      run(v["src"], v["dst"], enc, v["process_id"], v["num_processes"], v["batch_size"], frames=v["frames"])
     except (ValueError, FileNotFoundError, records.DataError) as e:
       sys.exit(f"error: {e}")
 

@@ -1,4 +1,4 @@
-"""Shot records: the on-disk format shared by toy and real movies (schema version 1).
+"""Shot records: the on-disk format shared by toy and real movies (schema version 2; 1 is read too).
 
 A dataset is a directory:
 
@@ -6,14 +6,16 @@ A dataset is a directory:
   shots-00000-of-00004.array_record one msgpack-encoded record per shot (ArrayRecord, group_size:1)
   ...
 
-Record fields (msgpack map, schema 1):
-  schema          int, 1
+Record fields (msgpack map, schema 2):
+  schema          int, 2 (schema 1: the same fields without frame_latents and text_embedding)
   movie_id        str
   shot_index      int, position of the shot in its movie (0-based, dense)
   caption         str, non-empty (a shot without a caption is not written)
   keyframe_png    bytes, RGB PNG [H, W, 3]                      } exactly one of the two
   keyframe_latent array float32/bfloat16 [h, w, C] (pre-computed) }
   frames_png      bytes, optional: the shot's F frames stacked vertically in one RGB PNG [F*H, W, 3]
+                  (beside a PNG keyframe)
+  frame_latents   array, optional [F, h, w, C]: the same frames as VAE latents (beside a latent keyframe)
   t5              array, optional [L, D] text token states (pre-computed; L: the caption's own tokens)
   clip_pooled     array, optional [D] pooled text vector (pre-computed)
   image_embedding array, optional [D] image embedding for retrieval (pre-computed: CLIP's image tower)
@@ -40,9 +42,10 @@ import msgpack
 import numpy as np
 from PIL import Image
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 INDEX_FILE = "index.json"
-_ARRAY_FIELDS = ("keyframe_latent", "t5", "clip_pooled", "image_embedding", "text_embedding")
+_ARRAY_FIELDS = ("keyframe_latent", "frame_latents", "t5", "clip_pooled", "image_embedding", "text_embedding")
 _OPTIONAL_BYTES = ("keyframe_png", "frames_png")
 _DTYPES = ("uint8", "float16", "float32", "bfloat16")
 
@@ -105,6 +108,7 @@ class Shot:
   keyframe_png: bytes | None = None
   keyframe_latent: np.ndarray | None = None
   frames_png: bytes | None = None
+  frame_latents: np.ndarray | None = None
   t5: np.ndarray | None = None
   clip_pooled: np.ndarray | None = None
   image_embedding: np.ndarray | None = None
@@ -140,8 +144,8 @@ class Shot:
       raise ValueError(f"not a msgpack record ({type(e).__name__}: {e})") from None
     if not isinstance(rec, dict):
       raise ValueError("record is not a map")
-    if rec.get("schema") != SCHEMA_VERSION:
-      raise ValueError(f"schema version {rec.get('schema')!r}, this reader knows {SCHEMA_VERSION}")
+    if rec.get("schema") not in READABLE_SCHEMAS:
+      raise ValueError(f"schema version {rec.get('schema')!r}, this reader knows {READABLE_SCHEMAS}")
     for key, typ in (("movie_id", str), ("shot_index", int), ("meta", dict)):
       if not isinstance(rec.get(key), typ):
         raise ValueError(f"field {key!r} missing or not {typ.__name__}")
@@ -202,8 +206,8 @@ class Index:
       index = cls(**raw)
     except (json.JSONDecodeError, TypeError) as e:
       raise DataError(f"{index_path}: not a valid movie index ({e})") from None
-    if index.schema != SCHEMA_VERSION:
-      raise DataError(f"{index_path}: schema version {index.schema}, this reader knows {SCHEMA_VERSION}")
+    if index.schema not in READABLE_SCHEMAS:
+      raise DataError(f"{index_path}: schema version {index.schema}, this reader knows {READABLE_SCHEMAS}")
     total = index.num_records
     for m in index.movies:
       recs = m.get("records", [])
@@ -313,10 +317,12 @@ def _check_contract(shot: Shot, contract: dict[str, Any], num_frames: int) -> No
     contract[key] = value
   elif contract[key] != value:
     raise ValueError(f"{where}: keyframe {key} {value}, dataset has {contract[key]}")
-  if num_frames and shot.frames_png is None:
+  if num_frames and key == "resolution" and shot.frames_png is None:
     raise ValueError(f"{where}: dataset has {num_frames} frames per shot, this shot has none")
-  if num_frames and key == "latent_shape":
-    raise ValueError(f"{where}: schema {SCHEMA_VERSION} stores frames only beside PNG keyframes")
+  if num_frames and key == "latent_shape" and (shot.frame_latents is None or list(shot.frame_latents.shape) !=
+                                               [num_frames, *contract["latent_shape"]]):
+    raise ValueError(f"{where}: dataset has {num_frames} frame latents of {contract['latent_shape']} per shot, this "
+                     f"shot has {None if shot.frame_latents is None else list(shot.frame_latents.shape)}")
   first = contract.setdefault("first", True)
   for name in ("t5", "clip_pooled", "image_embedding", "text_embedding"):
     arr = getattr(shot, name)
@@ -425,8 +431,12 @@ class ShotReader:
       arr = getattr(shot, name)
       if arr is None or not _fits(list(arr.shape), shape):
         raise ValueError(f"{name} shape {None if arr is None else list(arr.shape)}, dataset has {shape}")
-    if ix.num_frames and shot.frames_png is None:
+    if ix.num_frames and shot.frames_png is None and shot.frame_latents is None:
       raise ValueError(f"no frames, dataset has {ix.num_frames} per shot")
+    if ix.num_frames and shot.frame_latents is not None and list(shot.frame_latents.shape) != [ix.num_frames,
+                                                                                               *ix.latent_shape]:
+      raise ValueError(f"frame_latents shape {list(shot.frame_latents.shape)}, dataset has "
+                       f"{[ix.num_frames, *ix.latent_shape]}")
 
   def where(self, record: int) -> str:
     name, pos = self.locate(record)
@@ -451,7 +461,7 @@ class ShotReader:
       if list(keyframe.shape[:2]) != self.index.resolution:
         raise BadRecordError(f"{self.where(record)}: keyframe is {keyframe.shape[0]}x{keyframe.shape[1]}, "
                              f"dataset has {self.index.resolution[0]}x{self.index.resolution[1]}")
-    if self.index.num_frames and want_frames:
+    if self.index.num_frames and want_frames and shot.keyframe_png is not None:  # latent frames: shot.frame_latents
       strip = decode(shot.frames_png, "frames")
       h, w = self.index.resolution or keyframe.shape[:2]
       if strip.shape[:2] != (self.index.num_frames * h, w):

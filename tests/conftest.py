@@ -150,7 +150,7 @@ def flux_config_fixture():
 @pytest.fixture(scope="session")
 def flux_run(tmp_path_factory, flux_folders, toy_train) -> dict:
   """What a FLUX.1 user does, at flux_folders' size: the transformer converted (convert.flux), the toy
-  world pre-computed by the encoders (FLUX's text convention), and a keyframe model trained 2 steps
+  world pre-computed by the encoders (FLUX's text convention, every shot frame's latent), and a keyframe model trained 2 steps
   from the converted weights (init_from, EMA decay 0.5): {"converted", "data", "workdir", "metrics"}."""
   from cinema_jax import trainer  # pylint: disable=g-import-not-at-top
   from cinema_jax.convert import flux  # pylint: disable=g-import-not-at-top
@@ -159,7 +159,7 @@ def flux_run(tmp_path_factory, flux_folders, toy_train) -> dict:
   converted, data = str(root / "converted"), str(root / "latents")
   flux.import_checkpoint(f["transformer"], converted, flux_config())
   enc = precompute.load_encoders(f["vae"], f["text_encoder_2"], f["text_encoder"], f["clip"], t5_len=FLUX_T5_LEN)
-  precompute.run(toy_train, data, enc, batch_size=32, log=lambda msg: None)
+  precompute.run(toy_train, data, enc, batch_size=32, log=lambda msg: None, frames=True)  # + frame latents
   c = flux_config(path=data)
   c.update(total_steps=2, batch_size=8, init_from=converted)
   c.optimizer.update(ema_decay=0.5, lr=1e-2, warmup_steps=1)

@@ -162,3 +162,29 @@ def test_evaluate_samples_and_judges_a_trained_model(tiny_run, tmp_path):
   folder = tmp_path / "report" / "samples" / "full-context--text-to-image-retrieval--noisy-context-0.001-0.2-02"
   manifest = json.loads((folder / os.listdir(folder)[0] / "manifest.json").read_text())
   assert manifest["context_pairs"] == 2 and len(manifest["keyframes"]) == 3
+
+
+def test_evaluate_scores_any_storylines_with_clip_proxies(tmp_path, flux_folders):
+  from cinema_jax import encoders  # pylint: disable=g-import-not-at-top
+  from cinema_jax.eval import clip_metrics  # pylint: disable=g-import-not-at-top
+  captions = ["<Ann> at the harbour.", "<Ann> and <Bo> on the road.", "<Bo> waves.", "An empty harbour."]
+  story = {"title": "real film", "captions": captions, "places": ["harbour", "road", None, "harbour"]}
+  (tmp_path / "stories.jsonl").write_text(json.dumps(story) + "\n")  # no ground truth beside it
+  frames = np.random.default_rng(0).integers(0, 256, (4, 16, 32, 3), np.uint8)
+  frames[2] = frames[1]  # the two <Bo> shots look alike, the <Ann> pair does not
+  sample_job.save_storyline(str(tmp_path / "samples"), 0, story, frames, captions)
+  done = _run(f"--samples={tmp_path / 'samples'}", f"--storylines={tmp_path / 'stories.jsonl'}",
+              f"--out={tmp_path / 'report'}", f"--clip_model={flux_folders['clip']}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  (row,) = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
+  clip = encoders.ClipEmbedding.load(flux_folders["clip"])
+  img, txt = clip.images(frames), clip.texts(captions)
+  assert row["clip_alignment"] == pytest.approx(float(np.mean(np.sum(img * txt, -1))), rel=1e-5)
+  # pairs naming a shared character: (0, 1) <Ann>, (1, 2) <Bo>; the same place: (0, 3)
+  assert row["clip_character_consistency"] == pytest.approx((img[0] @ img[1] + 1.0) / 2, rel=1e-5)
+  assert row["clip_place_consistency"] == pytest.approx(float(img[0] @ img[3]), rel=1e-5)
+  assert "character_consistency" not in row and "caption_alignment" not in row  # no truth, no judge
+  assert clip_metrics.characters(captions[1]) == {"Ann", "Bo"}
+  done = _run(f"--samples={tmp_path / 'samples'}", f"--storylines={tmp_path / 'stories.jsonl'}",
+              f"--out={tmp_path / 'r2'}")  # without CLIP, storylines without truth cannot be scored
+  assert done.stderr.strip().splitlines()[-1].startswith("error: no ground truth for")

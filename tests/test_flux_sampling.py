@@ -4,6 +4,7 @@ checkpoint through the sample command, and the VAE's tiled decode against diffus
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -224,3 +225,40 @@ def test_training_windows_retrieve_context_by_the_records_clip_embeddings(flux_r
     np.testing.assert_array_equal(shots, np.array(sorted(shots))[np.concatenate([want, [3]])])
   with pytest.raises(pipeline.ConfigError, match="holds no CLIP image and caption embeddings"):
     pipeline.make_pipeline(c.data, toy_train, batch_size=8)  # pixel records: no CLIP embeddings, no ToyCLIP given
+
+
+@pytest.mark.xdist_group(name="flux_run")  # one worker builds the fixture
+def test_a_latent_video_model_trains_on_frame_latents_and_makes_a_movie(flux_run, flux_folders, tmp_path):
+  from cinema_jax import sample, sample_job, trainer  # pylint: disable=g-import-not-at-top
+  from configs import video as video_config  # pylint: disable=g-import-not-at-top
+  from data_pipelines import pipeline, records  # pylint: disable=g-import-not-at-top
+  f = flux_folders
+  assert records.ShotReader(flux_run["data"]).index.num_frames == 2  # precompute --frames: [2, 8, 16, 16] a shot
+  c = video_config.get_config("paper")  # the paper's layout (latents, T5/CLIP, guidance embedding), tiny
+  c.data.update(path=flux_run["data"], resolution=(16, 32), num_pairs=2, text_len=FLUX_T5_LEN)
+  c.model.update(hidden=32, num_heads=2, depth_double=1, depth_single=1, axes_dim=(4, 6, 6), vae_downsample=2,
+                 context_dim=32, vec_dim=24, dtype="float32", remat="none", attention="xla")
+  c.model.video.update(num_frames=2, patch_t=1, shot_gap=1)
+  c.update(total_steps=2, batch_size=8)
+  c.mesh.update(data=-1, fsdp=1)
+  c.checkpoint.update(async_save=False)
+  c.log.update(every_steps=1, tensorboard=False)
+  c.sample.update(num_steps=2, param_dtype="float32")
+  metrics = trainer.train_and_evaluate(c, str(tmp_path / "video"))
+  assert np.isfinite(metrics["loss"])
+  shots_fn, info, _ = sample.video_stage(str(tmp_path / "video"), (16, 32), encoder_flags={
+      "vae": f["vae"], "t5": f["text_encoder_2"], "clip": f["text_encoder"]})
+  captions = [PROMPT, "Close shot. <Mia> jumps.", "<Mia> walks away."]  # two windows of 2 shots
+  keyframes = np.random.default_rng(0).integers(0, 256, (3, 16, 32, 3), np.uint8)
+  shots = shots_fn(keyframes, captions, 0)
+  assert shots.shape == (3, 2, 16, 32, 3) and info["video_checkpoint_step"] == 2
+  np.testing.assert_array_equal(shots[:, 0], keyframes)  # each shot opens on its keyframe
+  manifest = sample_job.save_storyline(str(tmp_path / "movies"), 0, {"title": "lake"}, keyframes, captions,
+                                       shots=shots, video={"fps": 8.0, "scale": 1})
+  assert os.path.exists(tmp_path / "movies" / manifest["dir"] / "movie.mp4")
+  old = tmp_path / "schema1"  # a latent dataset from before frame latents: a one-line error says how to convert
+  shutil.copytree(flux_run["data"], old)
+  index = json.loads((old / records.INDEX_FILE).read_text())
+  (old / records.INDEX_FILE).write_text(json.dumps({**index, "schema": 1, "num_frames": 0}))
+  with pytest.raises(pipeline.ConfigError, match="stores no per-frame latents.*precompute --src=PIXELS"):
+    pipeline.make_pipeline(c.data, str(old), batch_size=8)

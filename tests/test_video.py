@@ -66,8 +66,8 @@ def test_paper_variant_is_about_3b_parameters_and_compiles_abstractly():
 def test_video_variants_validate(variant):
   c = video_config.get_config(variant)
   trainer.validate(c, reads_data=variant != "paper")
-  if variant == "paper":  # its per-frame latents are not in the records yet: compile-only
-    with pytest.raises(pipeline.ConfigError, match="record schema 1 does not store"):
+  if variant == "paper":  # it trains on pre-computed frame latents (data_pipelines.precompute --frames)
+    with pytest.raises(pipeline.ConfigError, match="config.data.path is empty"):
       trainer.validate(c)
 
 
