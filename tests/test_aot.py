@@ -30,8 +30,9 @@ def test_batch_spec_is_what_the_pipeline_yields(toy_train, memory):
 def test_compile_only_compiles_flux_dev_for_a_pod_sized_mesh():
   # FLUX.1-dev size on 64 fake CPU devices (fsdp 16 x tensor 4): nothing is allocated, no data read
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  # at 128 text tokens a pair (flux_dev trains on FLUX.1-dev's 512): the same program, a quarter of the text
   r = subprocess.run([sys.executable, "-m", "cinema_jax.train", "--config=configs/keyframe.py", "--compile_only",
-                      "--fake_devices=64", "--config.mesh.tensor=4"],
+                      "--fake_devices=64", "--config.mesh.tensor=4", "--config.data.text_len=128"],
                      cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "compiled the training step for 64 x cpu (mesh data=1 x fsdp=16 x context=1 x tensor=4)" in r.stdout
