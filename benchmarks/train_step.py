@@ -29,7 +29,7 @@ from cinema_jax.convert import flux
 from cinema_jax.models import keyframe
 from cinema_jax.models import mmdit
 from configs import keyframe as keyframe_config
-from data_pipelines import tokenizer
+from data_pipelines import toy_world
 
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per measurement (the median is reported).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes and at most 2 timed calls: a smoke test, not a figure.")
@@ -51,15 +51,15 @@ def train_configs(quick: bool) -> dict:
 
 
 def synthetic_batch(c) -> dict[str, np.ndarray]:
-  """A toy-pipeline batch (pixels in [-1, 1], byte tokens, padded captions) of random content."""
-  assert c.model.vae_downsample == 1 and c.data.text_source == "bytes", "toy (pixel, byte-text) configs only"
+  """A toy-pipeline batch (pixels in [-1, 1], word tokens, padded captions) of random content."""
+  assert c.model.vae_downsample == 1 and c.data.text_source == "tokens", "toy (pixel, word-token) configs only"
   b, p, L = c.batch_size, c.data.num_pairs, c.data.text_len
   h, w = c.data.resolution
   rng = np.random.default_rng(0)
   mask = np.arange(L) < rng.integers(L // 4, L + 1, (b, p))[..., None]
   return {
       "image": rng.uniform(-1, 1, (b, p, h, w, c.model.image_channels)).astype(np.float32),
-      "text_tokens": np.where(mask, rng.integers(1, tokenizer.VOCAB_SIZE, (b, p, L)), 0).astype(np.int32),
+      "text_tokens": np.where(mask, rng.integers(2, len(toy_world.vocabulary()), (b, p, L)), 0).astype(np.int32),
       "text_mask": mask,
       "movie": np.arange(b, dtype=np.int32),
       "shot_index": np.tile(np.arange(p, dtype=np.int32), (b, 1)),

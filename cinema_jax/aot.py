@@ -38,7 +38,7 @@ def batch_spec(c: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
   s = lambda shape, dtype: jax.ShapeDtypeStruct((b, *shape), jnp.dtype(dtype))
   spec = {"movie": s((), "int32"), "shot_index": s((p,), "int32"), "stride": s((), "int32"),
           "text_mask": s((p, L), "bool")}
-  if c.data.text_source == "bytes":
+  if c.data.text_source == "tokens":
     spec["text_tokens"] = s((p, L), "int32")
   else:
     spec.update(text_states=s((p, L, m.context_dim), "float32"), text_pooled=s((p, m.vec_dim), "float32"))

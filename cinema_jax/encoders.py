@@ -1,6 +1,6 @@
 """The frozen encoders around the MM-DiT, one interface for every model:
 
-  captions -> text conditioning   ByteText (the toy byte tokens; the model's own encoder runs them) |
+  captions -> text conditioning   TokenText (word tokens; the model's own encoder runs them) |
                                   FluxText (T5 states + CLIP pooled vector, from tokenizer.json files)
   model frames -> pixels          PixelFrames (pixel-space models) | VAEFrames (AutoencoderKL, tiled above
                                   a size, as diffusers' tiled_decode)
@@ -36,6 +36,7 @@ from cinema_jax.convert import vae as vae_convert
 from cinema_jax.models import clip
 from cinema_jax.models import t5
 from cinema_jax.models import vae
+from data_pipelines import tokenizer as tokenizer_lib
 
 TEXT_CONVENTIONS = ("flux", "masked")
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)  # CLIP's image normalisation
@@ -60,13 +61,13 @@ def _pick(d: dict, cls) -> dict:
           if f.name in d and d[f.name] is not None and f.name not in ("dtype", "param_dtype")}
 
 
-def tokenizer(path: str, max_len: int) -> text_convert.Tokenizer:
+def tokenizer(path: str, max_len: int) -> tokenizer_lib.Tokenizer:
   """The tokenizer.json of an encoder folder, or of its sibling tokenizer folder (diffusers' layout)."""
   base = path.rstrip("/")
   sibling = os.path.join(os.path.dirname(base), os.path.basename(base).replace("text_encoder", "tokenizer"))
   for folder in (path, sibling):
     if os.path.exists(os.path.join(folder, "tokenizer.json")):
-      return text_convert.Tokenizer(os.path.join(folder, "tokenizer.json"), max_len)
+      return tokenizer_lib.Tokenizer(os.path.join(folder, "tokenizer.json"), max_len)
   raise FileNotFoundError(f"{path}: no tokenizer.json there or in {sibling}")
 
 
@@ -148,17 +149,16 @@ def gib(n: int) -> str:
 # --------------------------------------------------------------------------------------------- text
 
 
-class ByteText:
-  """The toy world's captions: byte tokens, encoded by the model's own text encoder."""
+class TokenText:
+  """Captions -> token ids for a model that runs its own text encoder (the toy world's word tokens)."""
 
-  def __init__(self, text_len: int):
-    from data_pipelines import tokenizer as byte_tokenizer  # pylint: disable=import-outside-toplevel
-    self._encode = byte_tokenizer.encode
-    self.text_len = text_len
+  def __init__(self, tokenizer: tokenizer_lib.Tokenizer):
+    self.tokenizer = tokenizer
+    self.text_len = tokenizer.max_len
 
   def __call__(self, captions: list[str]) -> dict[str, np.ndarray]:
-    enc = [self._encode(cap, self.text_len)[:2] for cap in captions]
-    return {"text_tokens": np.stack([e[0] for e in enc]), "text_mask": np.stack([e[1] for e in enc])}
+    ids, mask = self.tokenizer(captions)
+    return {"text_tokens": ids, "text_mask": mask}
 
 
 @nnx.jit
@@ -179,7 +179,7 @@ class FluxText:
   CLIP's pooled vector is read at the end-of-text token of a causal tower, so padding never reaches it.
   """
 
-  def __init__(self, t5_model, t5_tokenizer: text_convert.Tokenizer, clip_model, clip_tokenizer: text_convert.Tokenizer,
+  def __init__(self, t5_model, t5_tokenizer: tokenizer_lib.Tokenizer, clip_model, clip_tokenizer: tokenizer_lib.Tokenizer,
                convention: str = "flux"):
     if convention not in TEXT_CONVENTIONS:
       raise ValueError(f"text convention {convention!r}: expected one of {', '.join(TEXT_CONVENTIONS)}")
@@ -324,15 +324,15 @@ def _blend(a: np.ndarray, b: np.ndarray, extent: int, axis: int) -> None:
 
 
 def for_model(c, text=None, frames=None):
-  """(text, frames) a sampler of config c's model uses: the given ones, or the toy world's (byte tokens,
-  pixels) where the model needs no other; a one-line error where it does."""
-  if text is None and c.model.text_encoder != "bytes":
+  """(text, frames) a sampler of config c's model uses: the given ones, or the data's tokenizer and
+  pixels where the model needs no other; a one-line error where it does."""
+  if text is None and c.model.text_encoder != "tokens":
     raise ValueError("this model conditions on T5 states and CLIP pooled vectors: sampling needs the T5 and CLIP "
                      "encoders (--t5, --clip or config.sample.encoders; encoders.FluxText)")
   if frames is None and c.model.vae_downsample != 1:
     raise ValueError("this model makes VAE latents: sampling needs the VAE decoder (--vae or "
                      "config.sample.encoders.vae; encoders.VAEFrames)")
-  return text or ByteText(c.data.text_len), frames or PixelFrames()
+  return text or TokenText(tokenizer_lib.for_data(c.data)), frames or PixelFrames()
 
 
 # ------------------------------------------------------------------------------------------- CLIP
@@ -367,7 +367,7 @@ class ClipEmbedding:
   """A CLIP model's text and image embeddings in its joint space, L2-normalised: texts(captions) [K, D],
   images(uint8 [K, H, W, 3]) [K, D]. The interface ToyCLIP (cinema_jax/toy_clip.py) also has."""
 
-  def __init__(self, text_model, text_tokenizer: text_convert.Tokenizer | None,
+  def __init__(self, text_model, text_tokenizer: tokenizer_lib.Tokenizer | None,
                vision_model: clip.CLIPVisionModelWithProjection):
     self.text_model, self.text_tokenizer, self.vision = text_model, text_tokenizer, vision_model
     self.image_size = vision_model.vision_model.embeddings.position_embedding.num_embeddings

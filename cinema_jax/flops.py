@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import time
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,10 +36,19 @@ def measured_peak_flops(n: int = 2048, repeats: int = 5) -> float:
 class StepCost:
   """Parameters, tokens and FLOPs of one training step of config `c`."""
 
-  def __init__(self, c: ml_collections.ConfigDict):
+  def __init__(self, c: ml_collections.ConfigDict, frames_per_example: int = 1):
+    if c.task == "autoencoder":  # every frame of the example's shot, through the encoder and decoder
+      from cinema_jax import autoencoder  # pylint: disable=import-outside-toplevel
+      h, w = c.data.resolution
+      images = c.batch_size * (c.model.autoencoder.frames_per_shot or frames_per_example)
+      self.flops_per_step = 3 * images * autoencoder.forward_flops(c)
+      self.tokens_per_step = images * h * w  # pixels
+      self.num_params = sum(x.size for x in jax.tree.leaves(nnx.state(autoencoder.abstract(c))))
+      self._desc = f"{images} frames of {h}x{w} pixels"
+      return
     dit, text = keyframe.configs(c)
     gh, gw = keyframe.full_grid(c)
-    n_txt = c.data.text_len // (text.pool_stride if text else 1)
+    n_txt = c.data.text_len
     b, d, m = c.batch_size, dit.hidden, dit.mlp_hidden
     plan = keyframe.memory_plan(c)  # GoldenMem: older pairs have fewer image tokens
     if c.task == "video":  # K shots (or, keyframes="pairs": K keyframe pairs and K clip pairs)
@@ -79,5 +89,4 @@ class StepCost:
 
 
 def _param_shapes(c):
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   return nnx.state(keyframe.abstract(c))

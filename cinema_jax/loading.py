@@ -51,20 +51,21 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   return checkpoints.saved_config(workdir, defaults)
 
 
-def _target(c: ml_collections.ConfigDict, mesh, dtype: str):
+def _target(c: ml_collections.ConfigDict, mesh, dtype: str, model=None):
   """(graphdef, abstract parameters placed on mesh by the rules table, in dtype)."""
-  graphdef, abstract = nnx.split(keyframe.abstract(c))
+  graphdef, abstract = nnx.split(keyframe.abstract(c) if model is None else model)
   shardings = sharding.param_shardings(abstract, mesh)
   return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s),
                                 nnx.to_pure_dict(abstract), shardings)
 
 
 def restore_params(workdir: str, c: ml_collections.ConfigDict, raw_params: bool = False, dtype: str = "float32",
-                   mesh=None) -> tuple[Any, dict, int]:
+                   mesh=None, model=None) -> tuple[Any, dict, int]:
   """(graphdef, parameters, step) of the latest checkpoint: the EMA copy (or the raw parameters, or the
-  only copy a run without EMA keeps), and nothing else of the training state."""
+  only copy a run without EMA keeps), and nothing else of the training state. model: the abstract
+  model the checkpoint holds (default: the keyframe or video model of c)."""
   mesh = mesh or sharding.make_mesh(c.mesh)
-  graphdef, target = _target(c, mesh, dtype)
+  graphdef, target = _target(c, mesh, dtype, model)
   which = "params" if raw_params or not c.optimizer.ema_decay > 0 else "ema"
   mngr = checkpoints.manager(workdir, read_only=True)
   step = mngr.latest_step()
@@ -81,7 +82,7 @@ def converted_params(path: str, c: ml_collections.ConfigDict, dtype: str = "floa
   """(graphdef, parameters) of a converted FLUX folder (its params/: the MM-DiT's), for config c's model."""
   if c.model.text_encoder != "precomputed":
     raise ValueError(f"--flux={path}: a FLUX transformer conditions on T5/CLIP states; config variant {c.variant!r} "
-                     "is a toy model (config.model.text_encoder='bytes')")
+                     "is a toy model (config.model.text_encoder='tokens')")
   params_dir = os.path.join(os.path.abspath(path), "params")
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"--flux={path}: no converted parameters there ({params_dir}); make them with "
@@ -104,7 +105,7 @@ def load(workdir: str, raw_params: bool = False, dtype: str = "auto"):
 
 
 def encoders_for(c: ml_collections.ConfigDict, dtype: str = "float32", mesh=None):
-  """(text, frames) for the Sampler: None where the model needs none (the toy world's byte tokens,
+  """(text, frames) for the Sampler: None where the model needs none (its own tokenizer's tokens,
   pixel frames), else loaded from config.sample.encoders; one-line errors for what is missing."""
   e = c.sample.encoders
   text = frames = None

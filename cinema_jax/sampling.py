@@ -25,7 +25,7 @@ guidance-distilled model (model.guidance_embed, FLUX.1-dev) instead gets the sca
 embedding and runs one conditional pass per step.
 
 The sampler works in the model's frame space (pixels, or VAE latents) and takes its captions and
-frames through cinema_jax/encoders.py: `text` turns captions into the model's text input (byte tokens,
+frames through cinema_jax/encoders.py: `text` turns captions into the model's text input (word tokens,
 or T5 states and CLIP pooled vectors by the config's text convention), `frames` decodes frames into
 pixels (identity, or the VAE). Context retrieval by image embeds each generated keyframe's pixels.
 """
@@ -67,7 +67,7 @@ class Sampler:
   def __init__(self, c: ml_collections.ConfigDict, graphdef, context_pairs: int | None = None, clip=None,
                text=None, frames=None):
     """clip: the image/text embedding for context_order "image" (encoders.ClipEmbedding, or ToyCLIP);
-    text: captions -> the model's text input (default for byte-token models: encoders.ByteText);
+    text: captions -> the model's text input (default for token models: encoders.TokenText);
     frames: the model's frames -> pixels (default for pixel-space models: encoders.PixelFrames)."""
     self.c, self.graphdef = c, graphdef
     self.text, self.frames = encoders.for_model(c, text, frames)

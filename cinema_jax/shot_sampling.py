@@ -32,7 +32,7 @@ class ShotSampler:
 
   def __init__(self, c: ml_collections.ConfigDict, graphdef, text=None, frames=None):
     """text: captions -> the model's text input; frames: uint8 keyframes <-> the model's frames (encode and
-    decode); both from cinema_jax/encoders.py, the toy world's by default (byte tokens, pixels)."""
+    decode); both from cinema_jax/encoders.py, the data's tokenizer and pixels by default."""
     if c.task != "video":
       raise ValueError(f"ShotSampler needs a video-model config (config.task='video'), got {c.task!r}")
     self.c, self.graphdef = c, graphdef

@@ -20,12 +20,15 @@ import jax
 from ml_collections import config_flags
 
 from cinema_jax import aot
+from cinema_jax import autoencoder
+from cinema_jax import checkpoints
 from cinema_jax import cli
 from cinema_jax import distributed
 from cinema_jax import sharding
 from cinema_jax import trainer
 from data_pipelines import pipeline
 from data_pipelines import records
+from data_pipelines import toy_movies
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "Config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and the toy data go here.")
@@ -52,6 +55,18 @@ def compile_only(c) -> None:
   print(aot.format_report(aot.compile_train_step(c, devices)), flush=True)
 
 
+def export_autoencoder(c, workdir: str) -> None:
+  """A finished autoencoder run: workdir/vae, the diffusers folder precompute --vae and sampling read."""
+  mngr = checkpoints.manager(workdir, read_only=True)
+  finished = mngr.latest_step() == c.total_steps
+  mngr.close()
+  if jax.process_index() != 0 or not finished:  # stopped early (--stop_at_step): a later run exports
+    return
+  path = toy_movies.train_path(c.data, workdir)
+  out = autoencoder.export(c, workdir, autoencoder.calibration_frames(path))
+  print(f"autoencoder: {out} (precompute --vae={out})", flush=True)
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -71,7 +86,9 @@ def main(argv):
   logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(), jax.process_count(),
                jax.device_count(), jax.default_backend())
   try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
+    last = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
+    if _CONFIG.value.task == "autoencoder" and not last.get("preempted"):
+      export_autoencoder(_CONFIG.value, _WORKDIR.value)
   except (pipeline.ConfigError, sharding.MeshError, records.DataError, trainer.TrainingError) as e:
     sys.exit(f"error: {e}")
   except Exception as e:  # pylint: disable=broad-except

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from cinema_jax import autoencoder
 from cinema_jax import checkpoints
 from cinema_jax import distributed
 from cinema_jax import faults
@@ -32,10 +33,13 @@ from cinema_jax import toy_clip
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
 from data_pipelines import pipeline
+from data_pipelines import records
+from data_pipelines import tokenizer
 from data_pipelines import toy_movies
 
 
 TrainingError = faults.TrainingError
+TASKS = ("keyframe", "video", "autoencoder")
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -51,9 +55,9 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
   if h % cell or w % cell:
     raise pipeline.ConfigError(f"config.data.resolution={tuple(c.data.resolution)}: not a multiple of "
                                f"model.vae_downsample * model.patch = {cell}")
-  if (m.text_encoder == "bytes") != (c.data.text_source == "bytes"):
+  if m.text_encoder in ("tokens", "precomputed") and m.text_encoder != c.data.text_source:
     raise pipeline.ConfigError(f"config.model.text_encoder={m.text_encoder!r} needs config.data.text_source="
-                               f"{'bytes' if m.text_encoder == 'bytes' else 'precomputed'!r}")
+                               f"{m.text_encoder!r}")
   if reads_data and m.vae_downsample != 1 and not c.data.path:
     raise pipeline.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads pre-computed latents; "
                                "the toy world (empty path) is pixels, use a toy variant (demo, tiny)")
@@ -92,12 +96,15 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
   for section, field in (("checkpoint", "every_steps"), ("log", "every_steps")):
     if c[section][field] < 1:
       raise pipeline.ConfigError(f"config.{section}.{field}={c[section][field]!r}: expected an int >= 1")
-  if c.task not in ("keyframe", "video"):
-    raise pipeline.ConfigError(f"config.task={c.task!r}: expected 'keyframe' or 'video'")
+  if c.task not in TASKS:
+    raise pipeline.ConfigError(f"config.task={c.task!r}: expected one of {', '.join(TASKS)}")
   if c.task == "video" and c.log.sample_every_steps:
     raise pipeline.ConfigError(f"config.log.sample_every_steps={c.log.sample_every_steps}: in-training sample sheets "
                                "are the keyframe model's; sample the video model with python -m cinema_jax.sample")
   try:
+    if c.task == "autoencoder":
+      autoencoder.validate(c)
+      return
     if c.task == "video":
       video.validate(c)
     dit, text = keyframe.configs(c)
@@ -106,6 +113,11 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
       text.validate()
   except ValueError as e:
     raise pipeline.ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from None
+
+
+def _model_lib(c: ml_collections.ConfigDict):
+  """The module that builds the model config.task trains (build, abstract)."""
+  return autoencoder if c.task == "autoencoder" else keyframe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +175,7 @@ class Setup:
 
 
 def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
-  abstract_model = keyframe.abstract(c)
+  abstract_model = _model_lib(c).abstract(c)
   graphdef, abstract_params = nnx.split(abstract_model)
   param_shardings = sharding.param_shardings(abstract_params, mesh)
   o = c.optimizer
@@ -174,7 +186,7 @@ def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   replicated = NamedSharding(mesh, P())
 
   def init():
-    params = nnx.to_pure_dict(nnx.state(keyframe.build(c, seed=c.seed)))
+    params = nnx.to_pure_dict(nnx.state(_model_lib(c).build(c, seed=c.seed)))
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
             "ema": params if o.ema_decay > 0 else {}}
 
@@ -196,7 +208,7 @@ def make_train_step(c: ml_collections.ConfigDict, s: Setup):
   """(state, batch) -> (state, metrics); a non-finite loss, gradient or update leaves the state unchanged."""
   ema_decay = c.optimizer.ema_decay
 
-  model_loss = video.loss if c.task == "video" else keyframe.loss
+  model_loss = {"keyframe": keyframe.loss, "video": video.loss, "autoencoder": autoencoder.loss}[c.task]
 
   def loss_fn(params, batch, key):
     return model_loss(c, nnx.merge(s.graphdef, params), batch, key)
@@ -249,6 +261,11 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
     raise pipeline.ConfigError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp} "
                                f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
   path = toy_movies.train_path(c.data, workdir, logging.info)
+  if c.data.text_source == "tokens" and c.task != "autoencoder":
+    vocab = tokenizer.for_data(c.data, path).vocab_size
+    if vocab > c.model.text.vocab_size:
+      raise pipeline.ConfigError(f"config.model.text.vocab_size={c.model.text.vocab_size}: the tokenizer of {path} "
+                                 f"has {vocab} tokens")
   plan = stages(c)
   # text-to-image retrieval: ToyCLIP on pixel keyframes; records of pre-computed latents carry CLIP's embeddings
   toy = c.data.context_order == "image" and c.model.vae_downsample == 1
@@ -292,7 +309,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
           if same_layout:
             checkpoints.restore_data_iter(mngr, start, data_iter)
           train_step = None  # compiled once per stage: the window length changes the shapes
-          counter = flops.StepCost(stage.config)
+          counter = flops.StepCost(stage.config, frames_per_example=_frames_per_example(stage.config, path))
           logging.info("model: %.2fM parameters; steps %d-%d: %s", counter.num_params / 1e6, stage.first,
                        stage.last, counter.describe())
         batch = _global_batch(next(data_iter), mesh)
@@ -331,6 +348,11 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   if writer is not None:
     writer.close()
   return last
+
+
+def _frames_per_example(c: ml_collections.ConfigDict, path: str) -> int:
+  """Frames the autoencoder sees per example: every frame of a shot of the dataset."""
+  return records.ShotReader(path).index.num_frames if c.task == "autoencoder" else 1
 
 
 def _init_from(path: str, state: dict, setup: Setup) -> dict:

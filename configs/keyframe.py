@@ -53,10 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.image_channels = 16  # channels of what the pipeline yields: VAE latents (16) or pixels (3)
   m.vae_downsample = 8  # pixels per latent: 8 for the FLUX VAE, 1 for pixels
   m.patch = 2
-  m.text_encoder = "precomputed"  # "precomputed": T5 states + CLIP pooled from the records | "bytes"
+  m.text_encoder = "precomputed"  # "precomputed": T5 states + CLIP pooled from the records | "tokens": the
+                                  # model's own text encoder on word tokens (the toy world)
   m.context_dim = 4096  # T5-XXL
   m.vec_dim = 768  # CLIP-L pooled
-  m.text = ml_collections.ConfigDict(dict(width=128, depth=2, num_heads=4, pool_stride=1, vec_dim=128))
+  m.text = ml_collections.ConfigDict(dict(width=128, depth=2, num_heads=4, vocab_size=128, vec_dim=128))
   m.dtype = "bfloat16"  # compute; parameters stay in param_dtype
   m.param_dtype = "float32"
   m.remat = "full"  # none | full | dots
@@ -117,11 +118,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vae_tile=64))  # decode latents larger than this (latent pixels) in overlapping tiles; 0: never
 
   if variant in ("demo", "demo_long"):
-    # Sized for a 2-core CPU: ~0.4 s a step, ~11 minutes of training. Patch 8 (32 tokens per 32x64
-    # frame) and 8-byte text pooling keep an example at 4 x 48 tokens.
+    # Sized for a 2-core CPU. Patch 8: 32 image tokens per 32x64 frame, and 44 word tokens a caption.
     _toy(c, steps=1600, batch=16)
     m.update(hidden=128, num_heads=4, depth_double=2, depth_single=2, axes_dim=(8, 12, 12), patch=8)
-    m.text.update(width=64, depth=1, num_heads=2, pool_stride=8, vec_dim=64)
+    m.text.update(width=64, depth=1, num_heads=2, vec_dim=64)
     c.data.num_pairs = 4
     c.objective.prediction = "x"  # a 128-wide model cannot carry 192-channel noise tokens: predict the image
     c.optimizer.update(lr=1e-3, warmup_steps=100, end_lr_fraction=0.1, ema_decay=0.995)
@@ -137,9 +137,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.toy.update(num_movies=6, min_shots=8, max_shots=16, num_frames=1)
     c.data.resolution = (16, 32)
     c.data.num_pairs = 3
-    c.data.text_len = 96
+    c.data.text_len = 24  # truncates the longest captions: tests and smoke runs
     m.update(hidden=32, num_heads=2, depth_double=1, depth_single=1, axes_dim=(4, 6, 6), patch=4)
-    m.text.update(width=32, depth=1, num_heads=2, pool_stride=8, vec_dim=16)
+    m.text.update(width=32, depth=1, num_heads=2, vec_dim=16)
     c.optimizer.update(lr=1e-3, warmup_steps=1)
     c.checkpoint.update(every_steps=2, keep=2, async_save=False)
     c.log.update(every_steps=1, sample_every_steps=0, tensorboard=False)
@@ -148,14 +148,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _toy(c: ml_collections.ConfigDict, steps: int, batch: int) -> None:
-  """The toy world in pixel space with byte-level captions, on one CPU host."""
+  """The toy world in pixel space with word tokens, on one CPU host."""
   c.total_steps = steps
   c.batch_size = batch
   c.data.resolution = (32, 64)
-  c.data.text_source = "bytes"
-  c.data.text_len = 128
+  c.data.text_source = "tokens"
+  c.data.text_len = 44  # the toy world's longest caption: 43 words and marks
   c.data.text_convention = "masked"
-  c.model.update(image_channels=3, vae_downsample=1, text_encoder="bytes", guidance_embed=False,
+  c.model.update(image_channels=3, vae_downsample=1, text_encoder="tokens", guidance_embed=False,
                  dtype="float32", remat="none")
   c.objective.guidance = 0.0
   c.mesh.update(data=-1, fsdp=1)

@@ -12,7 +12,7 @@ An example (all numpy, P = num_pairs):
   image        float32 [P, H, W, 3] in [-1, 1]  (PNG keyframes)  | latent float32 [P, h, w, C]
                with GoldenMem resizing in pixel space instead: image_g0, image_g1, ... float32
                [n_g, h_g, w_g, 3], one per level group, oldest first (the caller's image_groups)
-  text_tokens  int32 [P, L] byte tokens, text_mask bool [P, L]    (text_source="bytes")
+  text_tokens  int32 [P, L] word tokens, text_mask bool [P, L]    (text_source="tokens")
   text_states  float32 [P, L, D], text_mask, text_pooled [P, D]   (text_source="precomputed")
   image_embedding float32 [P, D]   when the records carry one
   frames       float32 [P, F, H, W, 3] when load_frames
@@ -34,7 +34,7 @@ from cinema_jax import goldenmem
 from cinema_jax import retrieval
 from cinema_jax import toy_clip
 from data_pipelines import records
-from data_pipelines import tokenizer
+from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import windows
 
 Example = dict[str, Any]
@@ -71,8 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.max_overlap = 0.25  # most shots two windows of one movie share within an epoch, as a fraction of P
   c.seed = 0
   c.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
-  c.text_source = "bytes"  # "bytes": byte-tokenised captions | "precomputed": the records' t5/clip_pooled
-  c.text_len = 192  # text tokens per pair (captions are truncated, the count is logged)
+  c.text_source = "tokens"  # "tokens": captions through `tokenizer` | "precomputed": the records' t5/clip_pooled
+  c.tokenizer = ""  # text_source "tokens": a tokenizer.json; "" = the one beside the dataset (the toy world's)
+  c.text_len = 48  # text tokens per pair (longer captions are truncated)
   # precomputed T5 states: "masked" (the caption's tokens, the padding masked) | "flux" (T5 ran on the
   # caption padded to text_len, every position kept and none masked: FLUX.1-dev's convention)
   c.text_convention = "masked"
@@ -115,7 +116,11 @@ def check_config(c: ml_collections.ConfigDict, batch_size: int, process_count: i
   need(len(c.resolution) == 2 and all(isinstance(v, int) and v > 0 for v in c.resolution), "resolution",
        "(height, width) in pixels")
   need(c.num_epochs is None or c.num_epochs >= 1, "num_epochs", "None or an int >= 1")
-  need(c.text_source in ("bytes", "precomputed"), "text_source", "'bytes' or 'precomputed'")
+  if c.text_source == "bytes":
+    raise ConfigError("config.data.text_source='bytes': byte tokens gave way to the toy world's word tokens "
+                      "(text_source='tokens'); a byte-token model cannot be resumed or sampled: retrain it with "
+                      "today's configs")
+  need(c.text_source in ("tokens", "precomputed"), "text_source", "'tokens' or 'precomputed'")
   need(isinstance(c.text_len, int) and c.text_len >= 1, "text_len", "an int >= 1")
   need(c.text_convention in ("flux", "masked"), "text_convention", "'flux' or 'masked'")
   need(c.context_order in retrieval.ORDERS, "context_order", f"one of {list(retrieval.ORDERS)}")
@@ -147,6 +152,7 @@ class LoadWindow(grain.transforms.Map):
   reader: records.ShotReader
   text_source: str
   text_len: int
+  tokenizer: tokenizer_lib.Tokenizer | None
   load_frames: bool
   skip_bad: bool
   context_order: str
@@ -201,10 +207,8 @@ class LoadWindow(grain.transforms.Map):
           raise records.BadRecordError(f"{self.reader.where(record)}: load_frames is set but the dataset "
                                        "stores no frames")
         cols.setdefault("frames", []).append(frames)
-      if self.text_source == "bytes":
-        ids, mask, _ = tokenizer.encode(shot.caption, self.text_len)
-        cols.setdefault("text_tokens", []).append(ids)
-        cols.setdefault("text_mask", []).append(mask)
+      if self.text_source == "tokens":
+        cols.setdefault("_captions", []).append(shot.caption)
       else:
         if shot.t5 is None or shot.clip_pooled is None:
           raise records.BadRecordError(f"{self.reader.where(record)}: text_source='precomputed' but the "
@@ -226,7 +230,10 @@ class LoadWindow(grain.transforms.Map):
         cols.setdefault("_text_embedding", []).append(np.asarray(shot.text_embedding, np.float32))
       if self.context_order == "text":
         cols.setdefault("_history", []).append(retrieval.words_embedding(shot.caption))
+    captions = cols.pop("_captions", None)
     ex = {k: np.stack(v) for k, v in cols.items()}
+    if captions is not None:
+      ex["text_tokens"], ex["text_mask"] = self.tokenizer(captions)
     if self.context_order == "text":
       ex["_query"] = ex["_history"][-1]
     elif self.context_order == "image" and not self.embedding_path:  # the records' CLIP embeddings
@@ -370,6 +377,12 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
       raise ConfigError(f"config.data.text_convention={c.text_convention!r} (text_len {c.text_len}) but {path} was "
                         f"pre-computed with {made[0]!r} (text_len {made[1]}): rerun data_pipelines.precompute with "
                         f"--text_convention={c.text_convention} --t5_len={c.text_len}")
+  tok = None
+  if c.text_source == "tokens":
+    try:
+      tok = tokenizer_lib.for_data(c, path)
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f"config.data.tokenizer={c.tokenizer!r}: {e}") from None
   if c.load_frames and not reader.index.num_frames:
     how = (" per-frame latents (record schema 1 had none): make them from its pixel dataset with python -m "
            "data_pipelines.precompute --src=PIXELS --dst=... --frames" if reader.index.latent_shape else " frames")
@@ -382,7 +395,7 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
     raise records.DataError(f"{path}: {e} (config.data.num_pairs={c.num_pairs})") from None
   ds = grain.MapDataset.source(ProcessShare(plan, batch_size, process_index, process_count))[first_batch * (
       batch_size // process_count):]
-  ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len,
+  ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len, tokenizer=tok,
                          load_frames=c.load_frames, skip_bad=c.bad_records == "skip",
                          context_order=c.context_order, recency=float(c.retrieval.recency),
                          embedding_path=embedding_path, text_convention=c.text_convention,

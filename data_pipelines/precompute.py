@@ -15,7 +15,9 @@ PNG, `t5` (by --text_convention: FLUX's T5 states of every position of the capti
 or the caption's valid tokens only, the pipeline padding them), `clip_pooled` and, with --clip_vision,
 `image_embedding` (and `text_embedding` when --clip_vision is a whole CLIP model); the trainer then never
 runs an encoder. With --frames every shot frame's latent too (`frame_latents`, record schema 2), which
-the video model (configs/video.py:paper) trains on.
+the video model (configs/video.py:paper) trains on. Without --t5 and --clip the captions stay text, for
+models that run their own text encoder on a tokenizer's tokens (the toy world's, with its toy
+autoencoder as --vae); the source's tokenizer.json comes along.
 Process p of N encodes movies p, p+N, ... (several hosts or GPUs, no collectives). Each movie is
 written whole to DST.work/ as it finishes and skipped when rerun, so a killed job resumes; the process
 that finds every movie done assembles DST (atomically, as records.write_dataset does).
@@ -37,13 +39,14 @@ from cinema_jax import encoders
 from cinema_jax.models import clip
 from cinema_jax.models import vae as vae_model
 from data_pipelines import records
+from data_pipelines import tokenizer
 
 @dataclasses.dataclass
 class Encoders:
   """The encoders (cinema_jax/encoders.py): images uint8 [B, H, W, 3], captions list[str]."""
 
   vae: vae_model.AutoencoderKL
-  text: encoders.FluxText
+  text: encoders.FluxText | None  # None: captions stay text (a model with its own text encoder)
   clip_vision: clip.CLIPVisionModelWithProjection | None
   retrieval: encoders.ClipEmbedding | None = None  # a whole CLIP model: caption embeddings in its image space
 
@@ -53,6 +56,8 @@ class Encoders:
   def text_records(self, captions: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
     """(T5 states to store per caption [n, D], CLIP pooled vectors [B, D]): by the text convention, every
     position of the padded caption ("flux") or the caption's valid tokens only ("masked": the pipeline pads)."""
+    if self.text is None:
+      return [None] * len(captions), [None] * len(captions)
     states, mask = self.text.t5_states(captions)
     return [s[:int(m.sum())] for s, m in zip(states, mask)], self.text.pooled(captions)
 
@@ -78,8 +83,10 @@ def load_encoders(vae_path: str, t5_path: str, clip_path: str, clip_vision_path:
       vision = retrieval.vision
     else:
       vision = encoders.load_clip_vision(clip_vision_path, dtype)
+  if bool(t5_path) != bool(clip_path):
+    raise ValueError("--t5 and --clip go together (FLUX conditions on both), or neither (captions stay text)")
   return Encoders(vae=encoders.load_vae(vae_path, dtype),
-                  text=encoders.FluxText.load(t5_path, clip_path, t5_len, text_convention, dtype),
+                  text=encoders.FluxText.load(t5_path, clip_path, t5_len, text_convention, dtype) if t5_path else None,
                   clip_vision=vision, retrieval=retrieval)
 
 
@@ -145,16 +152,32 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
     return False
   movies = ([records.Shot.from_bytes(b) for b in msgpack.unpackb(open(_movie_file(work, m), "rb").read(), raw=False)]
             for m in range(len(reader.index.movies)))
-  info = dict(reader.index.info, precomputed=True, text_convention=enc.text.convention, text_len=enc.text.text_len)
+  info = dict(reader.index.info, precomputed=True)
+  if enc.text is not None:
+    info.update(text_convention=enc.text.convention, text_len=enc.text.text_len)
   try:
     records.write_dataset(dst, movies, num_shards=len(reader.index.shards), info=info,
                           num_frames=reader.index.num_frames if frames else 0)
   except (records.DataError, OSError):
     if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):  # another process did not just finish it
       raise
+  if enc.text is None:
+    _copy_tokenizer(src, dst)
   shutil.rmtree(work, ignore_errors=True)
   log(f"{dst}: {sum(len(m['records']) for m in reader.index.movies)} shots with latents and embeddings")
   return True
+
+
+def _copy_tokenizer(src: str, dst: str) -> None:
+  """The source's tokenizer.json into DST (captions stay text: the model tokenises them as before)."""
+  try:
+    path = tokenizer.beside(src)
+  except FileNotFoundError:
+    return
+  out = os.path.join(dst, tokenizer.FILE)
+  if not os.path.exists(out):
+    shutil.copyfile(path, f"{out}.tmp-{os.getpid()}")
+    os.replace(f"{out}.tmp-{os.getpid()}", out)
 
 
 def main(argv) -> None:
@@ -164,8 +187,8 @@ def main(argv) -> None:
       "src": flags.DEFINE_string("src", None, "Dataset of pixel records.", required=True),
       "dst": flags.DEFINE_string("dst", None, "Output dataset.", required=True),
       "vae": flags.DEFINE_string("vae", None, "AutoencoderKL folder (config.json + safetensors).", required=True),
-      "t5": flags.DEFINE_string("t5", None, "T5 encoder folder (+ tokenizer.json).", required=True),
-      "clip": flags.DEFINE_string("clip", None, "CLIP text encoder folder (+ tokenizer.json).", required=True),
+      "t5": flags.DEFINE_string("t5", "", "T5 encoder folder (+ tokenizer.json); none: captions stay text."),
+      "clip": flags.DEFINE_string("clip", "", "CLIP text encoder folder (+ tokenizer.json); with --t5."),
       "clip_vision": flags.DEFINE_string("clip_vision", "", "CLIP vision tower folder (image embeddings), or a whole "
                                          "CLIP model (also caption embeddings: context_order 'image' training)."),
       "t5_len": flags.DEFINE_integer("t5_len", 512, "T5 tokens per caption (FLUX.1-dev: 512; the model's "

@@ -65,7 +65,8 @@ def summarise(c, workdir: str, num_batches: int) -> str:
   lines.append(f"bad records  {it.skipped} windows skipped of {it.seen} seen")
   b = batches[0]
   movie = ix.movies[int(b["movie"][0])]["movie_id"]
-  captions = [tokenizer.decode(t) for t in b["text_tokens"][0]] if "text_tokens" in b else []
+  tok = tokenizer.for_data(c.data, path) if "text_tokens" in b else None
+  captions = [tok.decode(t[m]) for t, m in zip(b["text_tokens"][0], b["text_mask"][0])] if tok else []
   lines.append(f"example 0    {movie}, shots {b['shot_index'][0].tolist()} (stride {int(b['stride'][0])})")
   lines += [f"  {i}. {cap}" for i, cap in enumerate(captions)]
   if "image" in b:

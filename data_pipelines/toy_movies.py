@@ -7,6 +7,7 @@ Writes, atomically (a staging directory renamed into place at the end):
   DIR/eval/                  shot records of the held-out movies behind the storylines
   DIR/storylines.jsonl       one storyline per line: {"title", "movie_id", "captions": [...]}
   DIR/storylines_truth.jsonl per storyline: {"movie_id", "cast", "locations", "shots": [...]}
+  DIR/tokenizer.json         the world's word-level tokenizer (toy_world.write_tokenizer): one token a word
   DIR/world.json             the generator's knobs and counts
 """
 
@@ -25,6 +26,7 @@ from absl import app
 from absl import flags
 
 from data_pipelines import records
+from data_pipelines import tokenizer
 from data_pipelines import toy_render
 from data_pipelines import toy_world
 
@@ -102,6 +104,7 @@ def _build_into(staging: str, num_movies: int, seed: int, world: toy_world.World
   with open(os.path.join(staging, "storylines_truth.jsonl"), "w") as f:
     for m in held_out:
       f.write(json.dumps({k: m[k] for k in ("movie_id", "cast", "locations", "shots")}) + "\n")
+  toy_world.write_tokenizer(os.path.join(staging, tokenizer.FILE))
   summary = {
       **info,
       "num_movies": num_movies,
@@ -127,6 +130,10 @@ def ensure(root: str, *, num_movies: int, seed: int, world: toy_world.WorldConfi
     except records.DataError:
       if not os.path.exists(os.path.join(out, WORLD_FILE)):  # not another process's finished build
         raise
+  if not os.path.exists(os.path.join(out, tokenizer.FILE)):  # built before worlds carried their tokenizer
+    tmp = os.path.join(out, f"{tokenizer.FILE}.tmp-{os.getpid()}")
+    toy_world.write_tokenizer(tmp)
+    os.replace(tmp, os.path.join(out, tokenizer.FILE))
   return out
 
 

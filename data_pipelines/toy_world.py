@@ -95,6 +95,35 @@ class WorldConfig:
       raise ValueError(f"toy world: need 1 <= min_locations <= max_locations <= {len(LOCATIONS)}")
 
 
+PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"
+
+
+def vocabulary() -> list[str]:
+  """Every word and punctuation mark a caption of this world can hold (lower case), padding first.
+
+  Names are single words, so each is one token: the model can match a name in a new caption to the
+  same name in an earlier one.
+  """
+  words = {"shot", "in", "a", ",", "."} | {f.lower() for f in FRAMINGS}
+  for text in (*LOCATIONS, *ACTIONS.values(), *NAMES, *SHAPES, *COLOURS, *SIZES):
+    words.update(text.lower().split())
+  return [PAD_TOKEN, UNK_TOKEN, *sorted(words)]
+
+
+def tokenizer_json() -> str:
+  """A word-level tokenizer.json of the world's vocabulary (the `tokenizers` package, as T5's and CLIP's)."""
+  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers  # pylint: disable=import-outside-toplevel
+  tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocabulary())}, unk_token=UNK_TOKEN))
+  tok.normalizer = normalizers.Lowercase()
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()  # "Mia," -> "mia", ","
+  return tok.to_str()
+
+
+def write_tokenizer(path: str) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(tokenizer_json())
+
+
 def movie_id(seed: int, index: int) -> str:
   return f"toy-{seed}-{index:06d}"
 

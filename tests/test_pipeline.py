@@ -21,7 +21,7 @@ from data_pipelines import tokenizer
 def _config(**overrides):
   c = pipeline.default_config()
   c.num_pairs = 4
-  c.text_len = 128
+  c.text_len = 48
   c.seed = 5
   c.resolution = (16, 32)
   c.update(overrides)
@@ -30,6 +30,13 @@ def _config(**overrides):
 
 def _pipe(c, path, batch_size=3, **kw) -> pipeline.Pipeline:
   return pipeline.make_pipeline(c, path, batch_size=batch_size, **kw)
+
+
+def _captions(path: str, batch: dict, b: int) -> list[str]:
+  """The captions of example b's pairs, in the batch's order, read from the records."""
+  reader = records.ShotReader(path)
+  movie = reader.index.movies[batch["movie"][b]]
+  return [reader.read(movie["records"][k]).caption for k in batch["shot_index"][b]]
 
 
 def _take(p: pipeline.Pipeline, n: int, it=None):
@@ -50,7 +57,8 @@ def test_examples_hold_the_windows_records(toy_train):
   p = _pipe(_config(), toy_train)
   (batch,), _ = _take(p, 1)
   assert batch["image"].shape == (3, 4, 16, 32, 3) and batch["image"].dtype == np.float32
-  assert batch["text_tokens"].shape == (3, 4, 128) and batch["text_mask"].dtype == bool
+  assert batch["text_tokens"].shape == (3, 4, 48) and batch["text_mask"].dtype == bool
+  tok = tokenizer.Tokenizer(tokenizer.beside(toy_train), 48)  # the toy world's word tokens
   reader = records.ShotReader(toy_train)
   for b in range(3):
     movie = reader.index.movies[batch["movie"][b]]
@@ -59,8 +67,10 @@ def test_examples_hold_the_windows_records(toy_train):
     for i, k in enumerate(shots):
       shot, keyframe, _ = reader.read_pixels(movie["records"][k])
       np.testing.assert_allclose(batch["image"][b, i], keyframe / 127.5 - 1.0, atol=1e-6)
-      assert tokenizer.decode(batch["text_tokens"][b, i]) == shot.caption
-      assert batch["text_mask"][b, i].sum() == len(shot.caption.encode())
+      ids, mask = tok([shot.caption])
+      np.testing.assert_array_equal(batch["text_tokens"][b, i], ids[0])
+      np.testing.assert_array_equal(batch["text_mask"][b, i], mask[0])
+      assert 0 < mask.sum() < len(shot.caption.split()) * 2  # a token a word (and one a comma or stop)
 
 
 def test_goldenmem_groups_come_resized_in_pixel_space(toy_train):
@@ -88,7 +98,7 @@ def test_text_retrieval_reorders_the_context(toy_train):
     i = list(plain["shot_index"][b]).index(batch["shot_index"][b][0])  # pairs move whole
     np.testing.assert_array_equal(batch["image"][b, 0], plain["image"][b, i])
     np.testing.assert_array_equal(batch["text_tokens"][b, 0], plain["text_tokens"][b, i])
-    emb = [retrieval.words_embedding(tokenizer.decode(t)) for t in batch["text_tokens"][b]]
+    emb = [retrieval.words_embedding(cap) for cap in _captions(toy_train, batch, b)]
     sims = [float(e @ emb[-1]) for e in emb[:-1]]
     assert sims == sorted(sims)  # ascending: the most similar context next to the new shot
 
@@ -107,7 +117,7 @@ def test_image_retrieval_orders_the_context_by_caption_to_keyframe_similarity(to
   reordered = 0
   for b in range(3):
     assert sorted(batch["shot_index"][b]) == sorted(plain["shot_index"][b])
-    query = clip.texts([tokenizer.decode(batch["text_tokens"][b, -1])])[0]
+    query = clip.texts(_captions(toy_train, batch, b)[-1:])[0]
     u8 = np.rint((batch["image"][b, :-1] + 1.0) * 127.5).astype(np.uint8)
     sims = list(clip.images(u8) @ query)
     assert sims == sorted(sims)  # ascending: the keyframe most like the new caption sits next to it
@@ -263,7 +273,7 @@ def test_run_fails_once_skips_pass_the_fraction(bad_train):
 @pytest.mark.parametrize("field,value,message", [
     ("num_pairs", 0, "config.data.num_pairs=0: expected an int >= 1"),
     ("max_overlap", 1.5, "config.data.max_overlap=1.5: expected a fraction in [0, 1)"),
-    ("text_source", "t5", "config.data.text_source='t5': expected 'bytes' or 'precomputed'"),
+    ("text_source", "t5", "config.data.text_source='t5': expected 'tokens' or 'precomputed'"),
     ("bad_records", "ignore", "config.data.bad_records='ignore': expected 'error' or 'skip'"),
     ("context_order", "clip", "config.data.context_order='clip': expected one of ['chronological', 'text', 'image']"),
     ("worker_count", -1, "config.data.worker_count=-1: expected an int >= 0"),

@@ -71,3 +71,39 @@ def test_precomputed_records_train_a_flux_layout_keyframe_model(flux_run, flux_c
   # records made the FLUX way do not feed a model trained the masked way
   with pytest.raises(pipeline.ConfigError, match="text_convention='masked'.*pre-computed with 'flux'"):
     pipeline.make_pipeline(c.data, flux_run["data"], batch_size=8)
+
+
+def test_the_toy_world_on_latents_keeps_its_captions_as_word_tokens(toy_train, tmp_path):
+  """A toy autoencoder as --vae and no T5/CLIP: latents and frame latents, captions that the toy model's own
+  text encoder tokenises (the toy world's tokenizer.json comes along), and a keyframe loss on them."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from cinema_jax import autoencoder  # pylint: disable=import-outside-toplevel
+  from cinema_jax.models import keyframe  # pylint: disable=import-outside-toplevel
+  from cinema_jax.models import vae  # pylint: disable=import-outside-toplevel
+  from configs import keyframe as keyframe_config  # pylint: disable=import-outside-toplevel
+  from data_pipelines import tokenizer  # pylint: disable=import-outside-toplevel
+  ae = vae.AutoencoderKL(vae.VAEConfig(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
+                                       norm_num_groups=4, scaling_factor=0.5, shift_factor=0.1), nnx.Rngs(0))
+  folder = autoencoder.save(ae, str(tmp_path / "vae"))
+  with pytest.raises(ValueError, match="--t5 and --clip go together"):
+    precompute.load_encoders(folder, "t5", "")
+  dst = str(tmp_path / "latents")
+  assert precompute.run(toy_train, dst, precompute.load_encoders(folder, "", ""), frames=True)
+  out, src = records.ShotReader(dst), records.ShotReader(toy_train)
+  assert out.index.latent_shape == [8, 16, 4] and out.index.num_frames == src.index.num_frames
+  assert set(out.index.embeddings) == set() and "text_convention" not in out.index.info
+  assert open(tokenizer.beside(dst)).read() == open(tokenizer.beside(toy_train)).read()
+  got = out.read(out.index.movies[1]["records"][2])
+  shot, pixels, frames = src.read_pixels(src.index.movies[1]["records"][2])
+  assert got.caption == shot.caption and got.t5 is None
+  np.testing.assert_allclose(got.frame_latents[0], got.keyframe_latent, atol=1e-6)  # frame 0 is the keyframe
+  np.testing.assert_allclose(got.frame_latents, np.asarray(ae.latents(frames / 127.5 - 1.0)), rtol=1e-5, atol=1e-5)
+
+  c = keyframe_config.get_config("tiny")
+  c.data.update(path=dst, num_pairs=3)
+  c.model.update(vae_downsample=2, image_channels=4, patch=4)  # the same 4x8 token grid
+  batch = next(pipeline.make_pipeline(c.data, dst, batch_size=2).iterator())
+  assert batch["latent"].shape == (2, 3, 8, 16, 4) and batch["text_tokens"].shape == (2, 3, c.data.text_len)
+  loss, _ = keyframe.loss(c, keyframe.build(c), jax.tree.map(jax.numpy.asarray, batch), jax.random.key(0))
+  assert np.isfinite(float(loss))

@@ -9,6 +9,7 @@ import torch
 import transformers
 
 from cinema_jax.convert import text
+from data_pipelines import tokenizer as tokenizer_lib
 from cinema_jax.models import clip
 from cinema_jax.models import t5
 
@@ -93,7 +94,7 @@ def test_tokenizer_reads_tokenizer_json_like_transformers(tmp_path):
                           trainers.BpeTrainer(vocab_size=80, special_tokens=["<pad>", "<unk>", "</s>"]))
   tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
   tok.save(str(tmp_path / "tokenizer.json"))
-  ours = text.Tokenizer(str(tmp_path / "tokenizer.json"), max_len=12)
+  ours = tokenizer_lib.Tokenizer(str(tmp_path / "tokenizer.json"), max_len=12)
   ref = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), pad_token="<pad>")
   captions = ["a knight rides to the lake", "the witch waits in the desert at dawn and rides to the lake again"]
   ids, mask = ours(captions)

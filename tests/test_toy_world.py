@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from data_pipelines import records
+from data_pipelines import tokenizer
 from data_pipelines import toy_movies
 from data_pipelines import toy_render
 from data_pipelines import toy_world
@@ -147,6 +148,20 @@ def test_build_writes_records_storylines_and_truth(toy_root):
     assert shots[0].meta["truth"]["characters"] == t["shots"][0]["characters"]
   # held-out storylines are not training movies
   assert not {s["movie_id"] for s in map(json.loads, lines)} & {m["movie_id"] for m in train.index.movies}
+
+
+def test_tokenizer_gives_each_word_one_token(toy_root):
+  tok = tokenizer.Tokenizer(tokenizer.beside(os.path.join(toy_root, "train")), max_len=48)
+  vocab = toy_world.vocabulary()
+  captions = [s["caption"] for i in range(30) for s in toy_world.make_movie(0, i, WORLD)["shots"]]
+  ids, mask = tok(captions)
+  assert not (ids == vocab.index(toy_world.UNK_TOKEN)).any()  # the whole world is in the vocabulary
+  assert (ids[~mask] == vocab.index(toy_world.PAD_TOKEN)).all() and mask.sum(1).max() <= 43
+  for cap, row, m in zip(captions[:50], ids, mask):
+    words = cap.lower().replace(",", " ,").replace(".", " .").split()
+    assert [vocab[i] for i in row[m]] == words  # names included: "Mia" is one token wherever it appears
+    assert tok.decode(row[m]) == " ".join(words)
+  assert tok(["Mia, a small red circle, stands still."])[0][0, 0] == tok(["Mia jumps."])[0][0, 0]
 
 
 def test_build_is_byte_deterministic(tmp_path):

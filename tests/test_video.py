@@ -177,12 +177,11 @@ def test_global_captions_let_every_shot_read_every_caption(random_video_model, c
   kf, clips = (jax.random.normal(jax.random.key(i), (1, 2, n, 96)) for i, n in ((0, 32), (1, 32)))  # 4x8 tokens
 
   def shot0(second_caption):
-    tokens, masks = zip(*(tokenizer.encode(cap, c.data.text_len)[:2] for cap in ("a red circle", second_caption)))
-    text = model.encode_text({"text_tokens": jnp.asarray(np.stack(tokens))[None],
-                              "text_mask": jnp.asarray(np.stack(masks))[None]})
+    tokens, masks = tokenizer.for_data(c.data)(["Mia, a large red circle, stands still.", second_caption])
+    text = model.encode_text({"text_tokens": jnp.asarray(tokens)[None], "text_mask": jnp.asarray(masks)[None]})
     return np.asarray(video.velocity(c, model, kf, clips, jnp.full((1, 2), 0.5), jnp.zeros((1, 2)), text))[0, 0]
 
-  changed = np.abs(shot0("a blue square jumps") - shot0("a green star leaves")).max()
+  changed = np.abs(shot0("Tom, a small blue square, jumps.") - shot0("Ava, a large green cross, walks away.")).max()
   assert (changed > 1e-3) == (captions == "global"), changed
 
 

@@ -274,6 +274,24 @@ def to_flax_layout(value: np.ndarray, path: tuple) -> np.ndarray:
   return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
 
 
+def torch_key(path: tuple) -> str:
+  """The inverse of flax_path: ('a', 0, 'b', 'kernel' | 'scale' | 'embedding') -> `a.0.b.weight`."""
+  *module, leaf = path
+  return ".".join([*map(str, module), "bias" if leaf == "bias" else "weight"])
+
+
+def state_dict_by_name(model) -> dict[str, np.ndarray]:
+  """The torch state dict of an nnx model whose module tree mirrors the torch one (load_by_name's inverse)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  out = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    value = np.asarray(var.get_value())
+    if path[-1] == "kernel":  # flax -> torch layout
+      value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+    out[torch_key(path)] = np.ascontiguousarray(value)
+  return out
+
+
 def load_by_name(model, state_dict: Mapping[str, Any], what: str, embeddings: tuple[str, ...] = ()) -> None:
   """Writes a torch state dict into an nnx model whose module tree mirrors the torch one, in place.
 

@@ -1,8 +1,8 @@
 """Text and image encoders' checkpoints (transformers safetensors) -> cinema_jax/models/{t5,clip}.py,
-name for name; and their tokenizers, read from the checkpoint's tokenizer.json.
+name for name (their tokenizer.json files are read by data_pipelines.tokenizer).
 
     t5 = T5EncoderModel(T5Config(...), nnx.Rngs(0)); load_t5(t5, load_state_dict("t5-v1_1-xxl/"))
-    tok = Tokenizer("t5-v1_1-xxl/tokenizer.json", max_len=512); ids, mask = tok(["a caption"])
+    tok = tokenizer.Tokenizer("t5-v1_1-xxl/tokenizer.json", max_len=512); ids, mask = tok(["a caption"])
 """
 
 from __future__ import annotations
@@ -43,21 +43,3 @@ def load_clip(model, state_dict: Mapping[str, np.ndarray]) -> None:
   mapping.load_by_name(model, sd, "CLIP state dict", embeddings=("token_embedding", "position_embedding"))
 
 
-class Tokenizer:
-  """A checkpoint's tokenizer.json (the `tokenizers` package): texts -> (ids [B, L] int32, mask [B, L]),
-  truncated and padded to max_len, with the special tokens the file's post-processor adds."""
-
-  def __init__(self, path: str, max_len: int, pad_token: str | None = None):
-    from tokenizers import Tokenizer as HFTokenizer  # pylint: disable=import-outside-toplevel
-    self.tok = HFTokenizer.from_file(path)
-    self.max_len = max_len
-    pad = pad_token or next((t for t in ("<pad>", "<|endoftext|>", "[PAD]") if self.tok.token_to_id(t) is not None),
-                            None)
-    if pad is None:
-      raise ValueError(f"{path}: no padding token (<pad>, <|endoftext|>, [PAD]); pass pad_token")
-    self.tok.enable_truncation(max_len)
-    self.tok.enable_padding(length=max_len, pad_id=self.tok.token_to_id(pad), pad_token=pad)
-
-  def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    out = self.tok.encode_batch(list(texts))
-    return (np.array([e.ids for e in out], np.int32), np.array([e.attention_mask for e in out], bool))

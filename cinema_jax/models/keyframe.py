@@ -39,7 +39,7 @@ class KeyframeModel(nnx.Module):
   """text (tokens or pre-computed states) + noisy image tokens of P pairs -> velocity per image token."""
 
   def __init__(self, dit: mmdit.MMDiTConfig, text: text_encoder.TextEncoderConfig | None, rngs: nnx.Rngs):
-    self.text = text_encoder.ByteTextEncoder(text, rngs) if text is not None else None
+    self.text = text_encoder.TextEncoder(text, rngs) if text is not None else None
     self.dit = mmdit.MMDiT(dit, rngs)
 
   def encode_text(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -140,15 +140,18 @@ def configs(c: ml_collections.ConfigDict) -> tuple[mmdit.MMDiTConfig, text_encod
   # the video model's tokens are 3D patches: patch_t frames of patch x patch (models/video.py)
   channels = m.image_channels * m.patch * m.patch * (m.video.patch_t if c.get("task") == "video" else 1)
   text = None
-  if m.text_encoder == "bytes":
+  if m.text_encoder == "tokens":
     text = text_encoder.TextEncoderConfig(width=m.text.width, depth=m.text.depth, num_heads=m.text.num_heads,
-                                          max_len=c.data.text_len, pool_stride=m.text.pool_stride,
+                                          max_len=c.data.text_len, vocab_size=m.text.vocab_size,
                                           vec_dim=m.text.vec_dim, dtype=m.dtype, param_dtype=m.param_dtype)
     context_dim, vec_dim = m.text.width, m.text.vec_dim
   elif m.text_encoder == "precomputed":
     context_dim, vec_dim = m.context_dim, m.vec_dim
+  elif m.text_encoder == "bytes":
+    raise ValueError("model.text_encoder='bytes': byte tokens gave way to the toy world's word tokens "
+                     "(text_encoder='tokens'); a byte-token model cannot be resumed or sampled: retrain it")
   else:
-    raise ValueError(f"config.model.text_encoder={m.text_encoder!r}: expected 'bytes' or 'precomputed'")
+    raise ValueError(f"model.text_encoder={m.text_encoder!r}: expected 'tokens' or 'precomputed'")
   dit = mmdit.MMDiTConfig(
       in_channels=channels, hidden=m.hidden, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
       depth_double=m.depth_double, depth_single=m.depth_single, context_dim=context_dim, vec_dim=vec_dim,

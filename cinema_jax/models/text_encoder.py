@@ -1,8 +1,8 @@
-"""The toy world's text encoder: a small transformer over byte tokens (data_pipelines/tokenizer.py).
+"""The toy world's text encoder: a small transformer over word tokens, trained with the model.
 
-Gives per-token states (the MM-DiT's text tokens, like T5's) and a pooled vector (its `y`, like
-CLIP's). `pool_stride` > 1 averages the states over windows of that many bytes, which shortens the
-text sequence the MM-DiT attends over by that factor (bytes are a long way to spell a word).
+Its tokens come from a tokenizer.json (data_pipelines.tokenizer; the toy world writes a word-level
+one, so a name is one token). It gives per-token states (the MM-DiT's text tokens, like T5's) and a
+pooled vector (its `y`, like CLIP's): the same two inputs FLUX.1 takes from T5 and CLIP.
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ import jax.numpy as jnp
 from cinema_jax.models import attention as attention_lib
 from cinema_jax.models import layers
 
-VOCAB_SIZE = 257  # bytes + padding (data_pipelines.tokenizer)
-
-
 @dataclasses.dataclass(frozen=True)
 class TextEncoderConfig:
   width: int = 128
   depth: int = 2
   num_heads: int = 4
-  max_len: int = 192
-  pool_stride: int = 1
+  max_len: int = 48
+  vocab_size: int = 128  # at least the tokenizer's (the pipeline checks)
   vec_dim: int = 128
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -33,8 +30,6 @@ class TextEncoderConfig:
   def validate(self) -> None:
     if self.width % self.num_heads:
       raise ValueError(f"model.text.width={self.width} is not a multiple of model.text.num_heads={self.num_heads}")
-    if self.max_len % self.pool_stride:
-      raise ValueError(f"model.text.pool_stride={self.pool_stride} does not divide the text length {self.max_len}")
 
 
 class _Block(nnx.Module):
@@ -58,13 +53,13 @@ class _Block(nnx.Module):
     return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=True))
 
 
-class ByteTextEncoder(nnx.Module):
+class TextEncoder(nnx.Module):
 
   def __init__(self, cfg: TextEncoderConfig, rngs: nnx.Rngs):
     cfg.validate()
     self.cfg = cfg
     kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
-    self.embed = nnx.Embed(VOCAB_SIZE, cfg.width, rngs=rngs,
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.width, rngs=rngs,
                            embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")), **kw)
     self.pos = nnx.Param(nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed"))(
         rngs.params(), (cfg.max_len, cfg.width), jnp.dtype(cfg.param_dtype)))
@@ -73,7 +68,7 @@ class ByteTextEncoder(nnx.Module):
     self.pooled = layers.dense(cfg.width, cfg.vec_dim, ("embed", None), rngs, **kw)
 
   def __call__(self, tokens_BPL: jax.Array, mask_BPL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(states [B, P, L / stride, width], mask [B, P, L / stride], pooled [B, P, vec_dim])."""
+    """(states [B, P, L, width], mask [B, P, L], pooled [B, P, vec_dim])."""
     b, p, l = tokens_BPL.shape
     if l != self.cfg.max_len:
       raise ValueError(f"text has {l} tokens, the text encoder was built for {self.cfg.max_len}")
@@ -84,9 +79,4 @@ class ByteTextEncoder(nnx.Module):
     x = self.norm(x) * mask[..., None]
     count = jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
     pooled = self.pooled(x.sum(axis=1) / count)
-    s = self.cfg.pool_stride
-    x = x.reshape(b * p, l // s, s, -1)
-    m = mask.reshape(b * p, l // s, s)
-    x = x.sum(axis=2) / jnp.maximum(m.sum(axis=2), 1)[..., None]
-    m = m.any(axis=2)
-    return x.reshape(b, p, l // s, -1), m.reshape(b, p, l // s), pooled.reshape(b, p, -1)
+    return x.reshape(b, p, l, -1), mask.reshape(b, p, l), pooled.reshape(b, p, -1)

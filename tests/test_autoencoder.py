@@ -1,0 +1,110 @@
+"""The toy autoencoder: FLUX's AutoencoderKL module trained by the framework, exported as diffusers lays it out."""
+
+import json
+import os
+import subprocess
+import sys
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cinema_jax import autoencoder
+from cinema_jax import encoders
+from cinema_jax.eval import reconstruction
+from cinema_jax.models import vae
+from configs import autoencoder as autoencoder_config
+from data_pipelines import toy_render
+from data_pipelines import toy_world
+
+SMALL = vae.VAEConfig(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                      scaling_factor=0.7, shift_factor=0.2)
+
+
+def test_chunked_kernel_gradient_equals_autodiff():
+  model = vae.AutoencoderKL(SMALL, nnx.Rngs(0))
+  chunked = vae.AutoencoderKL(vae.VAEConfig(**{**SMALL.__dict__, "kernel_grad_chunk": 2}), nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (5, 16, 32, 3), minval=-1, maxval=1)  # 5: a ragged last chunk
+
+  def loss(m):
+    return jnp.mean(m.decoder(m.encode(x)[0]) ** 2)
+
+  (la, ga), (lb, gb) = nnx.value_and_grad(loss)(model), nnx.value_and_grad(loss)(chunked)
+  np.testing.assert_allclose(lb, la, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+
+
+def test_saved_folder_loads_as_flux_vae_does(tmp_path):
+  model = vae.AutoencoderKL(SMALL, nnx.Rngs(3))
+  out = autoencoder.save(model, str(tmp_path / "vae"))
+  assert sorted(os.listdir(out)) == ["config.json", autoencoder.WEIGHTS_FILE]
+  cfg = json.load(open(os.path.join(out, "config.json")))
+  assert (cfg["scaling_factor"], cfg["shift_factor"], cfg["latent_channels"]) == (0.7, 0.2, 4)
+  loaded = encoders.load_vae(out)
+  x = jax.random.uniform(jax.random.key(2), (2, 16, 32, 3), minval=-1, maxval=1)
+  np.testing.assert_array_equal(loaded.latents(x), model.latents(x))
+  z = model.latents(x)
+  np.testing.assert_array_equal(loaded.decode(z), model.decode(z))
+  autoencoder.save(model, out)  # over an existing folder: replaced whole
+  assert sorted(os.listdir(tmp_path)) == ["vae"]
+
+
+def test_latent_statistics_normalise():
+  model = vae.AutoencoderKL(SMALL, nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (12, 16, 32, 3), dtype=np.uint8)
+  shift, scale = autoencoder.latent_statistics(model, images, batch=5)
+  cal = vae.AutoencoderKL(vae.VAEConfig(**{**SMALL.__dict__, "scaling_factor": scale, "shift_factor": shift}),
+                          nnx.Rngs(0))
+  z = np.asarray(cal.latents(jnp.asarray(images, jnp.float32) / 127.5 - 1))
+  assert abs(z.mean()) < 1e-4 and abs(z.std() - 1) < 1e-4
+
+
+def test_edge_weights_mark_colour_edges():
+  x = np.zeros((1, 8, 8, 3), np.float32)
+  x[0, 3:5, 3:5] = 1.0  # a 2x2 sprite on a flat background
+  w = np.asarray(autoencoder.edge_weights(jnp.asarray(x), 4.0))[0, ..., 0]
+  assert w[0, 0] == 1.0 and w[7, 7] == 1.0  # far from the sprite
+  assert (w[2:6, 2:6] == 5.0).all()  # the sprite and its ring
+
+
+def test_config_errors_name_the_field():
+  c = autoencoder_config.get_config("tiny")
+  c.data.resolution = (17, 32)
+  with pytest.raises(ValueError, match=r"config.data.resolution=\(17, 32\)"):
+    autoencoder.validate(c)
+  c = autoencoder_config.get_config("tiny")
+  c.data.num_pairs = 2
+  with pytest.raises(ValueError, match="num_pairs=1"):
+    autoencoder.validate(c)
+  with pytest.raises(ValueError, match="unknown variant 'big'"):
+    autoencoder_config.get_config("big")
+
+
+def test_judge_agreement_of_renders_and_of_a_blank():
+  world = toy_world.WorldConfig()
+  renders = np.stack([toy_render.render_shot(s, 32, 64)[0] for s in toy_world.make_movie(5, 0, world)["shots"][:6]])
+  same = reconstruction.agreement(renders, renders)
+  assert same["location"] == same["framing"] == same["characters"] == 1.0 and same["num_characters"] >= 6
+  flat = np.broadcast_to(renders.mean(axis=(1, 2), keepdims=True).astype(np.uint8), renders.shape)
+  assert reconstruction.agreement(renders, flat)["characters"] == 0.0
+
+
+def test_train_cli_trains_and_exports(tmp_path):
+  """configs/autoencoder.py:tiny through python -m cinema_jax.train: checkpoints, then workdir/vae."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  work = tmp_path / "ae"
+  r = subprocess.run([sys.executable, "-m", "cinema_jax.train", "--config=configs/autoencoder.py:tiny",
+                      f"--workdir={work}"], capture_output=True, text=True, env=env, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"precompute --vae={work / 'vae'}" in r.stdout
+  frames = encoders.VAEFrames.load(str(work / "vae"))
+  assert frames.downsample == 2 and frames.model.cfg.latent_channels == 4
+  toy = [d for d in os.listdir(work / "data") if d.startswith("toy-")]
+  images = autoencoder.calibration_frames(str(work / "data" / toy[0] / "train"))  # the frames export measured
+  z = frames.encode(images)
+  assert z.shape == (len(images), 8, 16, 4) and abs(z.mean()) < 1e-3 and abs(z.std() - 1) < 1e-3
+  assert frames.decode(z).shape == images.shape
