@@ -330,8 +330,10 @@ def for_model(c, text=None, frames=None):
     raise ValueError("this model conditions on T5 states and CLIP pooled vectors: sampling needs the T5 and CLIP "
                      "encoders (--t5, --clip or config.sample.encoders; encoders.FluxText)")
   if frames is None and c.model.vae_downsample != 1:
-    raise ValueError("this model makes VAE latents: sampling needs the VAE decoder (--vae or "
-                     "config.sample.encoders.vae; encoders.VAEFrames)")
+    if not c.data.toy.autoencoder:
+      raise ValueError("this model makes VAE latents: sampling needs the VAE decoder (--vae or "
+                       "config.sample.encoders.vae; encoders.VAEFrames)")
+    frames = VAEFrames.load(c.data.toy.autoencoder)  # the toy world's own autoencoder
   return text or TokenText(tokenizer_lib.for_data(c.data)), frames or PixelFrames()
 
 

@@ -116,12 +116,13 @@ def encoders_for(c: ml_collections.ConfigDict, dtype: str = "float32", mesh=None
     text = encoders.FluxText.load(e.t5, e.clip, c.data.text_len, c.data.text_convention, dtype, mesh=mesh,
                                   t5_on_host=bool(e.t5_on_host))
   if c.model.vae_downsample != 1:
-    if not e.vae:
+    vae_path = e.vae or c.data.toy.autoencoder  # the toy world's own autoencoder
+    if not vae_path:
       raise ValueError("this model makes VAE latents: give the autoencoder folder (--vae=FLUX.1-dev/vae, or "
                        "config.sample.encoders.vae)")
-    frames = encoders.VAEFrames.load(e.vae, dtype, mesh=mesh, tile=int(e.vae_tile))
+    frames = encoders.VAEFrames.load(vae_path, dtype, mesh=mesh, tile=int(e.vae_tile))
     if frames.downsample != c.model.vae_downsample or frames.model.cfg.latent_channels != c.model.image_channels:
-      raise ValueError(f"--vae={e.vae}: a {frames.downsample}x autoencoder with {frames.model.cfg.latent_channels} "
+      raise ValueError(f"--vae={vae_path}: a {frames.downsample}x autoencoder with {frames.model.cfg.latent_channels} "
                        f"latent channels; the model reads {c.model.vae_downsample}x, {c.model.image_channels} channels")
   return text, frames
 

@@ -33,8 +33,8 @@ from cinema_jax import toy_clip
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
 from data_pipelines import pipeline
+from data_pipelines import precompute
 from data_pipelines import records
-from data_pipelines import tokenizer
 from data_pipelines import toy_movies
 
 
@@ -58,9 +58,13 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
   if m.text_encoder in ("tokens", "precomputed") and m.text_encoder != c.data.text_source:
     raise pipeline.ConfigError(f"config.model.text_encoder={m.text_encoder!r} needs config.data.text_source="
                                f"{m.text_encoder!r}")
-  if reads_data and m.vae_downsample != 1 and not c.data.path:
-    raise pipeline.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads pre-computed latents; "
-                               "the toy world (empty path) is pixels, use a toy variant (demo, tiny)")
+  if reads_data and m.vae_downsample != 1 and not c.data.path and not c.data.toy.autoencoder:
+    raise pipeline.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads latents; give pre-computed "
+                               "records, or the toy world's autoencoder (config.data.toy.autoencoder, made by python "
+                               "-m cinema_jax.train --config=configs/autoencoder.py:toy --workdir=runs/ae)")
+  if c.data.toy.autoencoder and m.vae_downsample == 1 and c.task != "autoencoder":
+    raise pipeline.ConfigError(f"config.data.toy.autoencoder={c.data.toy.autoencoder!r}: this model reads pixels "
+                               "(model.vae_downsample=1)")
   if c.objective.prediction not in ("v", "x"):
     raise pipeline.ConfigError(f"config.objective.prediction={c.objective.prediction!r}: expected 'v' or 'x'")
   if c.objective.loss_pairs not in objective.LOSS_PAIRS:
@@ -260,9 +264,10 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   if c.batch_size % dp:
     raise pipeline.ConfigError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp} "
                                f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
-  path = toy_movies.train_path(c.data, workdir, logging.info)
+  path = precompute.train_path(c.data, workdir, logging.info)
+  _check_latents(c, path)
   if c.data.text_source == "tokens" and c.task != "autoencoder":
-    vocab = tokenizer.for_data(c.data, path).vocab_size
+    vocab = pipeline.text_tokenizer(c.data, path).vocab_size
     if vocab > c.model.text.vocab_size:
       raise pipeline.ConfigError(f"config.model.text.vocab_size={c.model.text.vocab_size}: the tokenizer of {path} "
                                  f"has {vocab} tokens")
@@ -348,6 +353,19 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   if writer is not None:
     writer.close()
   return last
+
+
+def _check_latents(c: ml_collections.ConfigDict, path: str) -> None:
+  """A latent dataset's latents have the model's size and channels (one line, not a shape error in the step)."""
+  shape = records.ShotReader(path).index.latent_shape
+  if shape is None or c.task == "autoencoder":
+    return
+  ds = c.model.vae_downsample
+  want = [c.data.resolution[0] // ds, c.data.resolution[1] // ds, c.model.image_channels]
+  if list(shape) != want:
+    raise pipeline.ConfigError(f"{path} holds {shape[0]}x{shape[1]} latents of {shape[2]} channels; config.data."
+                               f"resolution={tuple(c.data.resolution)} with model.vae_downsample={ds} and "
+                               f"model.image_channels={c.model.image_channels} reads {want[0]}x{want[1]}x{want[2]}")
 
 
 def _frames_per_example(c: ml_collections.ConfigDict, path: str) -> int:

@@ -30,9 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a.norm_num_groups = 8
   a.mid_block_attention = False
   a.kernel_grad_chunk = 4  # CPU training: see models/vae.py
-  a.edge_weight = 4.0  # extra loss weight of pixels at colour edges (sprites, outlines)
+  a.edge_weight = 8.0  # extra loss weight of pixels at colour edges (sprites, outlines)
   a.kl_weight = 1e-6
-  a.frames_per_shot = 2  # random frames of each shot in a step (0: all)
+  a.frames_per_shot = 1  # random frames of each shot in a step (0: all): more shots for the same work
   c.data.num_pairs = 1  # an example is one shot: its frames are the batch's images
   c.data.load_frames = True
   c.data.context_order = "chronological"
@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.update(lr=2e-3, warmup_steps=100, end_lr_fraction=0.05, b2=0.99, ema_decay=0.99, grad_clip=1.0)
   if variant == "toy":
     c.total_steps = 700
-    c.batch_size = 8  # 2 frames of each: 16 frames a step
+    c.batch_size = 16  # shots, one frame of each: 16 frames a step
     c.checkpoint.update(every_steps=200, keep=2)
     c.log.update(every_steps=50)
   else:

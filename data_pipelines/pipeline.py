@@ -64,7 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.path = ""  # shot-record dataset (records.py); "" = the toy world built under the workdir
   c.toy = ml_collections.ConfigDict(dict(  # the toy world used when path == "", rendered at `resolution`
-      num_movies=64, seed=0, num_frames=8, min_shots=8, max_shots=64))
+      num_movies=64, seed=0, num_frames=8, min_shots=8, max_shots=64,
+      autoencoder=""))  # models on latents: the toy autoencoder's folder (configs/autoencoder.py writes it)
   c.resolution = (32, 64)  # keyframe (H, W) in pixels; a dataset of PNG keyframes must match it
   c.num_pairs = 8  # P: (caption, keyframe) pairs per example
   c.max_stride = 4  # dynamic strided sampling: strides 1..max_stride
@@ -345,6 +346,15 @@ class ProcessShare:
     return self.plan[step * self.global_batch + self.offset + row]
 
 
+def text_tokenizer(c: ml_collections.ConfigDict, path: str) -> tokenizer_lib.Tokenizer:
+  """The tokenizer of data config c for the dataset at path (tokenizer.for_data), or a one-line ConfigError."""
+  try:
+    return tokenizer_lib.for_data(c, path)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(f"config.data.tokenizer={c.tokenizer!r}: {e}; give a tokenizer.json "
+                      "(--config.data.tokenizer=...)") from None
+
+
 def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, process_index: int = 0,
                   process_count: int = 1, image_groups=None, embedding_path: str = "",
                   first_batch: int = 0) -> Pipeline:
@@ -377,12 +387,7 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
       raise ConfigError(f"config.data.text_convention={c.text_convention!r} (text_len {c.text_len}) but {path} was "
                         f"pre-computed with {made[0]!r} (text_len {made[1]}): rerun data_pipelines.precompute with "
                         f"--text_convention={c.text_convention} --t5_len={c.text_len}")
-  tok = None
-  if c.text_source == "tokens":
-    try:
-      tok = tokenizer_lib.for_data(c, path)
-    except (FileNotFoundError, ValueError) as e:
-      raise ConfigError(f"config.data.tokenizer={c.tokenizer!r}: {e}") from None
+  tok = text_tokenizer(c, path) if c.text_source == "tokens" else None
   if c.load_frames and not reader.index.num_frames:
     how = (" per-frame latents (record schema 1 had none): make them from its pixel dataset with python -m "
            "data_pipelines.precompute --src=PIXELS --dst=... --frames" if reader.index.latent_shape else " frames")

@@ -26,6 +26,7 @@ that finds every movie done assembles DST (atomically, as records.write_dataset 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import sys
@@ -40,6 +41,7 @@ from cinema_jax.models import clip
 from cinema_jax.models import vae as vae_model
 from data_pipelines import records
 from data_pipelines import tokenizer
+from data_pipelines import toy_movies
 
 @dataclasses.dataclass
 class Encoders:
@@ -166,6 +168,37 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
   shutil.rmtree(work, ignore_errors=True)
   log(f"{dst}: {sum(len(m['records']) for m in reader.index.movies)} shots with latents and embeddings")
   return True
+
+
+def train_path(data_config, workdir: str, log=print) -> str:
+  """The training records a data config reads: config.data.path, or the toy world's (built under workdir
+  on first use), in the latents of config.data.toy.autoencoder when one is named (`toy_latents`)."""
+  if data_config.path or not data_config.toy.autoencoder:
+    return toy_movies.train_path(data_config, workdir, log)
+  return toy_latents(data_config, workdir, log)
+
+
+def toy_latents(data_config, workdir: str, log=print) -> str:
+  """The toy world's training split as latents of the autoencoder folder config.data.toy.autoencoder (and
+  every shot frame's, with config.data.load_frames), pre-computed on first use beside the world:
+  <toy root>/latents-<digest of the autoencoder and the options>/train."""
+  ae = data_config.toy.autoencoder
+  files = [os.path.join(ae, "config.json"), os.path.join(ae, "diffusion_pytorch_model.safetensors")]
+  if not all(os.path.exists(f) for f in files):
+    raise records.DataError(f"config.data.toy.autoencoder={ae!r} is not an autoencoder folder: train the toy "
+                            "autoencoder with python -m cinema_jax.train --config=configs/autoencoder.py:toy "
+                            "--workdir=runs/ae, then pass --config.data.toy.autoencoder=runs/ae/vae")
+  root = toy_movies.root_for_config(data_config, workdir, log)
+  digest = hashlib.sha1()
+  for f in files:
+    with open(f, "rb") as fh:
+      digest.update(fh.read())
+  digest.update(f"frames={bool(data_config.load_frames)}".encode())
+  dst = os.path.join(root, f"latents-{digest.hexdigest()[:10]}", "train")
+  if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):
+    log(f"pre-computing the toy world's latents with {ae} into {dst}")
+    run(os.path.join(root, "train"), dst, load_encoders(ae, "", ""), frames=bool(data_config.load_frames), log=log)
+  return dst
 
 
 def _copy_tokenizer(src: str, dst: str) -> None:

@@ -14,7 +14,9 @@ from PIL import Image
 import pytest
 
 from data_pipelines import curate
+from data_pipelines import pipeline
 from data_pipelines import records
+from data_pipelines import toy_world
 from data_pipelines.synthetic_video import write_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,5 +203,9 @@ def test_curated_records_train_the_tiny_model(tmp_path):
   c.update(batch_size=8, total_steps=2)
   c.data.path = str(tmp_path / "out" / "train")
   c.log.sample_every_steps = 0
+  with pytest.raises(pipeline.ConfigError, match=r"config.data.tokenizer='': .* no tokenizer.json"):
+    trainer.train_and_evaluate(c, str(tmp_path / "run"))  # real captions: the toy model needs a tokenizer
+  toy_world.write_tokenizer(str(tmp_path / "tokenizer.json"))  # the toy world's words (others are [UNK])
+  c.data.tokenizer = str(tmp_path / "tokenizer.json")
   last = trainer.train_and_evaluate(c, str(tmp_path / "run"))
   assert last["step"] == 2 and np.isfinite(last["loss"])

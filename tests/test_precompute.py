@@ -107,3 +107,8 @@ def test_the_toy_world_on_latents_keeps_its_captions_as_word_tokens(toy_train, t
   assert batch["latent"].shape == (2, 3, 8, 16, 4) and batch["text_tokens"].shape == (2, 3, c.data.text_len)
   loss, _ = keyframe.loss(c, keyframe.build(c), jax.tree.map(jax.numpy.asarray, batch), jax.random.key(0))
   assert np.isfinite(float(loss))
+  from cinema_jax import trainer  # pylint: disable=import-outside-toplevel
+  trainer._check_latents(c, dst)  # pylint: disable=protected-access
+  c.model.image_channels = 16  # FLUX's VAE: not these latents
+  with pytest.raises(pipeline.ConfigError, match="holds 8x16 latents of 4 channels.*reads 8x16x16"):
+    trainer._check_latents(c, dst)  # pylint: disable=protected-access
