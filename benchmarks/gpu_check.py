@@ -28,6 +28,7 @@ import numpy as np
 from benchmarks import sampling as sampling_bench
 from benchmarks import common
 from cinema_jax import flops
+from cinema_jax import input_space
 from cinema_jax import trainer
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
@@ -73,11 +74,10 @@ def flux_width_config(quick: bool, depth: tuple[int, int], pairs: int, attention
 def synthetic_batch(c) -> dict[str, np.ndarray]:
   """What the pipeline gives a pre-computed-latents config: latents, T5 states, CLIP pooled vectors."""
   b, p, L = c.batch_size, c.data.num_pairs, c.data.text_len
-  cell = c.model.vae_downsample
-  h, w = c.data.resolution[0] // cell, c.data.resolution[1] // cell
+  space = input_space.of(c)
   rng = np.random.default_rng(0)
   return {
-      "latent": rng.standard_normal((b, p, h, w, c.model.image_channels), np.float32),
+      space.image_key: rng.standard_normal((b, p, *space.frame_shape), np.float32),
       "text_states": rng.standard_normal((b, p, L, c.model.context_dim), np.float32),
       "text_mask": np.arange(L)[None, None] < rng.integers(L // 4, L + 1, (b, p))[..., None],
       "text_pooled": rng.standard_normal((b, p, c.model.vec_dim), np.float32),

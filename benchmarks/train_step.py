@@ -24,6 +24,7 @@ import numpy as np
 
 from benchmarks import common
 from cinema_jax import flops
+from cinema_jax import input_space
 from cinema_jax import trainer
 from cinema_jax.convert import flux
 from cinema_jax.models import keyframe
@@ -41,8 +42,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes and at most 2 timed calls
 def train_configs(quick: bool) -> dict:
   demo = keyframe_config.get_config("demo")
   wide = keyframe_config.get_config("demo")
-  # The demo at a width where matmuls, not per-op overhead, dominate; patch 4 -> 128 tokens per frame.
-  wide.model.update(hidden=512, num_heads=8, axes_dim=(16, 24, 24), depth_double=4, depth_single=4, patch=4)
+  # The demo at a width where matmuls, not per-op overhead, dominate; patch 2 -> 128 tokens per frame.
+  wide.model.update(hidden=512, num_heads=8, axes_dim=(16, 24, 24), depth_double=4, depth_single=4, patch=2)
   for c in (demo, wide):
     trainer.validate(c)  # --quick still checks that the full-size configs are usable
   if quick:
@@ -51,14 +52,16 @@ def train_configs(quick: bool) -> dict:
 
 
 def synthetic_batch(c) -> dict[str, np.ndarray]:
-  """A toy-pipeline batch (pixels in [-1, 1], word tokens, padded captions) of random content."""
-  assert c.model.vae_downsample == 1 and c.data.text_source == "tokens", "toy (pixel, word-token) configs only"
+  """A toy-pipeline batch (latents ~ N(0, 1) or pixels in [-1, 1], word tokens, padded captions) of random
+  content."""
+  assert c.data.text_source == "tokens", "toy (word-token) configs only"
   b, p, L = c.batch_size, c.data.num_pairs, c.data.text_len
-  h, w = c.data.resolution
+  space = input_space.of(c)
   rng = np.random.default_rng(0)
   mask = np.arange(L) < rng.integers(L // 4, L + 1, (b, p))[..., None]
+  shape = (b, p, *space.frame_shape)
   return {
-      "image": rng.uniform(-1, 1, (b, p, h, w, c.model.image_channels)).astype(np.float32),
+      space.image_key: (rng.uniform(-1, 1, shape) if space.pixels else rng.standard_normal(shape)).astype(np.float32),
       "text_tokens": np.where(mask, rng.integers(2, len(toy_world.vocabulary()), (b, p, L)), 0).astype(np.int32),
       "text_mask": mask,
       "movie": np.arange(b, dtype=np.int32),
@@ -95,7 +98,7 @@ def flux_config(quick: bool):
     c.batch_size, grid, c.data.text_len = 4, (16, 32), 64
     c.model.update(hidden=512, num_heads=8, depth_double=4, depth_single=4, axes_dim=(8, 28, 28), context_dim=256,
                    vec_dim=128)
-  cell = c.model.vae_downsample * c.model.patch  # 16 latent channels x 2 x 2 patch = 64 channels per token
+  cell = input_space.of(c).cell  # 16 latent channels x 2 x 2 patch = 64 channels per token
   c.data.resolution = (grid[0] * cell, grid[1] * cell)
   c.data.num_pairs = 1
   c.model.update(guidance_embed=False, dtype="float32", remat="none", attention="xla")

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 
 from cinema_jax import flops
+from cinema_jax import input_space
 from cinema_jax import sharding
 from cinema_jax import trainer
 from cinema_jax.models import keyframe
@@ -43,16 +44,15 @@ def batch_spec(c: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
   else:
     spec.update(text_states=s((p, L, m.context_dim), "float32"), text_pooled=s((p, m.vec_dim), "float32"))
   groups = keyframe.pipeline_image_groups(c)
-  cell = m.vae_downsample
+  space = input_space.of(c)
   if groups:  # GoldenMem resized in the pipeline: one array per level group
     for g, (n, (h, w)) in enumerate(groups):
       spec[f"image_g{g}"] = s((n, h, w, m.image_channels), "float32")
   else:
-    h, w = c.data.resolution[0] // cell, c.data.resolution[1] // cell
-    spec["image" if cell == 1 else "latent"] = s((p, h, w, m.image_channels), "float32")
+    spec[space.image_key] = s((p, *space.frame_shape), "float32")
     if c.data.load_frames:  # every shot's frames (the video model): pixels, or per-frame VAE latents
       frames = m.video.num_frames if c.task == "video" else c.data.toy.num_frames
-      spec["frames" if cell == 1 else "frame_latents"] = s((p, frames, h, w, m.image_channels), "float32")
+      spec[space.frames_key] = s((p, frames, *space.frame_shape), "float32")
   return spec
 
 

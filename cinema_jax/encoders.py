@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from cinema_jax import input_space
 from cinema_jax.convert import text as text_convert
 from cinema_jax.convert import vae as vae_convert
 from cinema_jax.models import clip
@@ -329,7 +330,7 @@ def for_model(c, text=None, frames=None):
   if text is None and c.model.text_encoder != "tokens":
     raise ValueError("this model conditions on T5 states and CLIP pooled vectors: sampling needs the T5 and CLIP "
                      "encoders (--t5, --clip or config.sample.encoders; encoders.FluxText)")
-  if frames is None and c.model.vae_downsample != 1:
+  if frames is None and not input_space.of(c).pixels:
     if not c.data.toy.autoencoder:
       raise ValueError("this model makes VAE latents: sampling needs the VAE decoder (--vae or "
                        "config.sample.encoders.vae; encoders.VAEFrames)")

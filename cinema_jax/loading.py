@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from cinema_jax import checkpoints
 from cinema_jax import encoders
+from cinema_jax import input_space
 from cinema_jax import sharding
 from cinema_jax import toy_clip
 from cinema_jax.models import keyframe
@@ -115,15 +116,16 @@ def encoders_for(c: ml_collections.ConfigDict, dtype: str = "float32", mesh=None
                        "(--t5=FLUX.1-dev/text_encoder_2 --clip=FLUX.1-dev/text_encoder, or config.sample.encoders)")
     text = encoders.FluxText.load(e.t5, e.clip, c.data.text_len, c.data.text_convention, dtype, mesh=mesh,
                                   t5_on_host=bool(e.t5_on_host))
-  if c.model.vae_downsample != 1:
+  space = input_space.of(c)
+  if not space.pixels:
     vae_path = e.vae or c.data.toy.autoencoder  # the toy world's own autoencoder
     if not vae_path:
       raise ValueError("this model makes VAE latents: give the autoencoder folder (--vae=FLUX.1-dev/vae, or "
                        "config.sample.encoders.vae)")
     frames = encoders.VAEFrames.load(vae_path, dtype, mesh=mesh, tile=int(e.vae_tile))
-    if frames.downsample != c.model.vae_downsample or frames.model.cfg.latent_channels != c.model.image_channels:
+    if frames.downsample != space.downsample or frames.model.cfg.latent_channels != space.channels:
       raise ValueError(f"--vae={vae_path}: a {frames.downsample}x autoencoder with {frames.model.cfg.latent_channels} "
-                       f"latent channels; the model reads {c.model.vae_downsample}x, {c.model.image_channels} channels")
+                       f"latent channels; the model reads {space.downsample}x, {space.channels} channels")
   return text, frames
 
 

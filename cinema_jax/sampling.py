@@ -43,6 +43,7 @@ from PIL import Image
 
 from cinema_jax import encoders
 from cinema_jax import goldenmem
+from cinema_jax import input_space
 from cinema_jax import objective
 from cinema_jax import retrieval
 from cinema_jax import storyboard
@@ -72,8 +73,7 @@ class Sampler:
     self.c, self.graphdef = c, graphdef
     self.text, self.frames = encoders.for_model(c, text, frames)
     self.grid = keyframe.full_grid(c)
-    ds = c.model.vae_downsample
-    self.frame_shape = (c.data.resolution[0] // ds, c.data.resolution[1] // ds, c.model.image_channels)
+    self.frame_shape = input_space.of(c).frame_shape
     self.num_pairs = context_pairs or c.data.num_pairs  # pairs in the autoregressive window
     if self.num_pairs < 1:
       raise ValueError(f"context_pairs must be >= 1, got {context_pairs}")

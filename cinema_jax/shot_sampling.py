@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from cinema_jax import encoders
+from cinema_jax import input_space
 from cinema_jax import sampling
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
@@ -38,8 +39,7 @@ class ShotSampler:
     self.c, self.graphdef = c, graphdef
     self.text, self.frames = encoders.for_model(c, text, frames)
     self.h, self.w = c.data.resolution
-    ds = c.model.vae_downsample
-    self.frame_shape = (self.h // ds, self.w // ds, c.model.image_channels)
+    self.frame_shape = input_space.of(c).frame_shape
     self.window = c.data.num_pairs
     self.num_frames = c.model.video.num_frames
 

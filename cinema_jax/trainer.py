@@ -27,6 +27,7 @@ from cinema_jax import checkpoints
 from cinema_jax import distributed
 from cinema_jax import faults
 from cinema_jax import flops
+from cinema_jax import input_space
 from cinema_jax import objective
 from cinema_jax import sharding
 from cinema_jax import toy_clip
@@ -51,18 +52,19 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
   if not isinstance(c.total_steps, int) or c.total_steps < 1:
     raise pipeline.ConfigError(f"config.total_steps={c.total_steps!r}: expected an int >= 1")
   h, w = c.data.resolution
-  cell = m.vae_downsample * m.patch
+  space = input_space.of(c)
+  cell = space.cell
   if h % cell or w % cell:
     raise pipeline.ConfigError(f"config.data.resolution={tuple(c.data.resolution)}: not a multiple of "
                                f"model.vae_downsample * model.patch = {cell}")
   if m.text_encoder in ("tokens", "precomputed") and m.text_encoder != c.data.text_source:
     raise pipeline.ConfigError(f"config.model.text_encoder={m.text_encoder!r} needs config.data.text_source="
                                f"{m.text_encoder!r}")
-  if reads_data and m.vae_downsample != 1 and not c.data.path and not c.data.toy.autoencoder:
+  if reads_data and not space.pixels and not c.data.path and not c.data.toy.autoencoder:
     raise pipeline.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads latents; give pre-computed "
                                "records, or the toy world's autoencoder (config.data.toy.autoencoder, made by python "
                                "-m cinema_jax.train --config=configs/autoencoder.py:toy --workdir=runs/ae)")
-  if c.data.toy.autoencoder and m.vae_downsample == 1 and c.task != "autoencoder":
+  if c.data.toy.autoencoder and space.pixels and c.task != "autoencoder":
     raise pipeline.ConfigError(f"config.data.toy.autoencoder={c.data.toy.autoencoder!r}: this model reads pixels "
                                "(model.vae_downsample=1)")
   if c.objective.prediction not in ("v", "x"):
@@ -70,7 +72,7 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
   if c.objective.loss_pairs not in objective.LOSS_PAIRS:
     raise pipeline.ConfigError(f"config.objective.loss_pairs={c.objective.loss_pairs!r}: expected one of "
                                f"{', '.join(objective.LOSS_PAIRS)}")
-  if (c.data.memory_levels == "goldenmem" and c.data.goldenmem.resize == "pixels" and m.vae_downsample != 1):
+  if c.data.memory_levels == "goldenmem" and c.data.goldenmem.resize == "pixels" and not space.pixels:
     raise pipeline.ConfigError("config.data.goldenmem.resize='pixels': this model reads pre-computed latents, so "
                                "frames can only be resized as latents (resize='latents')")
   lo, hi = c.objective.context_t
@@ -272,9 +274,9 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
       raise pipeline.ConfigError(f"config.model.text.vocab_size={c.model.text.vocab_size}: the tokenizer of {path} "
                                  f"has {vocab} tokens")
   plan = stages(c)
-  # text-to-image retrieval: ToyCLIP on pixel keyframes; records of pre-computed latents carry CLIP's embeddings
-  toy = c.data.context_order == "image" and c.model.vae_downsample == 1
-  clip_path = toy_clip.resolve(c.data, workdir, logging.info) if toy else ""
+  # text-to-image retrieval: ToyCLIP on pixel keyframes; records of pre-computed latents carry the embeddings
+  pixel_records = records.ShotReader(path).index.latent_shape is None
+  clip_path = toy_clip.resolve(c.data, workdir, logging.info) if c.data.context_order == "image" and pixel_records else ""
 
   setup = make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names
   with jax.set_mesh(mesh):
@@ -360,12 +362,12 @@ def _check_latents(c: ml_collections.ConfigDict, path: str) -> None:
   shape = records.ShotReader(path).index.latent_shape
   if shape is None or c.task == "autoencoder":
     return
-  ds = c.model.vae_downsample
-  want = [c.data.resolution[0] // ds, c.data.resolution[1] // ds, c.model.image_channels]
+  space = input_space.of(c)
+  want = list(space.frame_shape)
   if list(shape) != want:
     raise pipeline.ConfigError(f"{path} holds {shape[0]}x{shape[1]} latents of {shape[2]} channels; config.data."
-                               f"resolution={tuple(c.data.resolution)} with model.vae_downsample={ds} and "
-                               f"model.image_channels={c.model.image_channels} reads {want[0]}x{want[1]}x{want[2]}")
+                               f"resolution={tuple(c.data.resolution)} with model.vae_downsample={space.downsample} "
+                               f"and model.image_channels={space.channels} reads {want[0]}x{want[1]}x{want[2]}")
 
 
 def _frames_per_example(c: ml_collections.ConfigDict, path: str) -> int:

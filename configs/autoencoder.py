@@ -33,6 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a.edge_weight = 8.0  # extra loss weight of pixels at colour edges (sprites, outlines)
   a.kl_weight = 1e-6
   a.frames_per_shot = 1  # random frames of each shot in a step (0: all): more shots for the same work
+  c.data.toy.autoencoder = ""  # it reads the toy world's pixels: it is what makes the latents
+  c.model.update(image_channels=3, vae_downsample=1)
   c.data.num_pairs = 1  # an example is one shot: its frames are the batch's images
   c.data.load_frames = True
   c.data.context_order = "chronological"

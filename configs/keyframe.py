@@ -3,10 +3,12 @@
   flux_dev  (the default) FLUX.1-dev size (3072 wide, 24 heads, 19 + 38 blocks, ~11.9B parameters)
             with the paper's Table 4 recipe; reads pre-computed VAE latents and T5/CLIP states
             from config.data.path
-  demo      the toy world at 32x64; trains on a 2-core CPU in about 15 minutes
+  demo      the toy world at 32x64, as latents of its own autoencoder (TOY_AUTOENCODER, trained first by
+            configs/autoencoder.py:toy); trains on a 2-core CPU in about 15 minutes
   demo_long the demo model on 16-pair windows (batch 4: the same tokens per step), the model the
             toy-cinema benchmark (RESULTS.md) measures at 8 to 32 context pairs
-  tiny      the smallest end-to-end setting, for tests and smoke runs
+  tiny      the smallest end-to-end setting, for tests and smoke runs: 16x32 pixels (the identity
+            autoencoder, so a test needs no trained one)
 
 Override any field from the command line: `--config.data.num_pairs=16 --config.model.remat=full`.
 """
@@ -14,6 +16,10 @@ Override any field from the command line: `--config.data.num_pairs=16 --config.m
 import ml_collections
 
 from data_pipelines import pipeline
+
+# The toy autoencoder's folder (configs/autoencoder.py:toy with --workdir=runs/toy_autoencoder writes
+# it; launch/quickstart.sh demo does so first): the toy configs' input space
+TOY_AUTOENCODER = "runs/toy_autoencoder/vae"
 
 VARIANTS = ("flux_dev", "demo", "demo_long", "tiny")
 
@@ -118,12 +124,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vae_tile=64))  # decode latents larger than this (latent pixels) in overlapping tiles; 0: never
 
   if variant in ("demo", "demo_long"):
-    # Sized for a 2-core CPU. Patch 8: 32 image tokens per 32x64 frame, and 44 word tokens a caption.
+    # Sized for a 2-core CPU, on the toy autoencoder's 16x32x4 latents of a 32x64 frame. Patch 4: 32 image
+    # tokens a keyframe (the 4x8 grid GoldenMem halves twice), and 44 word tokens a caption.
     _toy(c, steps=1600, batch=16)
-    m.update(hidden=128, num_heads=4, depth_double=2, depth_single=2, axes_dim=(8, 12, 12), patch=8)
+    _toy_latents(c)
+    m.update(hidden=128, num_heads=4, depth_double=2, depth_single=2, axes_dim=(8, 12, 12), patch=4)
     m.text.update(width=64, depth=1, num_heads=2, vec_dim=64)
     c.data.num_pairs = 4
-    c.objective.prediction = "x"  # a 128-wide model cannot carry 192-channel noise tokens: predict the image
+    c.objective.prediction = "x"  # a 128-wide model cannot carry noise tokens well: predict the image
     c.optimizer.update(lr=1e-3, warmup_steps=100, end_lr_fraction=0.1, ema_decay=0.995)
     c.checkpoint.update(every_steps=400, keep=2)
     c.log.update(every_steps=50, sample_every_steps=400)
@@ -148,7 +156,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _toy(c: ml_collections.ConfigDict, steps: int, batch: int) -> None:
-  """The toy world in pixel space with word tokens, on one CPU host."""
+  """The toy world with word tokens, on one CPU host; in pixel space (the identity autoencoder) unless
+  _toy_latents moves it onto its autoencoder's latents."""
   c.total_steps = steps
   c.batch_size = batch
   c.data.resolution = (32, 64)
@@ -159,3 +168,10 @@ def _toy(c: ml_collections.ConfigDict, steps: int, batch: int) -> None:
                  dtype="float32", remat="none")
   c.objective.guidance = 0.0
   c.mesh.update(data=-1, fsdp=1)
+
+
+def _toy_latents(c: ml_collections.ConfigDict) -> None:
+  """The toy world as FLUX's road takes it: latents of the toy autoencoder (2x down, 4 channels)."""
+  c.model.update(image_channels=4, vae_downsample=2)
+  c.data.toy.autoencoder = TOY_AUTOENCODER
+  c.data.goldenmem.resize = "latents"

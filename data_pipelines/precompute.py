@@ -36,7 +36,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from cinema_jax import autoencoder as autoencoder_lib
 from cinema_jax import encoders
+from cinema_jax import toy_clip
 from cinema_jax.models import clip
 from cinema_jax.models import vae as vae_model
 from data_pipelines import records
@@ -50,7 +52,8 @@ class Encoders:
   vae: vae_model.AutoencoderKL
   text: encoders.FluxText | None  # None: captions stay text (a model with its own text encoder)
   clip_vision: clip.CLIPVisionModelWithProjection | None
-  retrieval: encoders.ClipEmbedding | None = None  # a whole CLIP model: caption embeddings in its image space
+  # a whole CLIP model, or the toy world's ToyCLIP (the same interface): caption embeddings in its image space
+  retrieval: encoders.ClipEmbedding | toy_clip.ToyClip | None = None
 
   def latents(self, images_BHWC: np.ndarray) -> np.ndarray:
     return encoders.VAEFrames(self.vae).encode(images_BHWC)
@@ -63,7 +66,13 @@ class Encoders:
     states, mask = self.text.t5_states(captions)
     return [s[:int(m.sum())] for s, m in zip(states, mask)], self.text.pooled(captions)
 
+  @property
+  def embeds_images(self) -> bool:
+    return self.clip_vision is not None or self.retrieval is not None
+
   def image_embeddings(self, images_BHWC: np.ndarray) -> np.ndarray:
+    if self.clip_vision is None:  # ToyCLIP: no separate vision tower
+      return self.retrieval.images(images_BHWC)
     return encoders.image_embeddings(self.clip_vision, images_BHWC)
 
   def text_embeddings(self, captions: list[str]) -> list[np.ndarray | None]:
@@ -113,7 +122,7 @@ def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoder
     captions = [s.caption for s in shots] + [shots[-1].caption] * pad
     latents = enc.latents(images)
     states, pooled = enc.text_records(captions)
-    embeds = enc.image_embeddings(images) if enc.clip_vision is not None else [None] * len(captions)
+    embeds = enc.image_embeddings(images) if enc.embeds_images else [None] * len(captions)
     frame_latents = [enc.latents(f) if frames else None for _, _, f in chunk]  # [F, H, W, 3] each: one shape
     for s, lat, fl, st, po, em, te in zip(shots, latents, frame_latents, states, pooled, embeds,
                                           enc.text_embeddings(captions)):
@@ -180,15 +189,22 @@ def train_path(data_config, workdir: str, log=print) -> str:
 
 def toy_latents(data_config, workdir: str, log=print) -> str:
   """The toy world's training split as latents of the autoencoder folder config.data.toy.autoencoder (and
-  every shot frame's, with config.data.load_frames), pre-computed on first use beside the world:
-  <toy root>/latents-<digest of the autoencoder and the options>/train."""
+  every shot frame's, with config.data.load_frames; with context_order "image", ToyCLIP's embeddings of
+  keyframes and captions), pre-computed on first use beside the world:
+  <toy root>/latents-<digest of the autoencoder, ToyCLIP and the options>/train."""
   ae = data_config.toy.autoencoder
   files = [os.path.join(ae, "config.json"), os.path.join(ae, "diffusion_pytorch_model.safetensors")]
   if not all(os.path.exists(f) for f in files):
-    raise records.DataError(f"config.data.toy.autoencoder={ae!r} is not an autoencoder folder: train the toy "
-                            "autoencoder with python -m cinema_jax.train --config=configs/autoencoder.py:toy "
-                            "--workdir=runs/ae, then pass --config.data.toy.autoencoder=runs/ae/vae")
+    parent, leaf = os.path.split(os.path.normpath(ae))
+    make = (f"--workdir={parent or '.'} (it ends by writing {ae})" if leaf == autoencoder_lib.EXPORT_DIR else
+            f"--workdir=AE and pass --config.data.toy.autoencoder=AE/{autoencoder_lib.EXPORT_DIR}")
+    raise records.DataError(f"config.data.toy.autoencoder={ae!r}: no autoencoder there; train the toy autoencoder "
+                            f"first: python -m cinema_jax.train --config=configs/autoencoder.py:toy {make}")
   root = toy_movies.root_for_config(data_config, workdir, log)
+  embedding = None
+  if data_config.context_order == "image":  # retrieval by image reads the records' embeddings (as CLIP's)
+    files.append(toy_clip.resolve(data_config, workdir, log))
+    embedding = toy_clip.load(files[-1])
   digest = hashlib.sha1()
   for f in files:
     with open(f, "rb") as fh:
@@ -197,7 +213,8 @@ def toy_latents(data_config, workdir: str, log=print) -> str:
   dst = os.path.join(root, f"latents-{digest.hexdigest()[:10]}", "train")
   if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):
     log(f"pre-computing the toy world's latents with {ae} into {dst}")
-    run(os.path.join(root, "train"), dst, load_encoders(ae, "", ""), frames=bool(data_config.load_frames), log=log)
+    enc = dataclasses.replace(load_encoders(ae, "", ""), retrieval=embedding)
+    run(os.path.join(root, "train"), dst, enc, frames=bool(data_config.load_frames), log=log)
   return dst
 
 

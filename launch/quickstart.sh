@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command setup and run on a machine with Python >= 3.11 and access to the package index.
 #
-#   bash launch/quickstart.sh demo   # build the toy-movie world, train the demo keyframe and video models,
+#   bash launch/quickstart.sh demo   # build the toy-movie world, train its autoencoder, the demo keyframe and video models,
 #                                    # sample movies (keyframes, shot videos, MP4s, an HTML page each)
 #   bash launch/quickstart.sh test   # the whole test suite (installs the PyTorch references and curation too)
 #
@@ -32,9 +32,15 @@ case "${1:-}" in
     install dev
     workdir=${WORKDIR:-runs/demo}
     video_workdir=${VIDEO_WORKDIR:-runs/demo_video}
+    ae_workdir=${AE_WORKDIR:-runs/toy_autoencoder}
+    # the toy autoencoder first (it ends by writing $ae_workdir/vae); each training below pre-computes its
+    # toy world's latents with it on first use
+    "$VENV/bin/python" -m cinema_jax.train --config=configs/autoencoder.py:toy --workdir="$ae_workdir"
     # extra args (e.g. --config.total_steps=300) go to both trainings
-    "$VENV/bin/python" -m cinema_jax.train --config=configs/keyframe.py:demo --workdir="$workdir" "$@"
-    "$VENV/bin/python" -m cinema_jax.train --config=configs/video.py:demo --workdir="$video_workdir" "$@"
+    "$VENV/bin/python" -m cinema_jax.train --config=configs/keyframe.py:demo --workdir="$workdir" \
+        --config.data.toy.autoencoder="$ae_workdir/vae" "$@"
+    "$VENV/bin/python" -m cinema_jax.train --config=configs/video.py:demo --workdir="$video_workdir" \
+        --config.data.toy.autoencoder="$ae_workdir/vae" "$@"
     "$VENV/bin/python" -m cinema_jax.sample --workdir="$workdir" --video_workdir="$video_workdir" --storylines=toy \
         --outdir="$workdir/movies"
     echo "movies of the held-out toy storylines: $workdir/movies/*/movie.html (storyboard, captions, playable shots),"

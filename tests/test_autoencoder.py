@@ -16,6 +16,9 @@ from cinema_jax import encoders
 from cinema_jax.eval import reconstruction
 from cinema_jax.models import vae
 from configs import autoencoder as autoencoder_config
+from configs import keyframe as keyframe_config
+from data_pipelines import precompute
+from data_pipelines import records
 from data_pipelines import toy_render
 from data_pipelines import toy_world
 
@@ -128,7 +131,7 @@ def test_a_toy_config_on_latents_prepares_them_trains_and_samples(tmp_path):
   assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: config.data.path is empty")
   assert "configs/autoencoder.py:toy" in r.stderr
   r = train(tmp_path / "missing", f"--config.data.toy.autoencoder={tmp_path / 'nowhere'}")
-  assert r.returncode != 0 and "is not an autoencoder folder: train the toy autoencoder" in r.stderr.splitlines()[-1]
+  assert r.returncode != 0 and "no autoencoder there; train the toy autoencoder first" in r.stderr.splitlines()[-1]
   work = tmp_path / "kf"
   r = train(work, f"--config.data.toy.autoencoder={folder}")
   assert r.returncode == 0, r.stderr[-3000:]
@@ -142,3 +145,16 @@ def test_a_toy_config_on_latents_prepares_them_trains_and_samples(tmp_path):
   import PIL.Image  # pylint: disable=import-outside-toplevel
   frame = np.asarray(PIL.Image.open(os.path.join(out, story, "keyframe_000.png")))
   assert frame.shape == (16, 32, 3)  # decoded by the toy autoencoder from 8x16 latents
+
+
+def test_the_demo_without_its_autoencoder_stops_with_the_command_that_makes_it(tmp_path, monkeypatch):
+  """configs/keyframe.py:demo reads runs/toy_autoencoder/vae: missing, one line names the training that
+  writes exactly that folder (before any toy world is built)."""
+  monkeypatch.chdir(tmp_path)
+  c = keyframe_config.get_config("demo")
+  with pytest.raises(records.DataError) as e:
+    precompute.train_path(c.data, str(tmp_path / "work"))
+  assert str(e.value) == ("config.data.toy.autoencoder='runs/toy_autoencoder/vae': no autoencoder there; train the "
+                          "toy autoencoder first: python -m cinema_jax.train --config=configs/autoencoder.py:toy "
+                          "--workdir=runs/toy_autoencoder (it ends by writing runs/toy_autoencoder/vae)")
+  assert not os.path.exists(tmp_path / "work")

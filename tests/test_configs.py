@@ -3,6 +3,7 @@
 import jax
 import pytest
 
+from cinema_jax import input_space
 from cinema_jax import trainer
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
@@ -51,3 +52,23 @@ def test_ablations_validate_and_change_what_they_say(name, arg, field, value):
   assert changed <= {"data", "objective", "sample", "curriculum", "batch_size"}, changed
   with pytest.raises(ValueError, match=f"configs/ablations/{name}.py: arg 'bogus'"):
     module.get_config("bogus")
+
+
+@pytest.mark.parametrize("name,arg", [
+    ("keyframe", "demo"), ("keyframe", "demo_long"), ("video", "demo"), ("ablations.goldenmem", "on,32"),
+    ("ablations.retrieval", "image"), ("ablations.context_noise", "0-0"), ("ablations.curriculum", "on")])
+def test_demo_and_ablation_configs_read_the_toy_autoencoders_latents(name, arg):
+  c = __import__(f"configs.{name}", fromlist=["get_config"]).get_config(arg)
+  space = input_space.of(c)
+  assert not space.pixels and space.frame_shape == (16, 32, 4) and space.grid == (4, 8)  # GoldenMem's 3 levels
+  assert c.data.toy.autoencoder == keyframe_config.TOY_AUTOENCODER
+  trainer.validate(c)
+
+
+def test_benchmark_configs_read_latents_and_tiny_reads_pixels():
+  from benchmarks import train_step  # pylint: disable=import-outside-toplevel
+  configs = train_step.train_configs(quick=False)
+  assert {k: input_space.of(c).grid for k, c in configs.items()} == {"demo": (4, 8), "wide": (8, 16)}
+  assert all(not input_space.of(c).pixels for c in configs.values())
+  assert input_space.of(keyframe_config.get_config("tiny")).pixels  # tests need no trained autoencoder
+  assert not keyframe_config.get_config("tiny").data.toy.autoencoder

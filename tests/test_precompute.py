@@ -112,3 +112,31 @@ def test_the_toy_world_on_latents_keeps_its_captions_as_word_tokens(toy_train, t
   c.model.image_channels = 16  # FLUX's VAE: not these latents
   with pytest.raises(pipeline.ConfigError, match="holds 8x16 latents of 4 channels.*reads 8x16x16"):
     trainer._check_latents(c, dst)  # pylint: disable=protected-access
+
+
+def test_toy_latents_for_retrieval_by_image_carry_toyclips_embeddings(tmp_path):
+  """context_order "image" on the toy autoencoder's latents: the records carry ToyCLIP's embeddings of each
+  pixel keyframe and caption (as CLIP's on real data), so the pipeline reads them instead of embedding."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from cinema_jax import autoencoder  # pylint: disable=import-outside-toplevel
+  from cinema_jax import toy_clip  # pylint: disable=import-outside-toplevel
+  from cinema_jax.models import vae  # pylint: disable=import-outside-toplevel
+  from configs import keyframe as keyframe_config  # pylint: disable=import-outside-toplevel
+  from data_pipelines import toy_movies  # pylint: disable=import-outside-toplevel
+  ae = vae.AutoencoderKL(vae.VAEConfig(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
+                                       norm_num_groups=4), nnx.Rngs(0))
+  c = keyframe_config.get_config("tiny")
+  c.data.update(context_order="image")
+  c.data.toy.autoencoder = autoencoder.save(ae, str(tmp_path / "vae"))
+  c.model.update(vae_downsample=2, image_channels=4, patch=4)
+  work = str(tmp_path / "work")
+  dst = precompute.toy_latents(c.data, work, log=lambda msg: None)
+  clip = toy_clip.load(os.path.join(work, toy_clip.FILENAME))  # trained on the pixel world on the way
+  out, src = records.ShotReader(dst), records.ShotReader(toy_movies.train_path(c.data, work))
+  assert {"image_embedding", "text_embedding"} <= set(out.index.embeddings)
+  r = 3
+  got, (shot, pixels, _) = out.read(out.index.movies[0]["records"][r]), src.read_pixels(src.index.movies[0]["records"][r])
+  np.testing.assert_allclose(got.image_embedding, clip.images(pixels[None])[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.text_embedding, clip.texts([shot.caption])[0], rtol=1e-5, atol=1e-6)
+  batch = next(pipeline.make_pipeline(c.data, dst, batch_size=2).iterator())  # no ToyCLIP file given
+  assert batch["latent"].shape == (2, c.data.num_pairs, 8, 16, 4)

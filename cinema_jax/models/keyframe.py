@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cinema_jax import goldenmem
+from cinema_jax import input_space
 from cinema_jax import objective
 from cinema_jax import sharding
 from cinema_jax.models import mmdit
@@ -79,8 +80,7 @@ class KeyframeModel(nnx.Module):
 
 def full_grid(c: ml_collections.ConfigDict) -> tuple[int, int]:
   """The token grid of a full-resolution keyframe."""
-  cell = c.model.vae_downsample * c.model.patch
-  return c.data.resolution[0] // cell, c.data.resolution[1] // cell
+  return input_space.of(c).grid
 
 
 def memory_plan(c: ml_collections.ConfigDict, num_pairs: int | None = None) -> tuple[goldenmem.Group, ...] | None:
@@ -96,7 +96,7 @@ def pipeline_image_groups(c: ml_collections.ConfigDict):
   plan = memory_plan(c)
   if plan is None or c.data.goldenmem.resize != "pixels":
     return None
-  cell = c.model.vae_downsample * c.model.patch
+  cell = input_space.of(c).cell
   return tuple((g.num_pairs, (g.grid[0] * cell, g.grid[1] * cell)) for g in plan)
 
 
@@ -106,7 +106,7 @@ def image_tokens(c: ml_collections.ConfigDict, batch: dict):
   Returns (tokens, group_grids); group_grids is None without GoldenMem. Groups come from the
   pipeline (image_g0, ... resized in pixel space) or are resized here (resize="latents").
   """
-  key = "image" if c.model.vae_downsample == 1 else "latent"
+  key = input_space.of(c).image_key
   p = c.model.patch
   plan = memory_plan(c)
   if plan is None:

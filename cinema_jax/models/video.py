@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cinema_jax import input_space
 from cinema_jax import objective
 from cinema_jax.models import keyframe
 
@@ -99,7 +100,7 @@ def shot_tokens(c: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, j
   Pixels come as `frames` [B, K, F, H, W, 3] (frame 0 the keyframe; the toy world and PNG datasets),
   latents as `frame_latents` [B, K, F, h, w, C].
   """
-  key = "frames" if c.model.vae_downsample == 1 else "frame_latents"
+  key = input_space.of(c).frames_key
   v = c.model.video
   frames = batch[key]
   if frames.shape[2] != v.num_frames:
@@ -210,6 +211,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                      "at full resolution ('none')")
   if not c.data.load_frames:
     raise ValueError("config.data.load_frames=False: the video model trains on each shot's frames")
-  if c.data.path == "" and c.model.vae_downsample == 1 and c.data.toy.num_frames != v.num_frames:
+  toy_world = c.data.path == "" and (input_space.of(c).pixels or c.data.toy.autoencoder)  # the run's data
+  if toy_world and c.data.toy.num_frames != v.num_frames:
     raise ValueError(f"config.data.toy.num_frames={c.data.toy.num_frames} but config.model.video.num_frames="
                      f"{v.num_frames}: the toy world must render the model's frames per shot")
