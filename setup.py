@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "imageio-ffmpeg==0.8.1",  # MP4 out (bundles its own ffmpeg binary)
     "tensorboardX==2.6.5",
     "safetensors==0.8.0",  # weights in and out (never pickles)
+    "tokenizers==0.23.3",  # tokenizer.json: the toy world's word tokens, T5's and CLIP's
 ]
 
 EXTRAS_REQUIRE = {
