@@ -47,6 +47,8 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
       c = keyframe_config.get_config(raw.get("variant", "flux_dev"))
     if "text_convention" not in raw.get("data", {}):  # runs from before the field trained the masked way
       c.data.text_convention = "masked"
+    if "autoencoder" not in raw.get("data", {}).get("toy", {}):  # runs from before the toy latents: pixels
+      c.data.toy.autoencoder = ""
     return c
 
   return checkpoints.saved_config(workdir, defaults)

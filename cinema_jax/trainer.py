@@ -266,6 +266,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   if c.batch_size % dp:
     raise pipeline.ConfigError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp} "
                                f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
+  _check_same_model(c, workdir)
   path = precompute.train_path(c.data, workdir, logging.info)
   _check_latents(c, path)
   if c.data.text_source == "tokens" and c.task != "autoencoder":
@@ -355,6 +356,35 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   if writer is not None:
     writer.close()
   return last
+
+
+_HOW_IT_COMPUTES = ("model.dtype", "model.remat", "model.attention")  # not what the parameters are
+
+
+def _check_same_model(c: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir with checkpoints holds the model this config builds: one line naming the fields that differ
+  (an old pixel-space run resumed with today's latent demo config, say), not a shape error in the restore."""
+  if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
+    return
+  try:
+    saved = checkpoints.saved_config(workdir)
+  except FileNotFoundError:
+    return
+  now, then = _flat("model", c.model.to_dict()), _flat("model", saved.model.to_dict())
+  diff = [k for k in sorted(now.keys() & then.keys()) if k not in _HOW_IT_COMPUTES and now[k] != then[k]]
+  if diff:
+    was = " ".join(f"--config.{k}={then[k]}" for k in diff)
+    raise pipeline.ConfigError(f"{workdir} holds a checkpoint of another model: " + ", ".join(
+        f"{k}={then[k]!r} there, {now[k]!r} in this config" for k in diff) + f"; train into a new --workdir, or "
+        f"continue that run with {was}" + (" --config.data.toy.autoencoder=''" if then.get("model.vae_downsample") == 1
+                                            and c.data.toy.autoencoder else ""))
+
+
+def _flat(prefix: str, d: dict) -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(f"{prefix}.{k}", v) if isinstance(v, dict) else {f"{prefix}.{k}": v})
+  return out
 
 
 def _check_latents(c: ml_collections.ConfigDict, path: str) -> None:

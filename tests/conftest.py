@@ -52,6 +52,23 @@ def replace_record(dataset: str, shard: str, position: int, data: bytes) -> None
   writer.close()
 
 
+@pytest.fixture(scope="session")
+def toy_autoencoder(tmp_path_factory) -> str:
+  """A random autoencoder folder at the toy autoencoder's architecture (2x down, 4 latent channels), as
+  configs/autoencoder.py exports it: what the latent road asserts holds for any weights."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from cinema_jax import autoencoder  # pylint: disable=import-outside-toplevel
+  from cinema_jax.models import vae  # pylint: disable=import-outside-toplevel
+  ae = vae.AutoencoderKL(vae.VAEConfig(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
+                                       norm_num_groups=4, scaling_factor=0.5, shift_factor=0.1), nnx.Rngs(0))
+  return autoencoder.save(ae, str(tmp_path_factory.mktemp("toy_autoencoder") / "vae"))
+
+
+# The tiny keyframe config on the toy autoencoder's 8x16x4 latents of its 16x32 frames: patch 2 keeps
+# pixel tiny's 4x8 token grid (and GoldenMem's three levels)
+LATENT_TINY = dict(vae_downsample=2, image_channels=4, patch=2)
+
+
 @pytest.fixture(name="replace_record")
 def replace_record_fixture():
   return replace_record

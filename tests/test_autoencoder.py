@@ -113,12 +113,10 @@ def test_train_cli_trains_and_exports(tmp_path):
   assert frames.decode(z).shape == images.shape
 
 
-def test_a_toy_config_on_latents_prepares_them_trains_and_samples(tmp_path):
+def test_a_toy_config_on_latents_prepares_them_trains_and_samples(tmp_path, toy_autoencoder):
   """configs/keyframe.py:tiny on the latents of a (random) toy autoencoder: the trainer pre-computes them
   (and says so), trains, and the sample command decodes its keyframes with the same autoencoder."""
-  ae = vae.AutoencoderKL(vae.VAEConfig(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
-                                       norm_num_groups=4, scaling_factor=0.5, shift_factor=0.1), nnx.Rngs(0))
-  folder = autoencoder.save(ae, str(tmp_path / "vae"))
+  folder = toy_autoencoder
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   latent = ["--config.model.vae_downsample=2", "--config.model.image_channels=4", "--config.model.patch=4"]
 

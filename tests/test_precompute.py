@@ -12,6 +12,7 @@ from data_pipelines import precompute
 from data_pipelines import records
 
 from conftest import FLUX_T5_LEN
+from conftest import LATENT_TINY
 
 
 @pytest.fixture(scope="module")
@@ -114,21 +115,16 @@ def test_the_toy_world_on_latents_keeps_its_captions_as_word_tokens(toy_train, t
     trainer._check_latents(c, dst)  # pylint: disable=protected-access
 
 
-def test_toy_latents_for_retrieval_by_image_carry_toyclips_embeddings(tmp_path):
+def test_toy_latents_for_retrieval_by_image_carry_toyclips_embeddings(tmp_path, toy_autoencoder):
   """context_order "image" on the toy autoencoder's latents: the records carry ToyCLIP's embeddings of each
   pixel keyframe and caption (as CLIP's on real data), so the pipeline reads them instead of embedding."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from cinema_jax import autoencoder  # pylint: disable=import-outside-toplevel
   from cinema_jax import toy_clip  # pylint: disable=import-outside-toplevel
-  from cinema_jax.models import vae  # pylint: disable=import-outside-toplevel
   from configs import keyframe as keyframe_config  # pylint: disable=import-outside-toplevel
   from data_pipelines import toy_movies  # pylint: disable=import-outside-toplevel
-  ae = vae.AutoencoderKL(vae.VAEConfig(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
-                                       norm_num_groups=4), nnx.Rngs(0))
   c = keyframe_config.get_config("tiny")
   c.data.update(context_order="image")
-  c.data.toy.autoencoder = autoencoder.save(ae, str(tmp_path / "vae"))
-  c.model.update(vae_downsample=2, image_channels=4, patch=4)
+  c.data.toy.autoencoder = toy_autoencoder
+  c.model.update(LATENT_TINY)
   work = str(tmp_path / "work")
   dst = precompute.toy_latents(c.data, work, log=lambda msg: None)
   clip = toy_clip.load(os.path.join(work, toy_clip.FILENAME))  # trained on the pixel world on the way

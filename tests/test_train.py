@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 
 from cinema_jax import checkpoints
+from cinema_jax import input_space
 from cinema_jax import sharding
 from cinema_jax import trainer
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
+from data_pipelines import precompute
+
+from conftest import LATENT_TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,21 +60,43 @@ MESHES = {  # (data, fsdp, context, tensor) on the 8 fake devices
 
 
 @functools.cache
-def _case(memory: str, toy_train: str):
-  """(config, batch, 1-device (state, losses)) of 3 steps of the tiny model on the shared toy data."""
+def _case(memory: str, toy_train: str, latents: str = ""):
+  """(config, batch, 1-device (state, losses)) of 3 steps of the tiny model on the shared toy data (as
+  the latents of the dataset `latents`, when given)."""
   c = _tiny(batch_size=8)
   c.data.toy.num_frames = 2  # the shared toy fixture has 2 frames per shot
   c.data.memory_levels = memory
   c.data.goldenmem.group_size = 1  # 3 pairs at 3 levels: 1x2, 2x4 and 4x8 tokens
+  if latents:
+    c.model.update(LATENT_TINY)
+    c.data.goldenmem.resize = "latents"  # on device, in the step
   groups = keyframe.pipeline_image_groups(c)
-  assert memory == "none" or groups == ((1, (4, 8)), (1, (8, 16)), (1, (16, 32)))
-  batch = next(pipeline.make_pipeline(c.data, toy_train, batch_size=8, image_groups=groups).iterator())
+  assert memory == "none" or latents or groups == ((1, (4, 8)), (1, (8, 16)), (1, (16, 32)))
+  batch = next(pipeline.make_pipeline(c.data, latents or toy_train, batch_size=8, image_groups=groups).iterator())
+  assert any(k.startswith(input_space.of(c).image_key) for k in batch)  # image, or image_g0, ... by level
   return c, batch, _run_steps(c, _mesh(1, 1, 1, 1, jax.devices()[:1]), batch, 3)
+
+
+@pytest.fixture(scope="module")
+def toy_latents(toy_train, toy_autoencoder, tmp_path_factory) -> str:
+  dst = str(tmp_path_factory.mktemp("latents") / "train")
+  precompute.run(toy_train, dst, precompute.load_encoders(toy_autoencoder, "", ""), log=lambda msg: None)
+  return dst
 
 
 @pytest.mark.parametrize("memory,mesh", [("none", m) for m in MESHES] + [("goldenmem", "mixed")])
 def test_sharded_steps_equal_the_unsharded_steps(toy_train, memory, mesh):
   c, batch, (one, one_losses) = _case(memory, toy_train)
+  _check_sharded_equals_unsharded(c, batch, one, one_losses, mesh)
+
+
+@pytest.mark.parametrize("memory", ["none", "goldenmem"])
+def test_sharded_steps_on_toy_latents_equal_the_unsharded_steps(toy_train, toy_latents, memory):
+  c, batch, (one, one_losses) = _case(memory, toy_train, toy_latents)
+  _check_sharded_equals_unsharded(c, batch, one, one_losses, "mixed")
+
+
+def _check_sharded_equals_unsharded(c, batch, one, one_losses, mesh):
   assert len(jax.devices()) == 8
   hlo = []
   eight, eight_losses = _run_steps(c, _mesh(*MESHES[mesh], jax.devices()), batch, 3, hlo)
@@ -120,10 +146,10 @@ def test_goldenmem_resizes_on_device_as_the_pipeline_does(toy_train):
     np.testing.assert_allclose(a, b, atol=1.01 / 127.5)  # the pipeline's frames are rounded to uint8
 
 
-def _train(workdir, steps, extra=()):
+def _train(workdir, steps, extra=(), config="configs/keyframe.py:tiny"):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per process
   # async saves, as real runs use: the resume test then also checks that what they commit is whole
-  cmd = [sys.executable, "-m", "cinema_jax.train", "--config=configs/keyframe.py:tiny", f"--workdir={workdir}",
+  cmd = [sys.executable, "-m", "cinema_jax.train", f"--config={config}", f"--workdir={workdir}",
          f"--config.total_steps={steps}", "--config.checkpoint.every_steps=2", "--config.checkpoint.async_save=True",
          *extra]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
@@ -139,18 +165,33 @@ def _final_state(workdir, step):
     return checkpoints.restore(mngr, step, setup.abstract_state)
 
 
-def test_restarted_run_is_bitwise_identical_to_an_uninterrupted_one(tmp_path):
-  whole = _train(tmp_path / "whole", 6)
+@pytest.mark.parametrize("space", ["pixels", "latents"])
+def test_restarted_run_is_bitwise_identical_to_an_uninterrupted_one(tmp_path, space, request):
+  extra = []
+  if space == "latents":  # the trainer pre-computes the toy world's latents with the autoencoder first
+    extra = [f"--config.data.toy.autoencoder={request.getfixturevalue('toy_autoencoder')}",
+             *(f"--config.model.{k}={v}" for k, v in LATENT_TINY.items())]
+  whole = _train(tmp_path / "whole", 6, extra)
   assert whole.returncode == 0, whole.stderr[-3000:]
-  first = _train(tmp_path / "split", 6, ["--stop_at_step=3"])  # saves at 2 and 3, then the process exits
+  assert ("pre-computing the toy world's latents" in whole.stderr) == (space == "latents")
+  first = _train(tmp_path / "split", 6, ["--stop_at_step=3", *extra])  # saves at 2 and 3, then the process exits
   assert first.returncode == 0, first.stderr[-3000:]
-  second = _train(tmp_path / "split", 6)  # a new process resumes from step 3
+  second = _train(tmp_path / "split", 6, extra)  # a new process resumes from step 3
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resuming from step 3" in second.stderr
   a, b = _final_state(tmp_path / "whole", 6), _final_state(tmp_path / "split", 6)
   assert int(a["step"]) == int(b["step"]) == 6
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  if space == "pixels":  # a pixel-space run continued with a latent config: one line, what to pass instead
+    other = _train(tmp_path / "whole", 8, [f"--config.data.toy.autoencoder={request.getfixturevalue('toy_autoencoder')}",
+                                           *(f"--config.model.{k}={v}" for k, v in LATENT_TINY.items())])
+    assert other.returncode != 0
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'whole'} holds a checkpoint of another model: model.image_channels=3 there, 4 in this "
+        "config, model.patch=4 there, 2 in this config, model.vae_downsample=1 there, 2 in this config; train into "
+        "a new --workdir, or continue that run with --config.model.image_channels=3 --config.model.patch=4 "
+        "--config.model.vae_downsample=1 --config.data.toy.autoencoder=''")
 
 
 def test_curriculum_resumes_across_a_stage_boundary(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cinema_jax import input_space
 from cinema_jax import movie
 from cinema_jax import shot_sampling
 from cinema_jax import trainer
@@ -20,7 +21,10 @@ from cinema_jax.models import keyframe
 from cinema_jax.models import video
 from configs import video as video_config
 from data_pipelines import pipeline
+from data_pipelines import precompute
 from data_pipelines import tokenizer
+
+from conftest import LATENT_TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,11 +101,18 @@ def _tiny_video(**kw):
   return c
 
 
-def test_video_sharded_step_equals_the_unsharded_step(toy_train):
+@pytest.mark.parametrize("space", ["pixels", "latents"])
+def test_video_sharded_step_equals_the_unsharded_step(toy_train, space, request, tmp_path):
   from tests import test_train  # the keyframe model's harness: same trainer, same checks
   c = _tiny_video(batch_size=8)
-  batch = next(pipeline.make_pipeline(c.data, toy_train, batch_size=8).iterator())
-  assert batch["frames"].shape == (8, 2, 2, 16, 32, 3)
+  data = toy_train
+  if space == "latents":  # every shot frame's latent, as the toy road pre-computes them
+    data = str(tmp_path / "latents")
+    enc = precompute.load_encoders(request.getfixturevalue("toy_autoencoder"), "", "")
+    precompute.run(toy_train, data, enc, frames=True, log=lambda msg: None)
+    c.model.update(LATENT_TINY)
+  batch = next(pipeline.make_pipeline(c.data, data, batch_size=8).iterator())
+  assert batch[input_space.of(c).frames_key].shape == (8, 2, 2, *input_space.of(c).frame_shape)
   one, one_losses = test_train._run_steps(c, test_train._mesh(1, 1, 1, 1, jax.devices()[:1]), batch, 3)
   eight, eight_losses = test_train._run_steps(c, test_train._mesh(2, 1, 2, 2, jax.devices()), batch, 3)
   np.testing.assert_allclose(eight_losses, one_losses, rtol=1e-5)
