@@ -4,7 +4,7 @@
             with the paper's Table 4 recipe; reads pre-computed VAE latents and T5/CLIP states
             from config.data.path
   demo      the toy world at 32x64, as latents of its own autoencoder (TOY_AUTOENCODER, trained first by
-            configs/autoencoder.py:toy); 800 steps of batch 8, about 8 minutes on a 2-core CPU (the
+            configs/autoencoder.py:toy); 700 steps of batch 8, about 7 minutes on a 2-core CPU (the
             quickstart demo's share of its 25 minutes)
   demo_long the demo model on 16-pair windows, batch 4, 1600 steps (the tokens per step of batch 16 at
             4 pairs), the model the toy-cinema benchmark (RESULTS.md) measures at 8 to 32 context pairs
@@ -138,7 +138,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log.update(every_steps=50, sample_every_steps=400)
     c.sample.update(num_steps=24, guidance=2.0, max_shots=8)
     if variant == "demo":  # the quickstart's budget: 25 minutes on 2 cores, autoencoder and video included
-      c.update(batch_size=8, total_steps=800)
+      c.update(batch_size=8, total_steps=700)
+      c.log.sample_every_steps = 700  # one sheet, at the end
     if variant == "demo_long":
       c.batch_size = 4
       c.data.num_pairs = 16

@@ -4,8 +4,8 @@
          336x672 (about the paper's 480x480 area) as FLUX-VAE latents in 4x2x2 patches, the paper's
          video recipe (AdamW 0.9/0.95, lr 1e-4, 1K warm-up, cosine, 10K steps, batch 64). Record schema 1
          stores no frame latents, so this variant is for --compile_only (sizing, sharding) until it does
-  demo   the toy world at 32x64 (the toy autoencoder's latents), 4 shots of 9 frames; 400 steps of batch 2,
-         about 4 minutes on a 2-core CPU
+  demo   the toy world at 32x64 (the toy autoencoder's latents), 4 shots of 9 frames; 300 steps of batch 2,
+         about 2.5 minutes on a 2-core CPU
   tiny   the smallest end-to-end setting, for tests and smoke runs
 
 Everything else (data pipeline, mesh, checkpoints, optimizer fields) is the keyframe config's.
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.toy.num_frames = 9
     c.data.num_pairs = 4
     c.batch_size = 2
-    c.total_steps = 400  # the quickstart demo's share of its 25 minutes on 2 cores
+    c.total_steps = 300  # the quickstart demo's share of its 25 minutes on 2 cores
     c.sample.update(max_shots=8, guidance=1.0)  # CFG 2 over-saturated the demo's clips (docs/design_notes.md)
   elif variant == "tiny":
     v.update(num_frames=3, patch_t=2, shot_gap=1)

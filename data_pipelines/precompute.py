@@ -123,7 +123,12 @@ def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoder
     latents = enc.latents(images)
     states, pooled = enc.text_records(captions)
     embeds = enc.image_embeddings(images) if enc.embeds_images else [None] * len(captions)
-    frame_latents = [enc.latents(f) if frames else None for _, _, f in chunk]  # [F, H, W, 3] each: one shape
+    frame_latents = [None] * len(chunk)
+    if frames:  # the chunk's frames batch_size at a time: the keyframes' compiled shape, and their memory
+      clips = np.stack([f for _, _, f in chunk] + [np.zeros_like(chunk[0][2])] * pad)  # [B, F, H, W, 3]
+      flat = clips.reshape(-1, *clips.shape[2:])
+      lat = np.concatenate([enc.latents(flat[i:i + batch_size]) for i in range(0, len(flat), batch_size)])
+      frame_latents = list(lat.reshape(*clips.shape[:2], *lat.shape[1:])[:len(chunk)])
     for s, lat, fl, st, po, em, te in zip(shots, latents, frame_latents, states, pooled, embeds,
                                           enc.text_embeddings(captions)):
       out.append(dataclasses.replace(s, keyframe_png=None, frames_png=None, keyframe_latent=lat, frame_latents=fl,

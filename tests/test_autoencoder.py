@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -94,6 +95,26 @@ def test_judge_agreement_of_renders_and_of_a_blank():
   assert same["location"] == same["framing"] == same["characters"] == 1.0 and same["num_characters"] >= 6
   flat = np.broadcast_to(renders.mean(axis=(1, 2), keepdims=True).astype(np.uint8), renders.shape)
   assert reconstruction.agreement(renders, flat)["characters"] == 0.0
+
+
+def test_reconstruction_cli_reads_an_autoencoder_folder_and_a_dataset(toy_train, toy_autoencoder, capsys):
+  """python -m cinema_jax.eval.reconstruction: the judge's agreement on every frame of evenly spaced shots
+  (a random autoencoder keeps no character); a missing folder is one line."""
+  reconstruction.main([f"--vae={toy_autoencoder}", f"--data={toy_train}", "--frames=12"])
+  out = capsys.readouterr().out.strip()
+  m = re.fullmatch(r"12 frames, (\d+) characters: location ([\d.]+), framing ([\d.]+), characters ([\d.]+)", out)
+  assert m and int(m[1]) > 0 and float(m[4]) < 0.5, out
+  with pytest.raises(SystemExit, match="^error: .*nowhere"):
+    reconstruction.main([f"--vae={toy_autoencoder}/nowhere", f"--data={toy_train}"])
+
+
+def test_frames_per_shot_0_trains_on_every_frame_of_each_shot():
+  batch = {"frames": jnp.arange(2 * 3 * 4 * 2 * 3, dtype=jnp.float32).reshape(2, 1, 3, 4, 2, 3)}
+  every = autoencoder.batch_images(batch, 0)
+  np.testing.assert_array_equal(every, batch["frames"].reshape(6, 4, 2, 3))
+  some = autoencoder.batch_images(batch, 1, jax.random.key(0))
+  assert some.shape == (2, 4, 2, 3)
+  assert all(any((some[i] == every[3 * i + f]).all() for f in range(3)) for i in range(2))  # one of its own shot's
 
 
 def test_train_cli_trains_and_exports(tmp_path):
