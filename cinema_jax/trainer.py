@@ -14,6 +14,7 @@ from typing import Any
 
 from absl import logging
 from flax import nnx
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -370,7 +371,8 @@ def _check_same_model(c: ml_collections.ConfigDict, workdir: str) -> None:
     saved = checkpoints.saved_config(workdir)
   except FileNotFoundError:
     return
-  now, then = _flat("model", c.model.to_dict()), _flat("model", saved.model.to_dict())
+  flat = lambda model: {f"model.{k}": v for k, v in traverse_util.flatten_dict(model.to_dict(), sep=".").items()}
+  now, then = flat(c.model), flat(saved.model)
   diff = [k for k in sorted(now.keys() & then.keys()) if k not in _HOW_IT_COMPUTES and now[k] != then[k]]
   if diff:
     was = " ".join(f"--config.{k}={then[k]}" for k in diff)
@@ -378,13 +380,6 @@ def _check_same_model(c: ml_collections.ConfigDict, workdir: str) -> None:
         f"{k}={then[k]!r} there, {now[k]!r} in this config" for k in diff) + f"; train into a new --workdir, or "
         f"continue that run with {was}" + (" --config.data.toy.autoencoder=''" if then.get("model.vae_downsample") == 1
                                             and c.data.toy.autoencoder else ""))
-
-
-def _flat(prefix: str, d: dict) -> dict:
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(f"{prefix}.{k}", v) if isinstance(v, dict) else {f"{prefix}.{k}": v})
-  return out
 
 
 def _check_latents(c: ml_collections.ConfigDict, path: str) -> None:
