@@ -92,6 +92,16 @@ def edge_weights(x_NHWC: jax.Array, weight: float) -> jax.Array:
   return (1.0 + weight * jnp.minimum(e / 0.1, 1.0))[..., None]  # 0.1: ~13 of 255 levels in one channel
 
 
+def border_weights(shape_NHW: tuple[int, int, int], weight: float, width: int = 1) -> jax.Array:
+  """1 + weight on the frame's outer `width` rows and columns, 1 inside: zero padding makes the border
+  the least accurate part of a convolutional reconstruction, and it is where a frame's sky and ground
+  colours are read."""
+  _, h, w = shape_NHW
+  rows, cols = jnp.arange(h), jnp.arange(w)
+  ring = ((rows < width) | (rows >= h - width))[:, None] | ((cols < width) | (cols >= w - width))[None, :]
+  return (1.0 + weight * ring.astype(jnp.float32))[None, :, :, None]
+
+
 def loss(c: ml_collections.ConfigDict, model: vae.AutoencoderKL, batch: dict, key: jax.Array):
   a = c.model.autoencoder
   k_frames, key = jax.random.split(key)
@@ -99,10 +109,12 @@ def loss(c: ml_collections.ConfigDict, model: vae.AutoencoderKL, batch: dict, ke
   mean, logvar = model.encode(x)
   z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
   y = model.decoder(z).astype(jnp.float32)
-  w = jax.lax.stop_gradient(edge_weights(x, a.edge_weight))
+  w = jax.lax.stop_gradient(edge_weights(x, a.edge_weight) * border_weights(x.shape[:3], a.border_weight))
   l1 = jnp.mean(w * jnp.abs(y - x)) / jnp.mean(w)
+  l2 = jnp.mean(w * jnp.square(y - x)) / jnp.mean(w)
   kl = 0.5 * jnp.mean(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar)
-  return l1 + a.kl_weight * kl, {"loss": l1 + a.kl_weight * kl, "l1": l1, "kl": kl}
+  total = l1 + a.l2_weight * l2 + a.kl_weight * kl
+  return total, {"loss": total, "l1": l1, "l2": l2, "kl": kl}
 
 
 @nnx.jit

@@ -3,7 +3,8 @@
   toy   FLUX's AutoencoderKL module at the toy world's size: 32x64 frames -> 16x32 latents of 4 channels
         (2x down), which the keyframe and video models read in 4x4 patches: the 4x8 token grid of a
         32x64 keyframe, as before, so GoldenMem keeps its three levels (docs/design_notes.md says why
-        2x and not 4x). Trains on a 2-core CPU in about 6 minutes on every frame of the toy world's shots
+        2x and not 4x). Trains on a 2-core CPU in about 5.5 minutes on frames of the toy world's shots
+        (RESULTS.md: the toy autoencoder)
   tiny  the smallest end-to-end setting, for tests and smoke runs (16x32 frames)
 
 Everything else (data pipeline, mesh, checkpoints, optimizer fields) is the keyframe config's.
@@ -31,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a.mid_block_attention = False
   a.kernel_grad_chunk = 4  # CPU training: see models/vae.py
   a.edge_weight = 8.0  # extra loss weight of pixels at colour edges (sprites, outlines)
+  a.border_weight = 4.0  # extra loss weight of the frame's outer rows and columns (zero padding blurs them)
+  a.l2_weight = 0.0  # a squared term beside L1: a few pixels far off (a small sprite's corner) cost more
   a.kl_weight = 1e-6
   a.frames_per_shot = 1  # random frames of each shot in a step (0: all): more shots for the same work
   c.data.toy.autoencoder = ""  # it reads the toy world's pixels: it is what makes the latents
@@ -42,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.objective.caption_dropout = 0.0
   c.log.sample_every_steps = 0
   c.sample.param_dtype = "float32"
-  c.optimizer.update(lr=2e-3, warmup_steps=100, end_lr_fraction=0.05, b2=0.99, ema_decay=0.99, grad_clip=1.0)
+  c.optimizer.update(lr=8e-3, warmup_steps=100, end_lr_fraction=0.05, b2=0.99, ema_decay=0.99, grad_clip=1.0)
   if variant == "toy":
     c.total_steps = 700
     c.batch_size = 16  # shots, one frame of each: 16 frames a step

@@ -75,6 +75,33 @@ def test_edge_weights_mark_colour_edges():
   assert (w[2:6, 2:6] == 5.0).all()  # the sprite and its ring
 
 
+def test_border_weights_mark_the_outer_ring():
+  w = np.asarray(autoencoder.border_weights((2, 6, 8), 3.0))[0, ..., 0]
+  assert w.shape == (6, 8)
+  assert (w[0] == 4.0).all() and (w[-1] == 4.0).all() and (w[:, 0] == 4.0).all() and (w[:, -1] == 4.0).all()
+  assert (w[1:-1, 1:-1] == 1.0).all()
+  assert (np.asarray(autoencoder.border_weights((1, 6, 8), 0.0)) == 1.0).all()
+
+
+def test_loss_is_weighted_l1_plus_l2_plus_kl():
+  c = autoencoder_config.get_config("tiny")
+  a = c.model.autoencoder
+  a.update(frames_per_shot=0, edge_weight=2.0, border_weight=3.0, l2_weight=5.0, kl_weight=1e-3)
+  model = autoencoder.build(c)
+  frames = jax.random.uniform(jax.random.key(0), (1, 1, 2, 16, 32, 3), minval=-1, maxval=1)
+  key = jax.random.key(1)
+  total, aux = autoencoder.loss(c, model, {"frames": frames}, key)
+  # the same sample by hand: the key that loss() uses for the posterior noise, then the weighted terms
+  x = frames.reshape(-1, 16, 32, 3)
+  mean, logvar = model.encode(x)
+  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.split(key)[1], mean.shape)
+  e = model.decoder(z) - x
+  w = autoencoder.edge_weights(x, 2.0) * autoencoder.border_weights(x.shape[:3], 3.0)
+  l1, l2 = jnp.mean(w * jnp.abs(e)) / jnp.mean(w), jnp.mean(w * e ** 2) / jnp.mean(w)
+  np.testing.assert_allclose([aux["l1"], aux["l2"]], [l1, l2], rtol=1e-5)
+  np.testing.assert_allclose(total, l1 + 5.0 * l2 + 1e-3 * aux["kl"], rtol=1e-6)
+
+
 def test_config_errors_name_the_field():
   c = autoencoder_config.get_config("tiny")
   c.data.resolution = (17, 32)
