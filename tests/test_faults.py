@@ -23,6 +23,8 @@ from cinema_jax import trainer
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 
+from conftest import wait_for
+
 STEPS = 12
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -47,9 +49,8 @@ def test_sigterm_saves_at_the_next_step_exits_0_and_resumes_exactly(uninterrupte
   with open(tmp_path / "run.log", "w") as log:  # a file, not a pipe: a full pipe would stall the run
     proc = subprocess.Popen(fault_bench.train_cmd(workdir, STEPS), cwd=REPO, env=fault_bench.train_env(cache),
                             stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.time() + 300
-    while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")) and proc.poll() is None and time.time() < deadline:
-      time.sleep(0.01)
+    wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "2")), 300, "checkpoint 2", procs=[proc],
+             log=tmp_path / "run.log")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=300)
   err = (tmp_path / "run.log").read_text()
@@ -84,10 +85,8 @@ def _start_two(workdir, port, cache, tmp_path, tag):
 
 
 def _wait_for_step(workdir, step, procs, log):
-  deadline = time.time() + 300
-  while not os.path.isdir(os.path.join(workdir, "checkpoints", str(step))) and time.time() < deadline:
-    assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
-    time.sleep(0.05)
+  wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", str(step))), 300, f"checkpoint {step}",
+           procs=procs, log=log)
 
 
 def test_two_processes_preempt_together_and_a_dead_one_stops_the_other(uninterrupted, tmp_path):

@@ -11,6 +11,8 @@ import pytest
 
 from cinema_jax import sample_job
 
+from conftest import wait_for
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM = 50
 
@@ -58,10 +60,8 @@ def test_a_killed_job_restarts_and_completes_each_storyline_once_as_an_uninterru
   assert "storylines, " in out and "keyframes/s, about" in out  # progress lines
 
   job = _job(tiny_run, storylines, killed)
-  deadline = time.time() + 600
-  while time.time() < deadline and job.poll() is None and (
-      not os.path.isdir(killed) or len(_complete(killed)) < NUM // 2):
-    time.sleep(0.02)
+  wait_for(lambda: os.path.isdir(killed) and len(_complete(killed)) >= NUM // 2, 600, "half the storylines",
+           procs=[job])
   os.killpg(job.pid, signal.SIGKILL)  # the launcher and both processes, halfway
   job.wait()
   attempt = lambda d: json.load(open(os.path.join(killed, d, "manifest.json")))["job_attempt"]

@@ -172,6 +172,9 @@ def test_build_is_byte_deterministic(tmp_path):
   assert len(ra) == len(rb)
   assert all(ra.read_bytes(i) == rb.read_bytes(i) for i in range(len(ra)))
   assert (tmp_path / "a/storylines.jsonl").read_text() == (tmp_path / "b/storylines.jsonl").read_text()
+  files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+  assert toy_movies.WORLD_FILE in {str(f) for f in files} and len(files) > 5
+  assert [(tmp_path / "a" / f).read_bytes() for f in files] == [(tmp_path / "b" / f).read_bytes() for f in files]
 
 
 def test_cli_builds_and_refuses_to_overwrite(tmp_path):
