@@ -1,4 +1,5 @@
-"""The oracle judge reads held-out real renders back at >= 98% per attribute."""
+"""The oracle judge reads held-out real renders back at >= 99.5% per attribute (the figure README and
+RESULTS give)."""
 
 import collections
 
@@ -39,10 +40,10 @@ def _accuracy(height, width, num_frames):
   raise AssertionError("not enough shots")
 
 
-def test_judge_reads_held_out_renders_at_98_percent_per_attribute():
+def test_judge_reads_held_out_renders_at_99_5_percent_per_attribute():
   acc, total = _accuracy(32, 64, 320)
   assert total["colour"] > 400  # enough characters for the rate to mean something
-  assert min(acc.values()) >= 0.98, acc
+  assert min(acc.values()) >= 0.995, acc  # 0.9956 (shape and size, 454 characters) at 2026-12-07
 
 
 def test_judge_reports_position_and_fit_of_an_unoccluded_character():
