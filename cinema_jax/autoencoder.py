@@ -92,14 +92,13 @@ def edge_weights(x_NHWC: jax.Array, weight: float) -> jax.Array:
   return (1.0 + weight * jnp.minimum(e / 0.1, 1.0))[..., None]  # 0.1: ~13 of 255 levels in one channel
 
 
-def border_weights(shape_NHW: tuple[int, int, int], weight: float, width: int = 1) -> jax.Array:
-  """1 + weight on the frame's outer `width` rows and columns, 1 inside: zero padding makes the border
-  the least accurate part of a convolutional reconstruction, and it is where a frame's sky and ground
-  colours are read."""
+def border_weights(shape_NHW: tuple[int, int, int], weight: float) -> jax.Array:
+  """1 + weight on the frame's outer rows and columns, 1 inside: zero padding makes the border the least
+  accurate part of a convolutional reconstruction, and it is where a frame's sky and ground colours are
+  read."""
   _, h, w = shape_NHW
-  rows, cols = jnp.arange(h), jnp.arange(w)
-  ring = ((rows < width) | (rows >= h - width))[:, None] | ((cols < width) | (cols >= w - width))[None, :]
-  return (1.0 + weight * ring.astype(jnp.float32))[None, :, :, None]
+  ring = jnp.pad(jnp.zeros((h - 2, w - 2)), 1, constant_values=1.0)
+  return (1.0 + weight * ring)[None, :, :, None]
 
 
 def loss(c: ml_collections.ConfigDict, model: vae.AutoencoderKL, batch: dict, key: jax.Array):
