@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from cinema_jax import cli
 from cinema_jax import flops
 from cinema_jax.models import vae
 from configs import autoencoder as autoencoder_config
@@ -94,4 +95,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

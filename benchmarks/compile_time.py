@@ -19,6 +19,7 @@ import jax
 
 from benchmarks import common
 from benchmarks import train_step as bench
+from cinema_jax import cli
 from cinema_jax import flops
 from configs import keyframe as keyframe_config
 
@@ -54,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

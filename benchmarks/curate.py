@@ -17,6 +17,7 @@ import time
 from absl import app
 from absl import flags
 
+from cinema_jax import cli
 from data_pipelines import curate
 from data_pipelines import synthetic_video
 
@@ -53,4 +54,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

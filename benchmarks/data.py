@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import train_step
+from cinema_jax import cli
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 from data_pipelines import records
@@ -96,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -24,6 +24,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from cinema_jax import cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -150,4 +152,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

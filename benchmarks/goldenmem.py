@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import train_step as bench
+from cinema_jax import cli
 from cinema_jax import flops
 from cinema_jax import goldenmem
 from cinema_jax import trainer
@@ -129,4 +130,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

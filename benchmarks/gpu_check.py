@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks import sampling as sampling_bench
 from benchmarks import common
+from cinema_jax import cli
 from cinema_jax import flops
 from cinema_jax import input_space
 from cinema_jax import trainer
@@ -161,4 +162,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

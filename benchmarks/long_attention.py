@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from cinema_jax import cli
 from cinema_jax.models import attention
 
 _TOKENS = flags.DEFINE_list("tokens", ["1024", "2048", "4096", "8192", "16384", "32768"], "Sequence lengths.")
@@ -81,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from cinema_jax import cli
 from cinema_jax.models import attention
 
 _PAIRS = flags.DEFINE_list("pairs", ["8", "16", "32"], "Pairs per example.")
@@ -76,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

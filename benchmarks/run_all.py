@@ -20,6 +20,8 @@ import time
 from absl import app
 from absl import flags
 
+from cinema_jax import cli
+
 # (name, module arguments, what it measures); the suite of issue 11, then the robustness ones.
 SUITE = (
     ("train_step", [], "train step tokens/s and MFU (demo, wide); cinema_jax vs diffusers FLUX, fwd+bwd and fwd"),
@@ -82,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from cinema_jax import cli
 from cinema_jax import sampling
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
@@ -92,4 +93,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -19,6 +19,7 @@ from flax import nnx  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from cinema_jax import cli  # pylint: disable=wrong-import-position
 from cinema_jax import encoders  # pylint: disable=wrong-import-position
 from cinema_jax import sharding  # pylint: disable=wrong-import-position
 from cinema_jax.models import clip  # pylint: disable=wrong-import-position
@@ -65,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

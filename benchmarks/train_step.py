@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from cinema_jax import cli
 from cinema_jax import flops
 from cinema_jax import input_space
 from cinema_jax import trainer
@@ -228,4 +229,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from cinema_jax import cli
 from cinema_jax import evaluate
 from cinema_jax import loading
 from cinema_jax import sample as sample_lib
@@ -126,4 +127,4 @@ def main(argv, f: dict) -> None:
 
 if __name__ == "__main__":
   _flags = _define_flags()
-  app.run(lambda argv: main(argv, _flags))
+  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)

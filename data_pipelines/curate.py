@@ -50,6 +50,7 @@ import msgpack
 import numpy as np
 from PIL import Image
 
+from cinema_jax import cli
 from data_pipelines import records
 
 DETECTORS = ("content", "adaptive", "threshold")
@@ -480,4 +481,4 @@ def main(argv, f: dict) -> None:
 
 if __name__ == "__main__":
   _flags = _define_flags()
-  app.run(lambda argv: main(argv, _flags))
+  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)

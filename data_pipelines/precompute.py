@@ -37,6 +37,7 @@ import msgpack
 import numpy as np
 
 from cinema_jax import autoencoder as autoencoder_lib
+from cinema_jax import cli
 from cinema_jax import encoders
 from cinema_jax import toy_clip
 from cinema_jax.models import clip
@@ -269,7 +270,7 @@ def main(argv) -> None:
     except (ValueError, FileNotFoundError, records.DataError) as e:
       sys.exit(f"error: {e}")
 
-  app.run(go, argv=argv)
+  app.run(go, argv=argv, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

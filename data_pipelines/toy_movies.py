@@ -25,6 +25,7 @@ from typing import Iterator
 from absl import app
 from absl import flags
 
+from cinema_jax import cli
 from data_pipelines import records
 from data_pipelines import tokenizer
 from data_pipelines import toy_render
@@ -188,4 +189,4 @@ def main(argv, f: dict) -> None:
 
 if __name__ == "__main__":
   _flags = _define_flags()
-  app.run(lambda argv: main(argv, _flags))
+  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)

@@ -2,7 +2,9 @@
 start-up validation."""
 
 import functools
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -174,6 +176,10 @@ def test_restarted_run_is_bitwise_identical_to_an_uninterrupted_one(tmp_path, sp
   whole = _train(tmp_path / "whole", 6, extra)
   assert whole.returncode == 0, whole.stderr[-3000:]
   assert ("pre-computing the toy world's latents" in whole.stderr) == (space == "latents")
+  # a quiet console: the project's lines, no library INFO (Orbax's options, JAX's backend probing)
+  info_from = {m.group(1) for m in re.finditer(r"^I\d{4} [\d:.]+ +\d+ (\S+):\d+\]", whole.stderr, re.M)}
+  ours = {os.path.basename(p) for d in ("cinema_jax", "data_pipelines") for p in glob.glob(f"{REPO}/{d}/**/*.py", recursive=True)}
+  assert "trainer.py" in info_from and info_from <= ours, info_from - ours
   first = _train(tmp_path / "split", 6, ["--stop_at_step=3", *extra])  # saves at 2 and 3, then the process exits
   assert first.returncode == 0, first.stderr[-3000:]
   second = _train(tmp_path / "split", 6, extra)  # a new process resumes from step 3
