@@ -7,9 +7,11 @@ import sys
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cinema_jax import objective
 from cinema_jax import sample as sample_cli
 from cinema_jax import sampling
 from cinema_jax.models import keyframe
@@ -57,10 +59,29 @@ def test_autoregressive_keyframes_do_not_depend_on_later_captions(model):
   assert not np.array_equal(ja[0], jb[0])
 
 
-def test_guidance_changes_the_result(model):
+def test_guidance_is_the_classifier_free_formula(model):
+  """Against a plain Euler loop over the model: guidance 1 is the conditional pass, 0 the unconditional one
+  (the new pair's caption dropped), and g in between and beyond v_u + g (v_c - v_u)."""
   c, graphdef, params = model
   s = sampling.Sampler(c, graphdef)
-  assert not np.array_equal(s.keyframes(params, CAPTIONS[:1], guidance=1.0), s.keyframes(params, CAPTIONS[:1], guidance=4.0))
+  net = nnx.merge(graphdef, params)
+  states, mask, pooled = net.encode_text({k: jnp.asarray(v[None]) for k, v in s.text(CAPTIONS[:1]).items()})
+  times = sampling.schedule(c.sample.num_steps, s.grid[0] * s.grid[1], c.objective.shift)
+  x1 = jax.random.normal(jax.random.key(5), (1, 1, s.grid[0] * s.grid[1], 3 * c.model.patch ** 2))
+
+  def euler(g):
+    x = x1
+    for i in range(c.sample.num_steps):
+      t = jnp.full((1, 1), times[i])
+      v = lambda st, m, pl: objective.velocity(net(x, t, st, m, pl, grid=s.grid), x, t, c.objective.prediction)
+      v_c, v_u = v(states, mask, pooled), v(0 * states, mask & False, 0 * pooled)
+      x = x + (times[i + 1] - times[i]) * (v_u + g * (v_c - v_u))
+    return keyframe.unpatchify(x, c.model.patch, *s.frame_shape[:2])[0]
+
+  for g in (1.0, 0.0, 3.0):
+    got = s.frames_batch(params, [CAPTIONS[:1]], seeds=[5], mode="joint", guidance=g)[0]
+    np.testing.assert_allclose(got, euler(g), rtol=1e-4, atol=1e-4, err_msg=f"guidance {g}")
+  assert np.abs(euler(3.0) - euler(1.0)).mean() > 0.01  # the caption matters to this model
 
 
 def test_schedule_runs_from_noise_to_data():
