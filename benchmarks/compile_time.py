@@ -50,8 +50,8 @@ def main(argv):
     t = compile_seconds(c)
     first = first or t
     cost = flops.StepCost(c)
-    print(f"| {d} + {d} | {cost.num_params / 1e6:.2f}M | {cost.flops_per_step / 1e9:.1f} | {t:.1f} | {t / first:.2f}x |",
-          flush=True)
+    print(f"| {d} + {d} | {cost.num_params / 1e6:.2f}M | {cost.flops_per_step / 1e9:.1f} | {t:.1f} "
+          f"| {t / first:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ def main(_):
     rows = []
     for workers in (int(x) for x in _WORKERS.value):
       start = time.perf_counter()
-      summary = curate.curate(paths, os.path.join(tmp, f"out{workers}"), curate.Settings(captioner="echo a shot {image}"),
-                              workers=workers)
+      summary = curate.curate(paths, os.path.join(tmp, f"out{workers}"),
+                              curate.Settings(captioner="echo a shot {image}"), workers=workers)
       wall = time.perf_counter() - start
       rows.append((workers, wall, total_s / wall, summary["records"]["shots"]))
   print(f"Machine: {platform.machine()}, {os.cpu_count()} cores; {_MOVIES.value} films x {_SECONDS.value} s of "

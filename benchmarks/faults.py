@@ -148,7 +148,8 @@ def main(_):
   print(f"\n{len(rows)} trials of {_STEPS.value} steps in {time.perf_counter() - start:.0f} s\n")
   print("| trials | faults injected | resumes exact | checkpoints lost |")
   print("|---|---|---|---|")
-  print(f"| {len(rows)} | {len(rows)} SIGKILLs | {sum(bool(r['exact']) for r in rows)} | {sum(r['lost'] for r in rows)} |")
+  print(f"| {len(rows)} | {len(rows)} SIGKILLs | {sum(bool(r['exact']) for r in rows)} "
+        f"| {sum(r['lost'] for r in rows)} |")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ SUITE = (
     ("long_attention", [], "blockwise attention vs the XLA reference, time and memory, 1K to 32K tokens"),
     ("autoencoder_step", [], "the toy autoencoder's train step: XLA's convolution kernel gradient vs chunked"),
 )
-QUICK_ARGS = {"train_step": ["--quick"], "pair_attention": ["--quick", "--pairs=4"], "goldenmem": ["--pairs=8", "--budget_pairs=8", "--max_pairs=16"],
+QUICK_ARGS = {"train_step": ["--quick"], "pair_attention": ["--quick", "--pairs=4"],
+              "goldenmem": ["--pairs=8", "--budget_pairs=8", "--max_pairs=16"],
               "sampling": ["--quick", "--pairs=3", "--repeats=1"], "data": ["--num_batches=8"],
               "compile_time": ["--quick"], "long_attention": ["--quick"], "autoencoder_step": ["--quick"]}
 
@@ -44,7 +45,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "Smoke-test sizes: checks the suite, 
 
 def _commit() -> str:
   try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 

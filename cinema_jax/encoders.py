@@ -180,8 +180,8 @@ class FluxText:
   CLIP's pooled vector is read at the end-of-text token of a causal tower, so padding never reaches it.
   """
 
-  def __init__(self, t5_model, t5_tokenizer: tokenizer_lib.Tokenizer, clip_model, clip_tokenizer: tokenizer_lib.Tokenizer,
-               convention: str = "flux"):
+  def __init__(self, t5_model, t5_tokenizer: tokenizer_lib.Tokenizer, clip_model,
+               clip_tokenizer: tokenizer_lib.Tokenizer, convention: str = "flux"):
     if convention not in TEXT_CONVENTIONS:
       raise ValueError(f"text convention {convention!r}: expected one of {', '.join(TEXT_CONVENTIONS)}")
     self.t5, self.t5_tokenizer, self.clip, self.clip_tokenizer = t5_model, t5_tokenizer, clip_model, clip_tokenizer

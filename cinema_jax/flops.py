@@ -74,7 +74,8 @@ class StepCost:
     self.flops_per_step = 3 * b * (double + single + embed + p * per_pair_vec + captions * text_fwd)
     self.tokens_per_step = b * total
     self.num_params = sum(x.size for x in jax.tree.leaves(_param_shapes(c)))
-    self._desc = (f"{c.data.num_pairs} shots ({sum(n_img)} image tokens in all + {n_txt} text tokens per pair), batch {b}"
+    self._desc = (f"{c.data.num_pairs} shots ({sum(n_img)} image tokens in all + {n_txt} text tokens per pair), "
+                  f"batch {b}"
                   if c.task == "video" else
                   f"{p} pairs x ({gh * gw} image + {n_txt} text tokens), batch {b}" if plan is None else
                   f"{p} pairs ({sum(n_img)} GoldenMem image tokens in all + {n_txt} text tokens each), batch {b}")

@@ -17,7 +17,8 @@ import ml_collections
 from cinema_jax import goldenmem
 
 
-def shift_mu(num_image_tokens: int, base: tuple[int, float] = (256, 0.5), top: tuple[int, float] = (4096, 1.15)) -> float:
+def shift_mu(num_image_tokens: int, base: tuple[int, float] = (256, 0.5),
+             top: tuple[int, float] = (4096, 1.15)) -> float:
   """FLUX's resolution shift: mu linear in the image-token count (256 -> 0.5, 4096 -> 1.15)."""
   slope = (top[1] - base[1]) / (top[0] - base[0])
   return base[1] + slope * (num_image_tokens - base[0])

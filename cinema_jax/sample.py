@@ -12,12 +12,13 @@ Only the parameters sampling uses are read (the EMA copy unless --raw_params), i
 
 FILE is JSONL, one storyline per line: {"title": ..., "captions": [...]} (data_pipelines.toy_movies
 writes one), optionally with per-shot "characters" (lists of names) and "places" (names or null), which
-evaluation's CLIP consistency reads (else a caption's <Name> tags say who is in it). Per storyline OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json;
-with --video_workdir (a trained configs/video.py model) also shot_<k>.mp4 (each shot, its keyframe
-first), movie.mp4 (the shots in order) and movie.html (storyboard, captions and playable shots in one
-self-contained page). Each folder is renamed into place whole. Several processes (hosts, or launch/local.py) split the storylines
-(--process_id/--num_processes, or SLURM's SRUN environment); each batches storylines over its own
-devices. Rerunning the same command skips complete storylines (cinema_jax/sample_job.py).
+evaluation's CLIP consistency reads (else a caption's <Name> tags say who is in it). Per storyline
+OUT/<index>-<slug>/ gets keyframe_<k>.png, storyboard.png and manifest.json; with --video_workdir (a
+trained configs/video.py model) also shot_<k>.mp4 (each shot, its keyframe first), movie.mp4 (the shots in
+order) and movie.html (storyboard, captions and playable shots in one self-contained page). Each folder is
+renamed into place whole. Several processes (hosts, or launch/local.py) split the storylines
+(--process_id/--num_processes, or SLURM's SRUN environment); each batches storylines over its own devices.
+Rerunning the same command skips complete storylines (cinema_jax/sample_job.py).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def _define_flags() -> dict:
                                            "every shot's video from its keyframe (MP4s and an HTML page)."),
       "fps": flags.DEFINE_float("fps", 8.0, "Frame rate of the MP4s (the toy world's is 8)."),
       "video_scale": flags.DEFINE_integer("video_scale", 4, "Integer upscale of the MP4 frames (nearest pixel)."),
-      "process_id": flags.DEFINE_integer("process_id", None, "Batch jobs: this process's index (with --num_processes)."),
-      "num_processes": flags.DEFINE_integer("num_processes", None, "Batch jobs: how many processes share the storylines."),
+      "process_id": flags.DEFINE_integer("process_id", None,
+                                         "Batch jobs: this process's index (with --num_processes)."),
+      "num_processes": flags.DEFINE_integer("num_processes", None,
+                                            "Batch jobs: how many processes share the storylines."),
   }
 
 
@@ -203,8 +206,8 @@ def main(argv, f: dict):
     sys.exit(f"error: {e}")
   os.makedirs(v["outdir"], exist_ok=True)
   info = dict(checkpoint_step=step, **({"flux": os.path.abspath(v["flux"])} if v["flux"] else {}),
-              context_pairs=sampler.num_pairs, mode=c.sample.mode, num_steps=c.sample.num_steps, guidance=c.sample.guidance,
-              kv_cache=c.sample.kv_cache, **(info_video if shots_fn else {}))
+              context_pairs=sampler.num_pairs, mode=c.sample.mode, num_steps=c.sample.num_steps,
+              guidance=c.sample.guidance, kv_cache=c.sample.kv_cache, **(info_video if shots_fn else {}))
   sample_job.run(sampler, params, stories, v["outdir"], seed=v["seed"], max_shots=c.sample.max_shots,
                  per_device_batch=v["per_device_batch"], process_id=pid, num_processes=nproc, info=info,
                  title_suffix=f" (step {step})", echo=lambda line: print(line, flush=True), shots_fn=shots_fn,

@@ -2,9 +2,9 @@
 
 autoregressive  keyframe k is denoised with keyframes max(0, k-P+1)..k-1 (already generated, clean)
                 as its context, block-causal attention; or, with retrieval (config.data.context_order),
-                with the P-1 earlier keyframes whose captions are most similar, the best last. P is the training window unless the caller
-                asks for another (context_pairs=1: no memory, every shot from its caption alone). The
-                window is padded to a multiple of 8 pair slots (at most P), so a few compiled programs
+                with the P-1 earlier keyframes whose captions are most similar, the best last. P is the training
+                window unless the caller asks for another (context_pairs=1: no memory, every shot from its caption
+                alone). The window is padded to a multiple of 8 pair slots (at most P), so a few compiled programs
                 serve every shot; slots after the new pair cannot affect it.
 joint           all keyframes of a storyline denoised together with bidirectional attention.
 

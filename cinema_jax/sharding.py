@@ -3,7 +3,8 @@
 Layers name their parameter axes logically (cinema_jax/models/layers.py); this table says which mesh
 axis shards each name. FSDP shards parameters (and so the optimizer state, which mirrors them) along
 'fsdp'; tensor parallelism shards heads and MLP along 'tensor'; the batch is split over 'data' and
-'fsdp'; context parallelism splits the pairs (so the interleaved sequence) over 'context'. Meshes are built with Auto axes: shardings are given to jit and XLA propagates them (GSPMD).
+'fsdp'; context parallelism splits the pairs (so the interleaved sequence) over 'context'. Meshes are built with
+Auto axes: shardings are given to jit and XLA propagates them (GSPMD).
 """
 
 from __future__ import annotations

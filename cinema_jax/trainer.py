@@ -96,7 +96,8 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
     raise pipeline.ConfigError(f"config.nonfinite.policy={c.nonfinite.policy!r}: expected one of "
                                f"{', '.join(faults.NONFINITE_POLICIES)}")
   if not (isinstance(c.nonfinite.max_consecutive, int) and c.nonfinite.max_consecutive >= 1):
-    raise pipeline.ConfigError(f"config.nonfinite.max_consecutive={c.nonfinite.max_consecutive!r}: expected an int >= 1")
+    raise pipeline.ConfigError(f"config.nonfinite.max_consecutive={c.nonfinite.max_consecutive!r}: "
+                               "expected an int >= 1")
   if c.checkpoint.on_save_error not in faults.SAVE_ERROR_POLICIES:
     raise pipeline.ConfigError(f"config.checkpoint.on_save_error={c.checkpoint.on_save_error!r}: expected one of "
                                f"{', '.join(faults.SAVE_ERROR_POLICIES)}")
@@ -186,7 +187,8 @@ def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   graphdef, abstract_params = nnx.split(abstract_model)
   param_shardings = sharding.param_shardings(abstract_params, mesh)
   o = c.optimizer
-  schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1), max(c.total_steps, o.warmup_steps + 1),
+  schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1),
+                                                max(c.total_steps, o.warmup_steps + 1),
                                                 end_value=o.lr * o.end_lr_fraction)
   tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
                    optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
@@ -278,7 +280,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   plan = stages(c)
   # text-to-image retrieval: ToyCLIP on pixel keyframes; records of pre-computed latents carry the embeddings
   pixel_records = records.ShotReader(path).index.latent_shape is None
-  clip_path = toy_clip.resolve(c.data, workdir, logging.info) if c.data.context_order == "image" and pixel_records else ""
+  clip_path = (toy_clip.resolve(c.data, workdir, logging.info)
+               if c.data.context_order == "image" and pixel_records else "")
 
   setup = make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names
   with jax.set_mesh(mesh):

@@ -25,8 +25,9 @@ Record fields (msgpack map, schema 2):
 Arrays are maps {"dtype": str, "shape": [..], "data": bytes} (C order).
 
 index.json holds the dataset-wide contract that every record is checked against ("resolution",
-"num_frames", "latent_shape", embedding shapes; -1 for the caption-dependent T5 length), the shards with their record counts, and per movie the
-global record indices of its shots in shot order. A global index counts records across shards in order.
+"num_frames", "latent_shape", embedding shapes; -1 for the caption-dependent T5 length), the shards with their
+record counts, and per movie the global record indices of its shots in shot order. A global index counts
+records across shards in order.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 #
 #   bash launch/quickstart.sh demo   # build the toy-movie world, train its autoencoder, the demo keyframe and video models,
 #                                    # sample movies (keyframes, shot videos, MP4s, an HTML page each)
-#   bash launch/quickstart.sh test   # the whole test suite (installs the PyTorch references and curation too)
+#   bash launch/quickstart.sh test   # the linter (ruff.toml), then the whole test suite (installs the PyTorch
+#                                    # references and curation too)
 #
 # Creates .venv beside the checkout on first use (PYTHON=... picks the interpreter, VENV=... the
 # folder) and reinstalls only when setup.py changes.
@@ -50,6 +51,7 @@ case "${1:-}" in
   test)
     shift
     install dev,torch,curate
+    "$VENV/bin/ruff" check --quiet . || { echo "error: ruff found the problems above (ruff.toml)" >&2; exit 1; }
     # loadgroup: tests marked xdist_group("x") share one worker (and its expensive module fixture)
     exec "$VENV/bin/python" -m pytest -n 2 --dist loadgroup "$@" tests
     ;;

@@ -13,13 +13,13 @@ _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"cinema_jax_xla_{_RUN}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
-from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+from array_record.python import array_record_module  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from data_pipelines import toy_movies  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipelines import toy_world  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import toy_movies  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import toy_world  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # grain reads absl flags; under pytest nobody parses them.
 flags.FLAGS.mark_as_parsed()
@@ -182,8 +182,8 @@ def flux_config_fixture():
 @pytest.fixture(scope="session")
 def flux_run(tmp_path_factory, flux_folders, toy_train) -> dict:
   """What a FLUX.1 user does, at flux_folders' size: the transformer converted (convert.flux), the toy
-  world pre-computed by the encoders (FLUX's text convention, every shot frame's latent), and a keyframe model trained 2 steps
-  from the converted weights (init_from, EMA decay 0.5): {"converted", "data", "workdir", "metrics"}."""
+  world pre-computed by the encoders (FLUX's text convention, every shot frame's latent), and a keyframe model
+  trained 2 steps from the converted weights (init_from, EMA decay 0.5): {"converted", "data", "workdir", "metrics"}."""
   from cinema_jax import trainer  # pylint: disable=g-import-not-at-top
   from cinema_jax.convert import flux  # pylint: disable=g-import-not-at-top
   from data_pipelines import precompute  # pylint: disable=g-import-not-at-top

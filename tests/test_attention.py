@@ -20,7 +20,7 @@ def _inputs(t=37, seed=0, padding=True):
   pairs = np.repeat(np.arange(t), np.random.default_rng(seed).integers(5, 10, t))[:t]
   kv_mask = np.ones((2, t), bool)
   if padding:  # the last token of each pair but one, and the second example's 3 last tokens of pair 0
-    last = np.flatnonzero(np.diff(pairs)) 
+    last = np.flatnonzero(np.diff(pairs))
     kv_mask[:, last[1:]] = False
     kv_mask[1, last[0] - 2:last[0] + 1] = False
   return q, k, v, dict(kv_mask_BS=jnp.asarray(kv_mask), q_pairs_T=jnp.asarray(pairs), kv_pairs_S=jnp.asarray(pairs))

@@ -149,7 +149,8 @@ def test_filters_srt_captioner_and_frames(tmp_path):
   manifest = json.loads((tmp_path / "fail" / "movies" / "film" / "manifest.json").read_text())
   assert summary["records"] is None and manifest["shots"][0]["why"].startswith("captioner exited 3")
   with pytest.raises(ValueError, match="was curated with short_side=16, this run has 32"):
-    curate.curate([str(videos / "film.mp4")], str(tmp_path / "fail"), curate.Settings(short_side=32, min_scene_len=3, captioner=s3.captioner))
+    curate.curate([str(videos / "film.mp4")], str(tmp_path / "fail"),
+                  curate.Settings(short_side=32, min_scene_len=3, captioner=s3.captioner))
 
 
 def _cli(*args):

@@ -203,7 +203,8 @@ def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_pa
 
   monkeypatch.setattr(checkpoints, "save", _failing_save({8}, []))  # the last save must not fail silently
   c.total_steps = 8
-  with pytest.raises(trainer.TrainingError, match=r"checkpoint save at step 8 failed .* \(this was the run's last save\)"):
+  with pytest.raises(trainer.TrainingError,
+                     match=r"checkpoint save at step 8 failed .* \(this was the run's last save\)"):
     trainer.train_and_evaluate(c, str(tmp_path / "retry"))
 
 

@@ -94,11 +94,13 @@ def test_a_flux_layout_workdir_samples_storylines_from_its_parameters_only(flux_
   assert c.data.text_convention == "flux" and c.model.text_encoder == "precomputed"
   mesh = sharding.make_mesh(c.mesh)
   with jax.set_mesh(mesh):  # the whole training state, for comparison
-    full = checkpoints.restore(checkpoints.manager(workdir, read_only=True), 2, trainer.make_setup(c, mesh).abstract_state)
+    full = checkpoints.restore(checkpoints.manager(workdir, read_only=True), 2,
+                               trainer.make_setup(c, mesh).abstract_state)
   items = []
   restore = ocp.CheckpointManager.restore
   monkeypatch.setattr(ocp.CheckpointManager, "restore",
-                      lambda self, step, args=None, **kw: items.append(args["state"].item) or restore(self, step, args=args, **kw))
+                      lambda self, step, args=None, **kw: (items.append(args["state"].item)
+                                                           or restore(self, step, args=args, **kw)))
   monkeypatch.setattr(trainer, "make_setup", lambda *a: pytest.fail("sampling built the optimizer"))
   graphdef, params, step = loading.restore_params(workdir, c)
   assert step == 2 and [list(i) for i in items] == [["ema"]]  # neither the moments nor the raw copy is read
@@ -142,9 +144,9 @@ def test_the_sample_command_runs_a_converted_flux_checkpoint(flux_run, flux_fold
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   stories = tmp_path / "stories.jsonl"
   stories.write_text(json.dumps({"title": "lake", "captions": [PROMPT, "Close shot. <Mia> jumps."]}) + "\n")
-  sample = [sys.executable, "-m", "cinema_jax.sample", f"--flux={flux_run['converted']}", "--config=configs/keyframe.py",
-            *overrides, f"--vae={f['vae']}", f"--t5={f['text_encoder_2']}", f"--clip={f['text_encoder']}",
-            f"--storylines={stories}", f"--outdir={tmp_path / 'out'}"]
+  sample = [sys.executable, "-m", "cinema_jax.sample", f"--flux={flux_run['converted']}",
+            "--config=configs/keyframe.py", *overrides, f"--vae={f['vae']}", f"--t5={f['text_encoder_2']}",
+            f"--clip={f['text_encoder']}", f"--storylines={stories}", f"--outdir={tmp_path / 'out'}"]
   out = subprocess.run(sample, capture_output=True, text=True, env=env)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "parameters per device: transformer" in out.stdout and "VAE" in out.stdout

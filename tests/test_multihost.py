@@ -37,7 +37,8 @@ def _losses(log: str) -> dict[int, float]:
 def test_two_processes_train_like_one_and_resume_on_one_process_and_another_mesh(toy_train, tmp_path):
   one = _launch(1, 4, toy_train, tmp_path / "one")  # mesh data=4 in one process
   # data=4 as 2 hosts x 2 devices: mesh.dcn puts the host boundary on the data axis (a hybrid mesh)
-  two = _launch(2, 2, toy_train, tmp_path / "two", "--config.mesh.data=-1", "--config.mesh.dcn.data=2", "--stop_at_step=3")
+  two = _launch(2, 2, toy_train, tmp_path / "two", "--config.mesh.data=-1", "--config.mesh.dcn.data=2",
+                "--stop_at_step=3")
   ref, got = _losses(one), _losses(two)
   assert sorted(got) == [1, 2, 3] and sorted(ref) == [1, 2, 3, 4], (one[-2000:], two[-2000:])
   np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [ref[s] for s in (1, 2, 3)], rtol=1e-5)

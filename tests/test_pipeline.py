@@ -105,7 +105,8 @@ def test_text_retrieval_reorders_the_context(toy_train):
 
 def test_image_retrieval_orders_the_context_by_caption_to_keyframe_similarity(toy_train, tmp_path):
   from cinema_jax import toy_clip  # pylint: disable=g-import-not-at-top
-  with pytest.raises(pipeline.ConfigError, match="context_order='image': .* holds no CLIP image and caption embeddings"):
+  with pytest.raises(pipeline.ConfigError,
+                     match="context_order='image': .* holds no CLIP image and caption embeddings"):
     _pipe(_config(context_order="image"), toy_train)
   path = str(tmp_path / "clip.safetensors")
   clip = toy_clip.fit_dataset(toy_train, steps=50)

@@ -131,7 +131,8 @@ def test_toy_latents_for_retrieval_by_image_carry_toyclips_embeddings(tmp_path, 
   out, src = records.ShotReader(dst), records.ShotReader(toy_movies.train_path(c.data, work))
   assert {"image_embedding", "text_embedding"} <= set(out.index.embeddings)
   r = 3
-  got, (shot, pixels, _) = out.read(out.index.movies[0]["records"][r]), src.read_pixels(src.index.movies[0]["records"][r])
+  got, (shot, pixels, _) = (out.read(out.index.movies[0]["records"][r]),
+                            src.read_pixels(src.index.movies[0]["records"][r]))
   np.testing.assert_allclose(got.image_embedding, clip.images(pixels[None])[0], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got.text_embedding, clip.texts([shot.caption])[0], rtol=1e-5, atol=1e-6)
   batch = next(pipeline.make_pipeline(c.data, dst, batch_size=2).iterator())  # no ToyCLIP file given

@@ -122,7 +122,8 @@ def test_missing_paths_are_one_line_errors(tmp_path):
     records.ShotReader(str(tmp_path / "empty"))
   records.write_dataset(str(tmp_path / "ds"), _movies(), num_shards=2)
   os.remove(tmp_path / "ds" / "shots-00001-of-00002.array_record")
-  with pytest.raises(records.DataError, match="shard shots-00001-of-00002.array_record listed in index.json is missing"):
+  with pytest.raises(records.DataError,
+                     match="shard shots-00001-of-00002.array_record listed in index.json is missing"):
     records.ShotReader(str(tmp_path / "ds"))
   (tmp_path / "ds" / "index.json").write_text("{not json")
   with pytest.raises(records.DataError, match="not a valid movie index"):

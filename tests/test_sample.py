@@ -237,8 +237,8 @@ def test_image_retrieval_embeds_each_generated_keyframe_and_chooses_by_it(model)
   with pytest.raises(ValueError, match="context_order=.image. .* needs an image/text embedding"):
     sampling.Sampler(c, graphdef)
   rng = np.random.default_rng(0)
-  clip = toy_clip.fit(rng.integers(0, 255, (16, 16, 32, 3), np.uint8), [f"shot {i} in place {i % 3}" for i in range(16)],
-                      steps=20)
+  clip = toy_clip.fit(rng.integers(0, 255, (16, 16, 32, 3), np.uint8),
+                      [f"shot {i} in place {i % 3}" for i in range(16)], steps=20)
 
   class Spy:  # records what the sampler embeds and chooses
     dim = clip.dim

@@ -124,7 +124,8 @@ def test_offloaded_optimizer_state_stays_in_host_memory_and_trains_the_same(toy_
   c.optimizer.offload = True
   state, losses = _run_steps(c, _mesh(*MESHES["mixed"], jax.devices()), batch, 3)
   mu = state["opt_state"][1][0].mu["dit"]["double_blocks"]["img_attn"]["qkv"]["kernel"]
-  assert mu.sharding.memory_kind == "pinned_host" and state["params"]["dit"]["img_in"]["kernel"].sharding.memory_kind == "device"
+  assert (mu.sharding.memory_kind == "pinned_host"
+          and state["params"]["dit"]["img_in"]["kernel"].sharding.memory_kind == "device")
   np.testing.assert_allclose(losses, one_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(one)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
@@ -178,7 +179,8 @@ def test_restarted_run_is_bitwise_identical_to_an_uninterrupted_one(tmp_path, sp
   assert ("pre-computing the toy world's latents" in whole.stderr) == (space == "latents")
   # a quiet console: the project's lines, no library INFO (Orbax's options, JAX's backend probing)
   info_from = {m.group(1) for m in re.finditer(r"^I\d{4} [\d:.]+ +\d+ (\S+):\d+\]", whole.stderr, re.M)}
-  ours = {os.path.basename(p) for d in ("cinema_jax", "data_pipelines") for p in glob.glob(f"{REPO}/{d}/**/*.py", recursive=True)}
+  ours = {os.path.basename(p) for d in ("cinema_jax", "data_pipelines")
+          for p in glob.glob(f"{REPO}/{d}/**/*.py", recursive=True)}
   assert "trainer.py" in info_from and info_from <= ours, info_from - ours
   first = _train(tmp_path / "split", 6, ["--stop_at_step=3", *extra])  # saves at 2 and 3, then the process exits
   assert first.returncode == 0, first.stderr[-3000:]
@@ -190,8 +192,9 @@ def test_restarted_run_is_bitwise_identical_to_an_uninterrupted_one(tmp_path, sp
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   if space == "pixels":  # a pixel-space run continued with a latent config: one line, what to pass instead
-    other = _train(tmp_path / "whole", 8, [f"--config.data.toy.autoencoder={request.getfixturevalue('toy_autoencoder')}",
-                                           *(f"--config.model.{k}={v}" for k, v in LATENT_TINY.items())])
+    other = _train(tmp_path / "whole", 8,
+                   [f"--config.data.toy.autoencoder={request.getfixturevalue('toy_autoencoder')}",
+                    *(f"--config.model.{k}={v}" for k, v in LATENT_TINY.items())])
     assert other.returncode != 0
     assert other.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'whole'} holds a checkpoint of another model: model.image_channels=3 there, 4 in this "

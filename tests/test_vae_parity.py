@@ -23,7 +23,8 @@ def _models(name: str, tmp_path):
   kw = CONFIGS[name]
   levels = len(kw["block_out_channels"])
   torch.manual_seed(0)
-  ref = TorchAutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, down_block_types=("DownEncoderBlock2D",) * levels,
+  ref = TorchAutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
+                           down_block_types=("DownEncoderBlock2D",) * levels,
                            up_block_types=("UpDecoderBlock2D",) * levels, scaling_factor=0.3611, shift_factor=0.1159,
                            **kw).float().eval()
   with torch.no_grad():  # random everything, norms around 1, so every path matters

@@ -203,7 +203,8 @@ def diffusers_config(cfg: MMDiTConfig) -> dict:
   return {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": cfg.in_channels,
           "num_layers": cfg.depth_double, "num_single_layers": cfg.depth_single, "attention_head_dim": cfg.head_dim,
           "num_attention_heads": cfg.num_heads, "joint_attention_dim": cfg.context_dim,
-          "pooled_projection_dim": cfg.vec_dim, "guidance_embeds": cfg.guidance_embed, "axes_dims_rope": list(cfg.axes_dim)}
+          "pooled_projection_dim": cfg.vec_dim, "guidance_embeds": cfg.guidance_embed,
+          "axes_dims_rope": list(cfg.axes_dim)}
 
 
 def load(path: str, cfg: MMDiTConfig, shardings: Mapping | None = None) -> dict:

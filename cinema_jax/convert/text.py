@@ -36,7 +36,8 @@ def load_clip(model, state_dict: Mapping[str, np.ndarray]) -> None:
   """CLIPTextModel or CLIPVisionModelWithProjection weights into models/clip.py's, in place."""
   sd = {k: v for k, v in state_dict.items() if not k.endswith("position_ids")}  # a buffer, not a weight
   # a whole CLIPModel holds both towers: keep this model's
-  other = ("vision_model.", "visual_projection.") if hasattr(model, "text_model") else ("text_model.", "text_projection.")
+  other = (("vision_model.", "visual_projection.") if hasattr(model, "text_model")
+           else ("text_model.", "text_projection."))
   sd = {k: v for k, v in sd.items() if not k.startswith(other) and k != "logit_scale"}
   if hasattr(model, "text_model"):  # transformers 5 saves CLIPTextModel without the text_model. prefix
     sd = {k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v for k, v in sd.items()}

@@ -125,7 +125,8 @@ def _bind(unbound: list[str], free: list[tuple], later: list[list[tuple]], later
 
 def same_look(a: judge_lib.Judgement, b: judge_lib.Judgement) -> bool:
   return bool(a.location == b.location
-          and max(np.abs(np.subtract(a.sky, b.sky)).max(), np.abs(np.subtract(a.ground, b.ground)).max()) <= LOOK_TOLERANCE
+          and max(np.abs(np.subtract(a.sky, b.sky)).max(),
+                  np.abs(np.subtract(a.ground, b.ground)).max()) <= LOOK_TOLERANCE
           and abs(a.landmark_x - b.landmark_x) <= LANDMARK_TOLERANCE)
 
 

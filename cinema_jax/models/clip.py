@@ -15,7 +15,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-ACTIVATIONS = {"quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x), "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
+ACTIVATIONS = {"quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+               "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,8 @@ class CLIPTextEmbeddings(nnx.Module):
 class CLIPTextTransformer(nnx.Module):
 
   def __init__(self, cfg: CLIPConfig, rngs: nnx.Rngs):
-    self.embeddings, self.encoder, self.final_layer_norm = CLIPTextEmbeddings(cfg, rngs), CLIPEncoder(cfg, rngs), _ln(cfg, rngs)
+    self.embeddings, self.encoder, self.final_layer_norm = (CLIPTextEmbeddings(cfg, rngs), CLIPEncoder(cfg, rngs),
+                                                            _ln(cfg, rngs))
 
 
 class CLIPTextModel(nnx.Module):

@@ -60,7 +60,8 @@ class TextEncoder(nnx.Module):
     self.cfg = cfg
     kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
     self.embed = nnx.Embed(cfg.vocab_size, cfg.width, rngs=rngs,
-                           embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")), **kw)
+                           embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")),
+                           **kw)
     self.pos = nnx.Param(nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed"))(
         rngs.params(), (cfg.max_len, cfg.width), jnp.dtype(cfg.param_dtype)))
     self.blocks = nnx.List([_Block(cfg, rngs, **kw) for _ in range(cfg.depth)])

@@ -86,7 +86,8 @@ def conv_with_chunked_kernel_grad(chunk: int):
 
 def _conv(cin: int, cout: int, k: int, rngs: nnx.Rngs, cfg: VAEConfig, stride: int = 1) -> nnx.Conv:
   pad = "VALID" if stride > 1 or k == 1 else ((k // 2, k // 2), (k // 2, k // 2))
-  extra = {"conv_general_dilated": conv_with_chunked_kernel_grad(cfg.kernel_grad_chunk)} if cfg.kernel_grad_chunk else {}
+  extra = ({"conv_general_dilated": conv_with_chunked_kernel_grad(cfg.kernel_grad_chunk)}
+           if cfg.kernel_grad_chunk else {})
   return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=pad, rngs=rngs, **_kw(cfg), **extra)
 
 
