@@ -20,8 +20,10 @@ CHECKPOINT_DIR = "checkpoints"
 def manager(workdir: str, c: ml_collections.ConfigDict | None = None, read_only: bool = False) -> ocp.CheckpointManager:
   keep = c.checkpoint.keep if c is not None else None
   async_save = bool(c.checkpoint.async_save) if c is not None else False
+  # a reader saves nothing: say so (save_interval_steps=0) rather than have Orbax warn that it changed it
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                         create=not read_only, read_only=read_only)
+                                         create=not read_only, read_only=read_only,
+                                         save_interval_steps=0 if read_only else 1)
   path = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   return ocp.CheckpointManager(path, options=options, item_names=("state", "data_iter", "config"))
 

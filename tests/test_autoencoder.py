@@ -75,6 +75,16 @@ def test_edge_weights_mark_colour_edges():
   assert (w[2:6, 2:6] == 5.0).all()  # the sprite and its ring
 
 
+def test_corner_weights_mark_sprites_not_the_horizon():
+  x = np.zeros((1, 12, 12, 3), np.float32)
+  x[0, 8:] = 0.5  # a straight horizon: colour changes one way only
+  x[0, 2:5, 2:5] = 1.0  # a 3x3 sprite in the sky
+  w = np.asarray(autoencoder.corner_weights(jnp.asarray(x), 4.0))[0, ..., 0]
+  assert (w[6:10] == 1.0).all()  # along the horizon
+  assert w[1, 1] == w[5, 5] == w[3, 3] == 5.0  # the sprite's corners and the pixels beside both edges
+  assert w[0, 10] == 1.0
+
+
 def test_border_weights_mark_the_outer_ring():
   w = np.asarray(autoencoder.border_weights((2, 6, 8), 3.0))[0, ..., 0]
   assert w.shape == (6, 8)
@@ -83,10 +93,10 @@ def test_border_weights_mark_the_outer_ring():
   assert (np.asarray(autoencoder.border_weights((1, 6, 8), 0.0)) == 1.0).all()
 
 
-def test_loss_is_weighted_l1_plus_l2_plus_kl():
+def test_loss_is_weighted_l1_plus_l2_plus_gradient_plus_kl():
   c = autoencoder_config.get_config("tiny")
   a = c.model.autoencoder
-  a.update(frames_per_shot=0, edge_weight=2.0, border_weight=3.0, l2_weight=5.0, kl_weight=1e-3)
+  a.update(frames_per_shot=0, edge_weight=2.0, border_weight=3.0, l2_weight=5.0, gradient_weight=2.0, kl_weight=1e-3)
   model = autoencoder.build(c)
   frames = jax.random.uniform(jax.random.key(0), (1, 1, 2, 16, 32, 3), minval=-1, maxval=1)
   key = jax.random.key(1)
@@ -98,8 +108,11 @@ def test_loss_is_weighted_l1_plus_l2_plus_kl():
   e = model.decoder(z) - x
   w = autoencoder.edge_weights(x, 2.0) * autoencoder.border_weights(x.shape[:3], 3.0)
   l1, l2 = jnp.mean(w * jnp.abs(e)) / jnp.mean(w), jnp.mean(w * e ** 2) / jnp.mean(w)
-  np.testing.assert_allclose([aux["l1"], aux["l2"]], [l1, l2], rtol=1e-5)
-  np.testing.assert_allclose(total, l1 + 5.0 * l2 + 1e-3 * aux["kl"], rtol=1e-6)
+  # pixel differences of the error: e[i+1] - e[i] down the rows and along the columns
+  grad = 0.5 * (jnp.abs(e[:, 1:] - e[:, :-1]).mean() + jnp.abs(e[:, :, 1:] - e[:, :, :-1]).mean())
+  np.testing.assert_allclose([aux["l1"], aux["l2"], aux["gradient"]], [l1, l2, grad], rtol=1e-5)
+  np.testing.assert_allclose(total, l1 + 5.0 * l2 + 2.0 * grad + 1e-3 * aux["kl"], rtol=1e-6)
+  assert float(grad) > 0.1 * float(l1)  # a random decoder's error is not smooth: the term is not vanishing
 
 
 def test_config_errors_name_the_field():
