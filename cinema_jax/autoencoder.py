@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cinema_jax import encoders
 from cinema_jax.convert import mapping
 from cinema_jax.models import vae
 
@@ -144,7 +145,7 @@ def _mean_latents(model, x):
 
 def latent_statistics(model: vae.AutoencoderKL, images_NHWC: np.ndarray, batch: int = 64) -> tuple[float, float]:
   """(shift, scale) that bring the posterior means of these uint8 images to mean 0 and variance 1."""
-  z = np.concatenate([np.asarray(_mean_latents(model, jnp.asarray(images_NHWC[i:i + batch], jnp.float32) / 127.5 - 1))
+  z = np.concatenate([np.asarray(_mean_latents(model, encoders.from_uint8(jnp.asarray(images_NHWC[i:i + batch]))))
                       for i in range(0, len(images_NHWC), batch)])
   return float(z.mean()), float(1.0 / max(z.std(), 1e-6))
 

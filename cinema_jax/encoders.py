@@ -228,6 +228,11 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
   return np.clip(np.rint((np.asarray(pixels, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def from_uint8(images):
+  """uint8 [0, 255] -> float32 [-1, 1] (NumPy or JAX arrays alike)."""
+  return images.astype(np.float32) / 127.5 - 1.0
+
+
 class PixelFrames:
   """A pixel-space model's frames are its pixels."""
 
@@ -236,7 +241,7 @@ class PixelFrames:
 
   def encode(self, images_NHWC: np.ndarray) -> np.ndarray:
     """uint8 images -> the model's frames."""
-    return np.asarray(images_NHWC, np.float32) / 127.5 - 1.0
+    return from_uint8(np.asarray(images_NHWC))
 
   def params(self) -> dict:
     return {}
@@ -244,7 +249,7 @@ class PixelFrames:
 
 @nnx.jit
 def _vae_latents(model, images):
-  return model.latents(images.astype(jnp.float32) / 127.5 - 1.0).astype(jnp.float32)
+  return model.latents(from_uint8(images)).astype(jnp.float32)
 
 
 @nnx.jit

@@ -62,6 +62,99 @@ def schedule(num_steps: int, num_image_tokens: int, shift: bool) -> np.ndarray:
   return t.astype(np.float32)
 
 
+def guided(velocity_2B, guidance):
+  """Classifier-free guidance, v_u + g (v_c - v_u), from the velocities of a batch whose first half is
+  the conditional pass and whose second half the caption-free one (arrays or tuples of groups)."""
+  half = jax.tree.leaves(velocity_2B)[0].shape[0] // 2
+  return jax.tree.map(lambda v: v[half:] + guidance * (v[:half] - v[half:]), velocity_2B)
+
+
+def euler(velocity, x, times: jax.Array, num_steps: int):
+  """x from times[0] (noise) to times[num_steps] (data) by Euler steps of dx/dt = velocity(x, i), where
+  i is the step; x is an array or a tuple of groups. The one integration loop of keyframes and shots."""
+  def body(i, x):
+    dt = times[i + 1] - times[i]
+    return jax.tree.map(lambda a, v: a + dt * v, x, velocity(x, i))
+  return jax.lax.fori_loop(0, num_steps, body, x)
+
+
+@functools.partial(jax.jit, static_argnames=("c", "graphdef", "causal", "group_grids", "cached"))
+def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, xs, text_BP: dict, new_P, keys_B, guidance, *,
+            causal: bool, group_grids, cached: bool):
+  """Denoises the pairs flagged in new_P of B windows; the others are context (clean, or re-noised
+  to sample.context_t). xs: groups [B, n_g, N_g, C] on group_grids, oldest first; text_BP: the windows'
+  text input (Sampler.text's arrays, [B, P, ...]); keys_B: one PRNG key per window. cached: one new pair
+  (in the last group), its context's keys and values computed once (KV cache) and only the new pair run
+  at each step. c is frozen (hashable: the compile cache keys on its values). Returns the groups."""
+  model = nnx.merge(graphdef, params)
+  grid = keyframe.full_grid(c)
+  b = xs[0].shape[0]
+  states, mask, pooled = model.encode_text(text_BP)
+  times = jnp.asarray(schedule(c.sample.num_steps, grid[0] * grid[1], c.objective.shift))
+  lo, hi = c.sample.context_t
+
+  def draws(key):  # per window, so that a window's samples do not depend on the others in the batch
+    k_ctx, k_ctx_t = jax.random.split(jax.random.fold_in(key, 1))
+    t_ctx = jnp.where(new_P, 0.0, jax.random.uniform(k_ctx_t, new_P.shape, minval=lo, maxval=hi))
+    noise_keys = [key] if len(xs) == 1 else jax.random.split(key, len(xs))
+    noise = [jax.random.normal(k, x.shape[1:], jnp.float32) for k, x in zip(noise_keys, xs)]
+    ctx_eps = [jax.random.normal(k, x.shape[1:], jnp.float32) for k, x in zip(jax.random.split(k_ctx, len(xs)), xs)]
+    return t_ctx, noise, ctx_eps
+
+  t_ctx, noise, ctx_eps = jax.vmap(draws)(keys_B)
+  news = goldenmem.split_pairs(jnp.broadcast_to(new_P, (b, new_P.shape[0])), xs)
+  t_ctxs = goldenmem.split_pairs(t_ctx, xs)
+  xs = tuple(jnp.where(n[..., None, None], e, (1 - t[..., None, None]) * x + t[..., None, None] * ce)
+             for x, n, t, e, ce in zip(xs, news, t_ctxs, noise, ctx_eps))
+  distilled = c.model.guidance_embed  # FLUX.1-dev style: the scale goes into guidance_in, one pass
+  g_BP = lambda p: jnp.full((b, p), guidance, jnp.float32) if distilled else None
+
+  def velocity(run, x, t, text):
+    """The guided velocity: CFG drops only the new pairs' captions, the way training drops them."""
+    if distilled:
+      return objective.velocity(run(x, t, text), x, t, c.objective.prediction)
+    (st, m, pl), (st_u, m_u, pl_u) = text
+    both = lambda a, u: jnp.concatenate([a, u])
+    x2, t2 = jax.tree.map(lambda a: both(a, a), (x, t))
+    return guided(objective.velocity(run(x2, t2, (both(st, st_u), both(m, m_u), both(pl, pl_u))), x2, t2,
+                                     c.objective.prediction), guidance)
+
+  if not cached:
+    keep = ~new_P[None]  # the unconditional branch loses the new pairs' captions only
+    text = (states, mask, pooled)
+    if not distilled:
+      text = (text, (states * keep[..., None, None], mask & keep[..., None], pooled * keep[..., None]))
+    run = lambda xx, tt, txt: model(xx, tt, *txt, grid=grid, guidance_BP=g_BP(tt.shape[1]), causal=causal,
+                                    group_grids=group_grids)
+
+    def new_pairs_velocity(xs, i):  # the context keeps its own t and does not move
+      v = velocity(run, xs, jnp.where(new_P[None], times[i], t_ctx), text)
+      return tuple(jnp.where(n[..., None, None], vv, 0.0) for vv, n in zip(v, news))
+
+    return euler(new_pairs_velocity, xs, times, c.sample.num_steps)
+
+  # KV cache: the context never sees the new pair (block-causal) and keeps its t, captions and
+  # guidance through the loop, so its keys and values are computed once; the pairs after the new
+  # one (padding slots) are masked out of the cache.
+  j = jnp.argmax(new_P)  # the new pair, the same slot in every window
+  first = sum(x.shape[1] for x in xs[:-1])  # where the last group (holding the new pair) starts
+  cache = model.fill_cache(xs, t_ctx, states, mask, pooled, grid=grid, guidance_BP=g_BP(new_P.shape[0]),
+                           group_grids=group_grids, pair_valid_BP=jnp.broadcast_to(jnp.arange(new_P.shape[0]) < j,
+                                                                                   (b, new_P.shape[0])))
+  if not distilled:  # both CFG branches share the context
+    cache = jax.tree.map(lambda a, axis: jnp.concatenate([a, a], axis),
+                         cache, type(cache)(k_LBSHD=1, v_LBSHD=1, mask_BS=0))
+  pick = lambda a: jax.lax.dynamic_slice_in_dim(a, j, 1, axis=1)
+  text = (pick(states), pick(mask), pick(pooled))
+  if not distilled:
+    text = (text, (jnp.zeros_like(text[0]), jnp.zeros_like(text[1]), jnp.zeros_like(text[2])))
+  x_new = jax.lax.dynamic_slice_in_dim(xs[-1], j - first, 1, axis=1)
+  run = lambda xx, tt, txt: model(xx, tt, *txt, grid=grid, guidance_BP=g_BP(1), causal=True, cache=cache,
+                                  first_pair=j)
+  x_new = euler(lambda x, i: velocity(run, x, jnp.full((b, 1), times[i]), text), x_new, times, c.sample.num_steps)
+  return (*xs[:-1], jax.lax.dynamic_update_slice_in_dim(xs[-1], x_new, j - first, axis=1))
+
+
 class Sampler:
   """Samples keyframes of storylines for the model of config `c` (its params passed per call)."""
 
@@ -70,7 +163,10 @@ class Sampler:
     """clip: the image/text embedding for context_order "image" (encoders.ClipEmbedding, or ToyCLIP);
     text: captions -> the model's text input (default for token models: encoders.TokenText);
     frames: the model's frames -> pixels (default for pixel-space models: encoders.PixelFrames)."""
-    self.c, self.graphdef = c, graphdef
+    # Frozen, of a copy (FrozenConfigDict hashes the dict it was made from): a sampler samples with the
+    # settings it was built with, later changes to `c` do not reach it, and samplers of equal configs
+    # share compiled programs.
+    self.c, self.graphdef = ml_collections.FrozenConfigDict(c.copy_and_resolve_references()), graphdef
     self.text, self.frames = encoders.for_model(c, text, frames)
     self.grid = keyframe.full_grid(c)
     self.frame_shape = input_space.of(c).frame_shape
@@ -82,88 +178,10 @@ class Sampler:
                        "Sampler(..., clip=encoders.ClipEmbedding.load(...) or toy_clip.load(...))")
     self.clip = clip
 
-  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
   def _denoise(self, params, xs, text_BP: dict, new_P, causal: bool, group_grids, cached: bool, keys_B, guidance):
-    """Denoises the pairs flagged in new_P of B windows; the others are context (clean, or re-noised
-    to sample.context_t). xs: groups [B, n_g, N_g, C] on group_grids, oldest first; text_BP: the windows'
-    text input (Sampler.text's arrays, [B, P, ...]); keys_B: one PRNG
-    key per window. cached: one new pair (in the last group), its context's keys and values computed
-    once (KV cache) and only the new pair run at each step. Returns the groups."""
-    c = self.c
-    model = nnx.merge(self.graphdef, params)
-    b = xs[0].shape[0]
-    states, mask, pooled = model.encode_text(text_BP)
-    times = jnp.asarray(schedule(c.sample.num_steps, self.grid[0] * self.grid[1], c.objective.shift))
-    lo, hi = c.sample.context_t
-
-    def draws(key):  # per window, so that a window's samples do not depend on the others in the batch
-      k_ctx, k_ctx_t = jax.random.split(jax.random.fold_in(key, 1))
-      t_ctx = jnp.where(new_P, 0.0, jax.random.uniform(k_ctx_t, new_P.shape, minval=lo, maxval=hi))
-      noise_keys = [key] if len(xs) == 1 else jax.random.split(key, len(xs))
-      noise = [jax.random.normal(k, x.shape[1:], jnp.float32) for k, x in zip(noise_keys, xs)]
-      ctx_eps = [jax.random.normal(k, x.shape[1:], jnp.float32) for k, x in zip(jax.random.split(k_ctx, len(xs)), xs)]
-      return t_ctx, noise, ctx_eps
-
-    t_ctx, noise, ctx_eps = jax.vmap(draws)(keys_B)
-    news = goldenmem.split_pairs(jnp.broadcast_to(new_P, (b, new_P.shape[0])), xs)
-    t_ctxs = goldenmem.split_pairs(t_ctx, xs)
-    xs = tuple(jnp.where(n[..., None, None], e, (1 - t[..., None, None]) * x + t[..., None, None] * ce)
-               for x, n, t, e, ce in zip(xs, news, t_ctxs, noise, ctx_eps))
-    distilled = c.model.guidance_embed  # FLUX.1-dev style: the scale goes into guidance_in, one pass
-    g_BP = lambda p: jnp.full((b, p), guidance, jnp.float32) if distilled else None
-
-    def velocity(run, x, t, text):
-      """The guided velocity: CFG drops only the new pairs' captions, the way training drops them."""
-      if distilled:
-        return objective.velocity(run(x, t, text), x, t, c.objective.prediction)
-      (st, m, pl), (st_u, m_u, pl_u) = text
-      both = lambda a, u: jnp.concatenate([a, u])
-      x2, t2 = jax.tree.map(lambda a: both(a, a), (x, t))
-      v = objective.velocity(run(x2, t2, (both(st, st_u), both(m, m_u), both(pl, pl_u))), x2, t2,
-                             c.objective.prediction)
-      return jax.tree.map(lambda vv: vv[b:] + guidance * (vv[:b] - vv[b:]), v)
-
-    if not cached:
-      keep = ~new_P[None]  # the unconditional branch loses the new pairs' captions only
-      text = (states, mask, pooled)
-      if not distilled:
-        text = (text, (states * keep[..., None, None], mask & keep[..., None], pooled * keep[..., None]))
-
-      def body(i, xs):
-        t = jnp.where(new_P[None], times[i], t_ctx)
-        run = lambda xx, tt, txt: model(xx, tt, *txt, grid=self.grid, guidance_BP=g_BP(tt.shape[1]), causal=causal,
-                                        group_grids=group_grids)
-        v = velocity(run, xs, t, text)
-        return tuple(jnp.where(n[..., None, None], x + (times[i + 1] - times[i]) * vv, x)
-                     for x, vv, n in zip(xs, v, news))
-
-      return jax.lax.fori_loop(0, c.sample.num_steps, body, xs)
-
-    # KV cache: the context never sees the new pair (block-causal) and keeps its t, captions and
-    # guidance through the loop, so its keys and values are computed once; the pairs after the new
-    # one (padding slots) are masked out of the cache.
-    j = jnp.argmax(new_P)  # the new pair, the same slot in every window
-    first = sum(x.shape[1] for x in xs[:-1])  # where the last group (holding the new pair) starts
-    cache = model.fill_cache(xs, t_ctx, states, mask, pooled, grid=self.grid, guidance_BP=g_BP(new_P.shape[0]),
-                             group_grids=group_grids, pair_valid_BP=jnp.broadcast_to(jnp.arange(new_P.shape[0]) < j,
-                                                                                     (b, new_P.shape[0])))
-    if not distilled:  # both CFG branches share the context
-      cache = jax.tree.map(lambda a, axis: jnp.concatenate([a, a], axis),
-                           cache, type(cache)(k_LBSHD=1, v_LBSHD=1, mask_BS=0))
-    pick = lambda a: jax.lax.dynamic_slice_in_dim(a, j, 1, axis=1)
-    text = (pick(states), pick(mask), pick(pooled))
-    if not distilled:
-      text = (text, (jnp.zeros_like(text[0]), jnp.zeros_like(text[1]), jnp.zeros_like(text[2])))
-    x_new = jax.lax.dynamic_slice_in_dim(xs[-1], j - first, 1, axis=1)
-
-    def cached_body(i, x):
-      t = jnp.full((b, 1), times[i])
-      run = lambda xx, tt, txt: model(xx, tt, *txt, grid=self.grid, guidance_BP=g_BP(1), causal=True, cache=cache,
-                                      first_pair=j)
-      return x + (times[i + 1] - times[i]) * velocity(run, x, t, text)
-
-    x_new = jax.lax.fori_loop(0, c.sample.num_steps, cached_body, x_new)
-    return (*xs[:-1], jax.lax.dynamic_update_slice_in_dim(xs[-1], x_new, j - first, axis=1))
+    """`denoise` with this sampler's frozen config and graph."""
+    return denoise(self.c, self.graphdef, params, xs, text_BP, new_P, keys_B, guidance, causal=causal,
+                   group_grids=group_grids, cached=cached)
 
   def _context(self, frames_KHWC: np.ndarray, plan, memo: dict, ids) -> tuple[np.ndarray, ...]:
     """GoldenMem: each group's frames (model space; the last pair a placeholder) resized to its grid, as tokens.
@@ -181,7 +199,7 @@ class Sampler:
         if tok is None:
           x = frames_KHWC[i:i + 1]
           if c.data.goldenmem.resize == "pixels":  # what the pipeline does: uint8 frames, box filter
-            x = goldenmem.resize_frames(to_uint8(x), size).astype(np.float32) / 127.5 - 1.0
+            x = encoders.from_uint8(goldenmem.resize_frames(encoders.to_uint8(x), size))
           else:
             x = np.asarray(goldenmem.resize_array(jnp.asarray(x)[None], size)[0])
           tok = np.asarray(keyframe.patchify(jnp.asarray(x)[None], p)[0, 0])
@@ -289,9 +307,6 @@ class Sampler:
 
 def to_tokens(frames_BKHWC: np.ndarray, patch: int) -> np.ndarray:
   return np.asarray(keyframe.patchify(jnp.asarray(frames_BKHWC), patch))
-
-
-to_uint8 = encoders.to_uint8
 
 
 def storyboard_image(frames_KHWC: np.ndarray, captions: list[str], title: str = "") -> Image.Image:

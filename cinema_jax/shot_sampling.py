@@ -28,6 +28,42 @@ from cinema_jax.models import keyframe
 from cinema_jax.models import video
 
 
+@functools.partial(jax.jit, static_argnames=("c", "graphdef"))
+def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, kf_BKhwC, text_BK: dict, keys_K, guidance):
+  """Clip frames [1, K, F-1, h, w, C] (model space) of one window; keys_K: one PRNG key per shot."""
+  v = c.model.video
+  model = nnx.merge(graphdef, params)
+  text = model.encode_text(text_BK)
+  kf = video.keyframe_tokens(c, kf_BKhwC)
+  k = kf.shape[1]
+  gh, gw = keyframe.full_grid(c)
+  n_clip, chans = video.token_frames(c) * gh * gw, kf.shape[-1]
+
+  def draws(key):  # the shot's own: clip noise, its keyframe's context t and noise
+    k_noise, k_t, k_ctx = jax.random.split(key, 3)
+    lo, hi = c.sample.context_t
+    return (jax.random.normal(k_noise, (n_clip, chans)), jax.random.uniform(k_t, (), minval=lo, maxval=hi),
+            jax.random.normal(k_ctx, (gh * gw, chans)))
+
+  x, t_kf, eps_kf = jax.vmap(draws)(keys_K)
+  x, t_kf = x[None], t_kf[None]
+  kf = (1 - t_kf[..., None, None]) * kf + t_kf[..., None, None] * eps_kf[None]
+  times = jnp.asarray(sampling.schedule(c.sample.num_steps, n_clip, c.objective.shift))
+  distilled = c.model.guidance_embed  # the scale goes into guidance_in: one conditional pass
+  if not distilled:  # CFG: the conditional and the caption-free window in one batch of 2
+    text = jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros_like(a)]), text)
+    kf, t_kf = jnp.concatenate([kf, kf]), jnp.concatenate([t_kf, t_kf])
+  g = jnp.full((1, k), guidance, jnp.float32) if distilled else None
+
+  def velocity(x, i):
+    xx = x if distilled else jnp.concatenate([x, x])
+    vel = video.velocity(c, model, kf, xx, jnp.full((xx.shape[0], k), times[i]), t_kf, text, g)
+    return vel if distilled else sampling.guided(vel, guidance)
+
+  x = sampling.euler(velocity, x, times, c.sample.num_steps)
+  return video.unpatchify(x, v.patch_t, c.model.patch, v.num_frames - 1, *input_space.of(c).frame_shape[:2])
+
+
 class ShotSampler:
   """Samples the shot videos of storylines for the video model of config `c` (params passed per call)."""
 
@@ -36,50 +72,17 @@ class ShotSampler:
     decode); both from cinema_jax/encoders.py, the data's tokenizer and pixels by default."""
     if c.task != "video":
       raise ValueError(f"ShotSampler needs a video-model config (config.task='video'), got {c.task!r}")
-    self.c, self.graphdef = c, graphdef
+    self.c = ml_collections.FrozenConfigDict(c.copy_and_resolve_references())  # as sampling.Sampler: frozen
+    self.graphdef = graphdef
     self.text, self.frames = encoders.for_model(c, text, frames)
     self.h, self.w = c.data.resolution
     self.frame_shape = input_space.of(c).frame_shape
     self.window = c.data.num_pairs
     self.num_frames = c.model.video.num_frames
 
-  @functools.partial(jax.jit, static_argnums=(0,))
   def _denoise(self, params, kf_BKhwC, text_BK: dict, keys_K, guidance):
-    """Clip frames [1, K, F-1, h, w, C] (model space) of one window; keys_K: one PRNG key per shot."""
-    c, v = self.c, self.c.model.video
-    model = nnx.merge(self.graphdef, params)
-    text = model.encode_text(text_BK)
-    kf = video.keyframe_tokens(c, kf_BKhwC)
-    k = kf.shape[1]
-    gh, gw = keyframe.full_grid(c)
-    n_clip, chans = video.token_frames(c) * gh * gw, kf.shape[-1]
-
-    def draws(key):  # the shot's own: clip noise, its keyframe's context t and noise
-      k_noise, k_t, k_ctx = jax.random.split(key, 3)
-      lo, hi = c.sample.context_t
-      return (jax.random.normal(k_noise, (n_clip, chans)), jax.random.uniform(k_t, (), minval=lo, maxval=hi),
-              jax.random.normal(k_ctx, (gh * gw, chans)))
-
-    x, t_kf, eps_kf = jax.vmap(draws)(keys_K)
-    x, t_kf = x[None], t_kf[None]
-    kf = (1 - t_kf[..., None, None]) * kf + t_kf[..., None, None] * eps_kf[None]
-    times = jnp.asarray(sampling.schedule(c.sample.num_steps, n_clip, c.objective.shift))
-    distilled = c.model.guidance_embed  # the scale goes into guidance_in: one conditional pass
-    if not distilled:  # CFG: the conditional and the caption-free window in one batch of 2
-      text = jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros_like(a)]), text)
-      kf, t_kf = jnp.concatenate([kf, kf]), jnp.concatenate([t_kf, t_kf])
-    g = jnp.full((1, k), guidance, jnp.float32) if distilled else None
-
-    def body(i, x):
-      xx = x if distilled else jnp.concatenate([x, x])
-      t = jnp.full((xx.shape[0], k), times[i])
-      vel = video.velocity(c, model, kf, xx, t, t_kf, text, g)
-      if not distilled:
-        vel = vel[1:] + guidance * (vel[:1] - vel[1:])
-      return x + (times[i + 1] - times[i]) * vel
-
-    x = jax.lax.fori_loop(0, c.sample.num_steps, body, x)
-    return video.unpatchify(x, v.patch_t, c.model.patch, self.num_frames - 1, *self.frame_shape[:2])
+    """`denoise` with this sampler's frozen config and graph."""
+    return denoise(self.c, self.graphdef, params, kf_BKhwC, text_BK, keys_K, guidance)
 
   def shots(self, params, keyframes_KHWC: np.ndarray, captions: list[str], *, seed: int = 0,
             shot_seeds: list[int] | None = None, guidance: float | None = None) -> np.ndarray:

@@ -7,13 +7,15 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cinema_jax import encoders
+
 
 def sheet(frames_NHWC: np.ndarray, captions: list[str], *, columns: int = 4, scale: int = 4,
           title: str = "") -> Image.Image:
   """Keyframes (uint8, or float in [-1, 1]) upscaled `scale`x, each above its wrapped caption."""
   frames = np.asarray(frames_NHWC)
   if frames.dtype != np.uint8:
-    frames = np.clip(np.rint((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    frames = encoders.to_uint8(frames)
   n, h, w, _ = frames.shape
   font = ImageFont.load_default()
   cell_w = w * scale

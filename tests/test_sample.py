@@ -84,6 +84,23 @@ def test_guidance_is_the_classifier_free_formula(model):
   assert np.abs(euler(3.0) - euler(1.0)).mean() > 0.01  # the caption matters to this model
 
 
+def test_a_sampler_keeps_the_settings_it_was_built_with(model):
+  c, graphdef, params = model
+  c = c.copy_and_resolve_references()
+  frames = lambda sampler: sampler.frames_batch(params, [CAPTIONS[:2]], seeds=[1])[0]  # float: not saturated
+  s = sampling.Sampler(c, graphdef)
+  a = frames(s)
+  compiled = sampling.denoise._cache_size()  # pylint: disable=protected-access
+  # an equal config shares the compiled programs (the cache keys on values, not on the sampler)
+  np.testing.assert_array_equal(a, frames(sampling.Sampler(c.copy_and_resolve_references(), graphdef)))
+  assert sampling.denoise._cache_size() == compiled  # pylint: disable=protected-access
+  c.sample.num_steps += 2  # after construction: s keeps its own
+  np.testing.assert_array_equal(a, frames(s))
+  assert np.abs(a - frames(sampling.Sampler(c, graphdef))).max() > 1e-3
+  with pytest.raises(AttributeError):
+    s.c.sample.num_steps = 1
+
+
 def test_schedule_runs_from_noise_to_data():
   t = sampling.schedule(10, 128, shift=True)
   assert t.shape == (11,) and t[0] == 1.0 and t[-1] == 0.0 and (np.diff(t) < 0).all()

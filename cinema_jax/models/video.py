@@ -165,23 +165,17 @@ def velocity(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, kf_BKN
 
 
 def loss(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, batch: dict, key: jax.Array):
-  """Flow matching on the clips of K shots, each shot its own t; the keyframes are conditions at
+  """objective.flow_loss on the clips of K shots, each shot its own t; the keyframes are conditions at
   t ~ U[objective.context_t] (0: clean) and carry no loss."""
   o = c.objective
-  k_drop, k_t, k_eps, k_kf_t, k_kf_eps = jax.random.split(key, 5)
+  k_drop, k_flow, k_kf_t, k_kf_eps = jax.random.split(key, 4)
   text = objective.drop_captions(k_drop, *model.encode_text(batch), o.caption_dropout)
   kf, clips = shot_tokens(c, batch)
   b, k = kf.shape[:2]
-  t = objective.sample_t(k_t, (b, k), o, clips.shape[2])
   t_kf = jax.random.uniform(k_kf_t, (b, k), minval=o.context_t[0], maxval=o.context_t[1])
-  eps = jax.random.normal(k_eps, clips.shape, clips.dtype)
-  x_t = (1 - t[..., None, None]) * clips + t[..., None, None] * eps
   kf_t = (1 - t_kf[..., None, None]) * kf + t_kf[..., None, None] * jax.random.normal(k_kf_eps, kf.shape, kf.dtype)
   guidance = jnp.full((b, k), o.guidance, jnp.float32) if c.model.guidance_embed else None
-  v = velocity(c, model, kf_t, x_t, t, t_kf, text, guidance)
-  err = jnp.mean(jnp.square(v.astype(jnp.float32) - (eps - clips)), axis=(2, 3))  # [B, K]
-  loss_ = jnp.mean(err)
-  return loss_, {"loss": loss_, "t_mean": jnp.mean(t)}
+  return objective.flow_loss(lambda x_t, t: velocity(c, model, kf_t, x_t, t, t_kf, text, guidance), clips, k_flow, o)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
