@@ -6,7 +6,6 @@ import statistics
 import time
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cinema_jax import sharding
 from cinema_jax import trainer
@@ -34,7 +33,5 @@ def jit_train_step(c, batch_np: dict, devices=None):
   setup = trainer.make_setup(c, mesh)  # outside the mesh context, as the trainer does
   with jax.set_mesh(mesh):
     batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch_np.items()}
-    step = jax.jit(trainer.make_train_step(c, setup),
-                   in_shardings=(setup.state_shardings, {k: v.sharding for k, v in batch.items()}),
-                   out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+    step = trainer.jit_train_step(c, setup, mesh, batch)
   return step, setup, batch, mesh

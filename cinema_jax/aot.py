@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 
 from cinema_jax import flops
@@ -86,9 +85,7 @@ def compile_train_step(c: ml_collections.ConfigDict, devices=None) -> dict[str, 
   with jax.set_mesh(mesh):
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
              for k, v in batch_spec(c).items()}
-    step = jax.jit(trainer.make_train_step(c, setup),
-                   in_shardings=(setup.state_shardings, {k: v.sharding for k, v in batch.items()}),
-                   out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+    step = trainer.jit_train_step(c, setup, mesh, batch)
     start = time.perf_counter()
     lowered = step.lower(setup.abstract_state, batch)
     lower_s = time.perf_counter() - start

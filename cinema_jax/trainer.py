@@ -213,6 +213,13 @@ def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                init=jax.jit(init, out_shardings=state_shardings), opt_device_shardings=opt_device_shardings)
 
 
+def jit_train_step(c: ml_collections.ConfigDict, s: Setup, mesh: jax.sharding.Mesh, batch: dict):
+  """The jitted train step of config c, its state donated: the one the trainer runs and `--compile_only`,
+  the benchmarks and the tests compile. batch: arrays or ShapeDtypeStructs whose shardings the step takes."""
+  return jax.jit(make_train_step(c, s), in_shardings=(s.state_shardings, {k: v.sharding for k, v in batch.items()}),
+                 out_shardings=(s.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+
+
 def make_train_step(c: ml_collections.ConfigDict, s: Setup):
   """(state, batch) -> (state, metrics); a non-finite loss, gradient or update leaves the state unchanged."""
   ema_decay = c.optimizer.ema_decay
@@ -326,10 +333,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
                        stage.last, counter.describe())
         batch = _global_batch(next(data_iter), mesh)
         if train_step is None:
-          batch_shardings = {k: v.sharding for k, v in batch.items()}
-          train_step = jax.jit(make_train_step(stage.config, setup),
-                               in_shardings=(setup.state_shardings, batch_shardings),
-                               out_shardings=(setup.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+          train_step = jit_train_step(stage.config, setup, mesh, batch)
         state, metrics = train_step(state, batch)
         # Fetch the previous step's metrics after dispatching this one: the host never stalls the device.
         if pending is not None:

@@ -43,9 +43,7 @@ def _run_steps(c, mesh, batch_np, n, hlo=None):
   setup = trainer.make_setup(c, mesh)
   with jax.set_mesh(mesh):
     batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch_np.items()}
-    step = jax.jit(trainer.make_train_step(c, setup), donate_argnums=0,
-                   in_shardings=(setup.state_shardings, {k: v.sharding for k, v in batch.items()}),
-                   out_shardings=(setup.state_shardings, None))
+    step = trainer.jit_train_step(c, setup, mesh, batch)
     if hlo is not None:
       hlo.append(step.lower(setup.abstract_state, batch).as_text(dialect="hlo"))
     state, losses = setup.init(), []
