@@ -15,7 +15,6 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import faults as fault_bench
 from cinema_jax import checkpoints
 from cinema_jax import faults
 from cinema_jax import sharding
@@ -24,6 +23,7 @@ from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 
 from conftest import wait_for
+from tests import helpers
 
 STEPS = 12
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -34,9 +34,9 @@ def uninterrupted(tmp_path_factory):
   """(compilation cache, final state leaves) of the tiny run trained STEPS steps without a stop."""
   root = tmp_path_factory.mktemp("faults")
   cache = str(root / "jax_cache")
-  done = fault_bench.run(str(root / "whole"), STEPS, cache)
+  done = helpers.run(str(root / "whole"), STEPS, cache)
   assert done.returncode == 0, done.stderr[-3000:]
-  return cache, fault_bench.state_at(str(root / "whole"))
+  return cache, helpers.state_at(str(root / "whole"))
 
 
 def _equal(a, b):
@@ -47,7 +47,7 @@ def test_sigterm_saves_at_the_next_step_exits_0_and_resumes_exactly(uninterrupte
   cache, reference = uninterrupted
   workdir = str(tmp_path / "run")
   with open(tmp_path / "run.log", "w") as log:  # a file, not a pipe: a full pipe would stall the run
-    proc = subprocess.Popen(fault_bench.train_cmd(workdir, STEPS), cwd=REPO, env=fault_bench.train_env(cache),
+    proc = subprocess.Popen(helpers.train_cmd(workdir, STEPS), cwd=REPO, env=helpers.train_env(cache),
                             stdout=subprocess.DEVNULL, stderr=log)
     wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "2")), 300, "checkpoint 2", procs=[proc],
              log=tmp_path / "run.log")
@@ -57,17 +57,17 @@ def test_sigterm_saves_at_the_next_step_exits_0_and_resumes_exactly(uninterrupte
   assert proc.returncode == 0, err[-3000:]
   stopped = int(re.search(r"preempted at step (\d+): its checkpoint is committed", err).group(1))
   assert 2 <= stopped < STEPS  # stopped early, at a step boundary, with that step saved
-  assert fault_bench.committed_steps(workdir)[-1] == stopped
-  done = fault_bench.run(workdir, STEPS, cache)
+  assert helpers.committed_steps(workdir)[-1] == stopped
+  done = helpers.run(workdir, STEPS, cache)
   assert done.returncode == 0, done.stderr[-3000:]
   assert f"resuming from step {stopped}" in done.stderr
-  assert _equal(fault_bench.state_at(workdir), reference)
+  assert _equal(helpers.state_at(workdir), reference)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_at_a_random_moment_leaves_only_whole_checkpoints(uninterrupted, tmp_path, seed):
   cache, reference = uninterrupted
-  r = fault_bench.kill_trial(str(tmp_path / "run"), STEPS, cache, reference, np.random.default_rng(seed))
+  r = helpers.kill_trial(str(tmp_path / "run"), STEPS, cache, reference, np.random.default_rng(seed))
   assert r["committed"] and r["lost"] == 0, r
   assert r["resumed_from"] == r["committed"][-1] and r["exact"], r
 
@@ -78,9 +78,9 @@ def _start_two(workdir, port, cache, tmp_path, tag):
   for i in range(2):
     logs.append(open(tmp_path / f"{tag}{i}.log", "w"))
     procs.append(subprocess.Popen(
-        fault_bench.train_cmd(workdir, 400, ["--config.batch_size=4", f"--coordinator_address=127.0.0.1:{port}",
+        helpers.train_cmd(workdir, 400, ["--config.batch_size=4", f"--coordinator_address=127.0.0.1:{port}",
                                              "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout_s=10"]),
-        cwd=REPO, env=fault_bench.train_env(cache), stdout=subprocess.DEVNULL, stderr=logs[-1]))
+        cwd=REPO, env=helpers.train_env(cache), stdout=subprocess.DEVNULL, stderr=logs[-1]))
   return procs, logs
 
 
@@ -112,12 +112,12 @@ def test_two_processes_preempt_together_and_a_dead_one_stops_the_other(uninterru
   errs = [(tmp_path / f"term{i}.log").read_text() for i in range(2)]
   assert rcs == [0, 0], errs[0][-2000:] + errs[1][-2000:]
   stops = {int(re.search(r"preempted at step (\d+): its checkpoint is committed", e).group(1)) for e in errs}
-  assert len(stops) == 1 and fault_bench.committed_steps(workdir)[-1] == stops.pop()
+  assert len(stops) == 1 and helpers.committed_steps(workdir)[-1] == stops.pop()
 
   # SIGKILL one process of the resumed pair: the other exits at once with one line.
   procs, logs = _start_two(workdir, ports[1], cache, tmp_path, "kill")
   try:
-    _wait_for_step(workdir, fault_bench.committed_steps(workdir)[-1] + 2, procs, tmp_path / "kill0.log")
+    _wait_for_step(workdir, helpers.committed_steps(workdir)[-1] + 2, procs, tmp_path / "kill0.log")
     procs[1].send_signal(signal.SIGKILL)
     killed = time.time()
     rc = procs[0].wait(timeout=120)
@@ -192,14 +192,14 @@ def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_pa
   with pytest.raises(trainer.TrainingError, match=r"checkpoint save at step 4 failed \(OSError: \[Errno 28\] No space "
                      r"left on device\); the last complete checkpoint \(step 2\) is intact$"):
     trainer.train_and_evaluate(c, str(tmp_path / "stop"))
-  assert fault_bench.committed_steps(str(tmp_path / "stop")) == [2]
+  assert helpers.committed_steps(str(tmp_path / "stop")) == [2]
 
   seen.clear()
   c.checkpoint.on_save_error = "retry"
   last = trainer.train_and_evaluate(c, str(tmp_path / "retry"))
   assert last["step"] == 6
   assert seen == [(2, []), (4, [2]), (6, [2])]  # step 2 stays until 6 is committed (keep=1)
-  assert fault_bench.committed_steps(str(tmp_path / "retry")) == [6]
+  assert helpers.committed_steps(str(tmp_path / "retry")) == [6]
 
   monkeypatch.setattr(checkpoints, "save", _failing_save({8}, []))  # the last save must not fail silently
   c.total_steps = 8

@@ -23,6 +23,7 @@ from data_pipelines import pipeline
 from data_pipelines import precompute
 
 from conftest import LATENT_TINY
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,26 +32,6 @@ def _tiny(**kw):
   c = keyframe_config.get_config("tiny")
   c.update(kw)
   return c
-
-
-def _mesh(data, fsdp, context, tensor, devices):
-  return sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, context=context, tensor=tensor)),
-                            devices)
-
-
-def _run_steps(c, mesh, batch_np, n, hlo=None):
-  """(state, losses) after n steps on batch_np; hlo: a list that gets the step's HLO text."""
-  setup = trainer.make_setup(c, mesh)
-  with jax.set_mesh(mesh):
-    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch_np.items()}
-    step = trainer.jit_train_step(c, setup, mesh, batch)
-    if hlo is not None:
-      hlo.append(step.lower(setup.abstract_state, batch).as_text(dialect="hlo"))
-    state, losses = setup.init(), []
-    for _ in range(n):
-      state, metrics = step(state, batch)
-      losses.append(float(metrics["loss"]))
-  return state, losses
 
 
 MESHES = {  # (data, fsdp, context, tensor) on the 8 fake devices
@@ -74,7 +55,7 @@ def _case(memory: str, toy_train: str, latents: str = ""):
   assert memory == "none" or latents or groups == ((1, (4, 8)), (1, (8, 16)), (1, (16, 32)))
   batch = next(pipeline.make_pipeline(c.data, latents or toy_train, batch_size=8, image_groups=groups).iterator())
   assert any(k.startswith(input_space.of(c).image_key) for k in batch)  # image, or image_g0, ... by level
-  return c, batch, _run_steps(c, _mesh(1, 1, 1, 1, jax.devices()[:1]), batch, 3)
+  return c, batch, helpers.run_steps(c, helpers.mesh(1, 1, 1, 1, jax.devices()[:1]), batch, 3)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +80,7 @@ def test_sharded_steps_on_toy_latents_equal_the_unsharded_steps(toy_train, toy_l
 def _check_sharded_equals_unsharded(c, batch, one, one_losses, mesh):
   assert len(jax.devices()) == 8
   hlo = []
-  eight, eight_losses = _run_steps(c, _mesh(*MESHES[mesh], jax.devices()), batch, 3, hlo)
+  eight, eight_losses = helpers.run_steps(c, helpers.mesh(*MESHES[mesh], jax.devices()), batch, 3, hlo)
   if mesh == "context":
     assert "collective-permute" in hlo[0]  # ring attention: key/value chunks travel around the ring
   qkv = eight["params"]["dit"]["double_blocks"]["img_attn"]["qkv"]["kernel"]
@@ -120,7 +101,7 @@ def test_offloaded_optimizer_state_stays_in_host_memory_and_trains_the_same(toy_
   c, batch, (one, one_losses) = _case("none", toy_train)
   c = c.copy_and_resolve_references()
   c.optimizer.offload = True
-  state, losses = _run_steps(c, _mesh(*MESHES["mixed"], jax.devices()), batch, 3)
+  state, losses = helpers.run_steps(c, helpers.mesh(*MESHES["mixed"], jax.devices()), batch, 3)
   mu = state["opt_state"][1][0].mu["dit"]["double_blocks"]["img_attn"]["qkv"]["kernel"]
   assert (mu.sharding.memory_kind == "pinned_host"
           and state["params"]["dit"]["img_in"]["kernel"].sharding.memory_kind == "device")
@@ -274,7 +255,7 @@ def test_bfloat16_compute_keeps_float32_parameters(toy_train):
   c, batch, (_, fp32_losses) = _case("none", toy_train)
   c = c.copy_and_resolve_references()
   c.model.dtype = "bfloat16"
-  state, losses = _run_steps(c, _mesh(1, 1, 1, 1, jax.devices()[:1]), batch, 3)
+  state, losses = helpers.run_steps(c, helpers.mesh(1, 1, 1, 1, jax.devices()[:1]), batch, 3)
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state["params"]))
   assert all(np.isfinite(losses)) and losses[2] != losses[0]
   # steps 1-2 see the zero-initialised output layer (step 1's learning rate is 0 in warm-up): the same

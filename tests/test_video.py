@@ -29,6 +29,7 @@ from data_pipelines import tokenizer
 from data_pipelines import toy_render
 
 from conftest import LATENT_TINY
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,7 +108,6 @@ def _tiny_video(**kw):
 
 @pytest.mark.parametrize("space", ["pixels", "latents"])
 def test_video_sharded_step_equals_the_unsharded_step(toy_train, space, request, tmp_path):
-  from tests import test_train  # the keyframe model's harness: same trainer, same checks
   c = _tiny_video(batch_size=8)
   data = toy_train
   if space == "latents":  # every shot frame's latent, as the toy road pre-computes them
@@ -117,8 +117,8 @@ def test_video_sharded_step_equals_the_unsharded_step(toy_train, space, request,
     c.model.update(LATENT_TINY)
   batch = next(pipeline.make_pipeline(c.data, data, batch_size=8).iterator())
   assert batch[input_space.of(c).frames_key].shape == (8, 2, 2, *input_space.of(c).frame_shape)
-  one, one_losses = test_train._run_steps(c, test_train._mesh(1, 1, 1, 1, jax.devices()[:1]), batch, 3)
-  eight, eight_losses = test_train._run_steps(c, test_train._mesh(2, 1, 2, 2, jax.devices()), batch, 3)
+  one, one_losses = helpers.run_steps(c, helpers.mesh(1, 1, 1, 1, jax.devices()[:1]), batch, 3)
+  eight, eight_losses = helpers.run_steps(c, helpers.mesh(2, 1, 2, 2, jax.devices()), batch, 3)
   np.testing.assert_allclose(eight_losses, one_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(eight["params"]), jax.tree.leaves(one["params"])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
