@@ -8,7 +8,7 @@ import time
 import jax
 
 from cinema_jax import sharding
-from cinema_jax import trainer
+from cinema_jax.training import train_step
 
 
 def median_times(fns: dict, steps: int, warmup: int) -> dict[str, float]:
@@ -30,8 +30,8 @@ def jit_train_step(c, batch_np: dict, devices=None):
 
   Call and lower the step inside `with jax.set_mesh(mesh)`, as the trainer does."""
   mesh = sharding.make_mesh(c.mesh, devices)
-  setup = trainer.make_setup(c, mesh)  # outside the mesh context, as the trainer does
+  setup = train_step.make_setup(c, mesh)  # outside the mesh context, as the trainer does
   with jax.set_mesh(mesh):
     batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch_np.items()}
-    step = trainer.jit_train_step(c, setup, mesh, batch)
+    step = train_step.jit_train_step(c, setup, mesh, batch)
   return step, setup, batch, mesh

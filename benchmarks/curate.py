@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 
 from cinema_jax import cli
-from data_pipelines import curate
+from data_pipelines import films
 from data_pipelines import synthetic_video
 
 _MOVIES = flags.DEFINE_integer("movies", 6, "Synthetic films.")
@@ -36,13 +36,13 @@ def main(_):
     for i in range(_MOVIES.value):
       synthetic_video.write_clip(os.path.join(videos, f"film{i}.mp4"), [2 * _FPS] * (_SECONDS.value // 2),
                                  size=(h, w), fps=_FPS, seed=i, lossless=False)
-    paths = curate.find_videos(videos)
+    paths = films.find_videos(videos)
     total_s = _MOVIES.value * _SECONDS.value
     rows = []
     for workers in (int(x) for x in _WORKERS.value):
       start = time.perf_counter()
-      summary = curate.curate(paths, os.path.join(tmp, f"out{workers}"),
-                              curate.Settings(captioner="echo a shot {image}"), workers=workers)
+      summary = films.curate(paths, os.path.join(tmp, f"out{workers}"),
+                             films.Settings(captioner="echo a shot {image}"), workers=workers)
       wall = time.perf_counter() - start
       rows.append((workers, wall, total_s / wall, summary["records"]["shots"]))
   print(f"Machine: {platform.machine()}, {os.cpu_count()} cores; {_MOVIES.value} films x {_SECONDS.value} s of "

@@ -22,7 +22,7 @@ from cinema_jax import cli
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 from data_pipelines import records
-from data_pipelines import toy_movies
+from data_pipelines import toy_dataset
 from data_pipelines import toy_render
 from data_pipelines import toy_world
 
@@ -41,7 +41,7 @@ def render_speed(world: toy_world.WorldConfig, num_movies: int = 40) -> dict[str
   render = len(shots) / (time.perf_counter() - start)
   start = time.perf_counter()
   for m in movies:
-    toy_movies.movie_shots(m, world)
+    toy_dataset.movie_shots(m, world)
   encoded = len(shots) / (time.perf_counter() - start)
   start = time.perf_counter()
   scripts = sum(len(toy_world.make_movie(321, i, world)["shots"]) for i in range(num_movies))
@@ -71,8 +71,8 @@ def main(argv):
   del argv
   world = toy_world.WorldConfig()  # 32x64, 8 frames per shot
   r = render_speed(world)
-  path = os.path.join(toy_movies.ensure(os.path.join(_WORKDIR.value, "data"), num_movies=64, seed=0,
-                                        world=world), "train")
+  path = os.path.join(toy_dataset.ensure(os.path.join(_WORKDIR.value, "data"), num_movies=64, seed=0,
+                                         world=world), "train")
   n = len(records.ShotReader(path))
   rates = {w: pipeline_speed(path, w, _NUM_BATCHES.value) for w in (0, 2)}
   # Supply vs demand: the demo's own pipeline against what its train step consumes, in one run.

@@ -23,9 +23,9 @@ import numpy as np
 from benchmarks import common
 from benchmarks import train_step as bench
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import flops
 from cinema_jax import goldenmem
-from cinema_jax import trainer
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
@@ -43,7 +43,7 @@ def config(pairs: int, goldenmem: bool, quick: bool = False):
   if quick:
     c.data.goldenmem.group_size = 1
   c.mesh.update(data=1, fsdp=1)  # one device: the figures are per device
-  trainer.validate(c)
+  config_validation.validate(c)
   return c
 
 

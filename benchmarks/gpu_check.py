@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import sampling as sampling_bench
 from benchmarks import common
+from benchmarks import sampling as sampling_bench
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import flops
 from cinema_jax import input_space
-from cinema_jax import trainer
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
 
@@ -68,7 +68,7 @@ def flux_width_config(quick: bool, depth: tuple[int, int], pairs: int, attention
   c.model.update(depth_double=depth[0], depth_single=depth[1], dtype="bfloat16", param_dtype="float32",
                  attention=attention, remat="none")
   c.batch_size = max(1, jax.device_count())
-  trainer.validate(c)
+  config_validation.validate(c)
   return c
 
 

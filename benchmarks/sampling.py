@@ -23,8 +23,8 @@ import numpy as np
 
 from benchmarks import common
 from cinema_jax import cli
-from cinema_jax import sampling
 from cinema_jax.models import keyframe
+from cinema_jax.sampling import keyframe_sampler
 from configs import keyframe as keyframe_config
 
 
@@ -50,7 +50,7 @@ def keyframe_times(c, pairs: int, repeats: int, batch: int = 1) -> dict:
   c = c.copy_and_resolve_references()
   c.data.num_pairs = pairs
   graphdef, params = random_model(c)
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   n_tok, chans = s.grid[0] * s.grid[1], 3 * c.model.patch ** 2
   rng = np.random.default_rng(0)
   xs = (jnp.asarray(rng.uniform(-1, 1, (batch, pairs, n_tok, chans)).astype(np.float32)),)
@@ -62,7 +62,7 @@ def keyframe_times(c, pairs: int, repeats: int, batch: int = 1) -> dict:
   g = jnp.float32(c.sample.guidance)
   calls = {name: (lambda cached=cached: jax.block_until_ready(s._denoise(  # pylint: disable=protected-access
       params, xs, tokens, masks, new, True, (s.grid,), cached, keys, g))) for name, cached in (("none", False),
-                                                                                              ("cache", True))}
+                                                                                               ("cache", True))}
   outs = {name: np.asarray(f()[0][:, -1]) for name, f in calls.items()}  # compiles
   out = {name: t / batch for name, t in common.median_times(calls, repeats, 0).items()}
   out["diff"] = float(np.abs(outs["none"] - outs["cache"]).max())

@@ -24,9 +24,9 @@ import numpy as np
 
 from benchmarks import common
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import flops
 from cinema_jax import input_space
-from cinema_jax import trainer
 from cinema_jax.convert import flux
 from cinema_jax.models import keyframe
 from cinema_jax.models import mmdit
@@ -46,7 +46,7 @@ def train_configs(quick: bool) -> dict:
   # The demo at a width where matmuls, not per-op overhead, dominate; patch 2 -> 128 tokens per frame.
   wide.model.update(hidden=512, num_heads=8, axes_dim=(16, 24, 24), depth_double=4, depth_single=4, patch=2)
   for c in (demo, wide):
-    trainer.validate(c)  # --quick still checks that the full-size configs are usable
+    config_validation.validate(c)  # --quick still checks that the full-size configs are usable
   if quick:
     return {"tiny": keyframe_config.get_config("tiny")}
   return {"demo": demo, "wide": wide}

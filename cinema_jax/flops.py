@@ -38,7 +38,7 @@ class StepCost:
 
   def __init__(self, c: ml_collections.ConfigDict, frames_per_example: int = 1):
     if c.task == "autoencoder":  # every frame of the example's shot, through the encoder and decoder
-      from cinema_jax import autoencoder  # pylint: disable=import-outside-toplevel
+      from cinema_jax.training import autoencoder  # pylint: disable=import-outside-toplevel
       h, w = c.data.resolution
       images = c.batch_size * (c.model.autoencoder.frames_per_shot or frames_per_example)
       self.flops_per_step = 3 * images * autoencoder.forward_flops(c)

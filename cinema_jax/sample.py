@@ -18,12 +18,11 @@ trained configs/video.py model) also shot_<k>.mp4 (each shot, its keyframe first
 order) and movie.html (storyboard, captions and playable shots in one self-contained page). Each folder is
 renamed into place whole. Several processes (hosts, or launch/local.py) split the storylines
 (--process_id/--num_processes, or SLURM's SRUN environment); each batches storylines over its own devices.
-Rerunning the same command skips complete storylines (cinema_jax/sample_job.py).
+Rerunning the same command skips complete storylines (cinema_jax/sampling/jobs.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -34,16 +33,14 @@ from ml_collections import config_flags
 from cinema_jax import checkpoints
 from cinema_jax import cli
 from cinema_jax import loading
-from cinema_jax import sample_job
-from cinema_jax import sampling
 from cinema_jax import sharding
-from cinema_jax import shot_sampling
+from cinema_jax.sampling import jobs
+from cinema_jax.sampling import keyframe_sampler
 from data_pipelines import records
-from data_pipelines import toy_movies
+from data_pipelines import toy_dataset
 
 
 def _define_flags() -> dict:
-  """CLI flags, defined only when run as a script (cinema_jax.evaluate imports this module)."""
   return {
       **cli.define_encoder_flags(),
       "workdir": flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is used)."),
@@ -77,73 +74,13 @@ def _define_flags() -> dict:
   }
 
 
-def read_storylines(path: str) -> list[dict]:
-  """Storylines of a JSONL file, with one-line errors that name the file and line."""
-  if not os.path.exists(path):
-    raise records.DataError(f"storylines file {path} does not exist")
-  out = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        story = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise records.DataError(f"{path} line {n}: not JSON ({e.msg})") from None
-      caps = story.get("captions") if isinstance(story, dict) else None
-      if not isinstance(caps, list) or not caps or not all(isinstance(x, str) and x.strip() for x in caps):
-        raise records.DataError(f"{path} line {n}: expected {{\"title\": ..., \"captions\": [non-empty strings]}}")
-      entry = {"title": str(story.get("title", f"storyline {len(out)}")), "captions": caps,
-               "movie_id": story.get("movie_id")}
-      for key, ok in (("characters", lambda x: isinstance(x, list) and all(isinstance(n, str) for n in x)),
-                      ("places", lambda x: x is None or isinstance(x, str))):  # optional, one per shot
-        if key in story:
-          if not isinstance(story[key], list) or len(story[key]) != len(caps) or not all(map(ok, story[key])):
-            raise records.DataError(f"{path} line {n}: {key!r} must hold one entry per caption "
-                                    f"({'a list of names' if key == 'characters' else 'a place name or null'})")
-          entry[key] = story[key]
-      out.append(entry)
-  if not out:
-    raise records.DataError(f"{path}: no storylines")
-  return out
-
-
-saved_config = loading.saved_config
-load = loading.load
-
-
-def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bool = False,
-                overrides: dict | None = None, encoder_flags: dict | None = None):
-  """(shots_fn for sample_job.run, manifest info, config) of the video model in workdir; resolution:
-  the keyframe model's, which it must match (None: unchecked); overrides: config.sample fields;
-  encoder_flags: the encoder folders (cli.define_encoder_flags' values) for a latent T5/CLIP model."""
-  if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
-    raise records.DataError(f"no checkpoints in --video_workdir={workdir}: train one first "
-                            "(python -m cinema_jax.train --config=configs/video.py:demo)")
-  c = saved_config(workdir)
-  if c.task != "video":
-    raise records.DataError(f"--video_workdir={workdir} holds a {c.task} model, not a video model (configs/video.py)")
-  if resolution is not None and tuple(c.data.resolution) != tuple(resolution):
-    raise records.DataError(f"the video model makes {tuple(c.data.resolution)} frames, the keyframe model "
-                            f"{tuple(resolution)} keyframes")
-  with c.unlocked():
-    c.sample.update(overrides or {})
-  cli.apply_encoder_flags(c, encoder_flags or {})
-  dtype = loading.sampling_dtype(c.sample.param_dtype)
-  mesh = sharding.make_mesh(c.mesh)
-  graphdef, params, step = loading.restore_params(workdir, c, raw_params, dtype, mesh)
-  text, frames = loading.encoders_for(c, dtype, mesh)
-  sampler = shot_sampling.ShotSampler(c, graphdef, text=text, frames=frames)
-  info = {"video_checkpoint_step": step, "video_num_steps": c.sample.num_steps, "video_guidance": c.sample.guidance}
-  return (lambda kf, captions, seed: sampler.shots(params, kf, captions, seed=seed)), info, c
-
 
 def main(argv, f: dict):
   v = {k: flag.value for k, flag in f.items()}
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:
-    pid, nproc = sample_job.process_identity(v["process_id"], v["num_processes"])
+    pid, nproc = jobs.process_identity(v["process_id"], v["num_processes"])
   except ValueError as e:
     sys.exit(f"error: {e}")
   if (v["workdir"] is None) == (v["flux"] is None):
@@ -154,13 +91,13 @@ def main(argv, f: dict):
     sys.exit("error: --storylines=toy needs a --workdir trained on the toy world")
   try:
     if v["storylines"] != "toy":
-      stories = read_storylines(v["storylines"])
+      stories = jobs.read_storylines(v["storylines"])
     if v["flux"] is not None:
       c, step = v["config"], 0
     else:
       if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
         raise records.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
-      c = saved_config(v["workdir"])
+      c = loading.saved_config(v["workdir"])
     cli.apply_encoder_flags(c, v)
     with c.unlocked():
       if v["param_dtype"] is not None:
@@ -177,7 +114,8 @@ def main(argv, f: dict):
     if v["storylines"] == "toy":
       if c.data.path:
         raise records.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
-      stories = read_storylines(os.path.join(toy_movies.root_for_config(c.data, v["workdir"]), "storylines.jsonl"))
+      toy_root = toy_dataset.root_for_config(c.data, v["workdir"])
+      stories = jobs.read_storylines(os.path.join(toy_root, "storylines.jsonl"))
   except (records.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   with c.unlocked():
@@ -192,8 +130,8 @@ def main(argv, f: dict):
   shots_fn, video = None, None
   if v["video_workdir"]:
     try:
-      shots_fn, info_video, _ = video_stage(v["video_workdir"], c.data.resolution, v["raw_params"],
-                                            encoder_flags=v)
+      shots_fn, info_video, _ = jobs.video_stage(v["video_workdir"], c.data.resolution, v["raw_params"],
+                                                 encoder_flags=v)
     except (records.DataError, ValueError) as e:
       sys.exit(f"error: {e}")
     video = {"fps": v["fps"], "scale": v["video_scale"]}
@@ -201,17 +139,17 @@ def main(argv, f: dict):
       sys.exit(f"error: --fps={v['fps']} and --video_scale={v['video_scale']}: expected > 0 and >= 1")
   pairs = v["context_pairs"] or (1 if v["flux"] is not None else None)
   try:
-    sampler = sampling.Sampler(c, graphdef, context_pairs=pairs, clip=clip, text=text, frames=frames)
+    sampler = keyframe_sampler.Sampler(c, graphdef, context_pairs=pairs, clip=clip, text=text, frames=frames)
   except ValueError as e:
     sys.exit(f"error: {e}")
   os.makedirs(v["outdir"], exist_ok=True)
   info = dict(checkpoint_step=step, **({"flux": os.path.abspath(v["flux"])} if v["flux"] else {}),
               context_pairs=sampler.num_pairs, mode=c.sample.mode, num_steps=c.sample.num_steps,
               guidance=c.sample.guidance, kv_cache=c.sample.kv_cache, **(info_video if shots_fn else {}))
-  sample_job.run(sampler, params, stories, v["outdir"], seed=v["seed"], max_shots=c.sample.max_shots,
-                 per_device_batch=v["per_device_batch"], process_id=pid, num_processes=nproc, info=info,
-                 title_suffix=f" (step {step})", echo=lambda line: print(line, flush=True), shots_fn=shots_fn,
-                 video=video)
+  jobs.run(sampler, params, stories, v["outdir"], seed=v["seed"], max_shots=c.sample.max_shots,
+           per_device_batch=v["per_device_batch"], process_id=pid, num_processes=nproc, info=info,
+           title_suffix=f" (step {step})", echo=lambda line: print(line, flush=True), shots_fn=shots_fn,
+           video=video)
 
 
 if __name__ == "__main__":

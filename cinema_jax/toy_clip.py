@@ -28,7 +28,7 @@ import safetensors.numpy
 from cinema_jax import goldenmem
 from cinema_jax import retrieval
 from data_pipelines import records
-from data_pipelines import toy_movies
+from data_pipelines import toy_dataset
 
 IMAGE_GRID = (8, 16)  # (h, w) pixels the image tower sees
 FILENAME = "toy_clip.safetensors"
@@ -160,7 +160,7 @@ def resolve(data_config, workdir: str, log=lambda msg: None) -> str:
     return given
   path = os.path.join(workdir, FILENAME)
   if not os.path.isfile(path):
-    data = toy_movies.train_path(data_config, workdir, log)
+    data = toy_dataset.train_path(data_config, workdir, log)
     log(f"training ToyCLIP on {data} for text-to-image retrieval")
     save(fit_dataset(data), path)
   return path

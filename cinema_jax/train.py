@@ -7,7 +7,7 @@ add --coordinator_address/--num_processes/--process_id, or --distributed to let 
 (cinema_jax/distributed.py).
 
 --compile_only compiles the step for the configured mesh and prints parameters, FLOPs and memory per
-device, on this machine's devices, --fake_devices=N CPU devices, or a TPU --topology (cinema_jax/aot.py).
+device, on this machine's devices, --fake_devices=N CPU devices, or a TPU --topology (cinema_jax/training/aot.py).
 """
 
 import os
@@ -19,16 +19,15 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from cinema_jax import aot
-from cinema_jax import autoencoder
-from cinema_jax import checkpoints
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import distributed
 from cinema_jax import sharding
-from cinema_jax import trainer
+from cinema_jax.training import aot
+from cinema_jax.training import autoencoder
+from cinema_jax.training import loop
 from data_pipelines import pipeline
 from data_pipelines import records
-from data_pipelines import toy_movies
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "Config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and the toy data go here.")
@@ -41,7 +40,7 @@ _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
 _STOP_AT = flags.DEFINE_integer("stop_at_step", None, "End this run at this step with a checkpoint, as a preempted "
                                 "or time-sliced job would; rerunning with the same workdir continues exactly.")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile the step for the mesh, print its memory and FLOPs, "
-                                   "and exit (no workdir, no data).")
+                                  "and exit (no workdir, no data).")
 _FAKE_DEVICES = flags.DEFINE_integer("fake_devices", None,
                                      "--compile_only: on this many CPU devices (a pod-sized mesh).")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "--compile_only: for this Cloud TPU slice, e.g. v5p:4x4x4 (libtpu).")
@@ -52,21 +51,9 @@ def compile_only(c) -> None:
     kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     os.environ["XLA_FLAGS"] = " ".join(kept + [f"--xla_force_host_platform_device_count={_FAKE_DEVICES.value}"])
     jax.config.update("jax_platforms", "cpu")
-  trainer.validate(c, reads_data=False)
+  config_validation.validate(c, reads_data=False)
   devices = aot.topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else None
   print(aot.format_report(aot.compile_train_step(c, devices)), flush=True)
-
-
-def export_autoencoder(c, workdir: str) -> None:
-  """A finished autoencoder run: workdir/vae, the diffusers folder precompute --vae and sampling read."""
-  mngr = checkpoints.manager(workdir, read_only=True)
-  finished = mngr.latest_step() == c.total_steps
-  mngr.close()
-  if jax.process_index() != 0 or not finished:  # stopped early (--stop_at_step): a later run exports
-    return
-  path = toy_movies.train_path(c.data, workdir)
-  out = autoencoder.export(c, workdir, autoencoder.calibration_frames(path))
-  print(f"autoencoder: {out} (precompute --vae={out})", flush=True)
 
 
 def main(argv):
@@ -88,10 +75,10 @@ def main(argv):
   logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(), jax.process_count(),
                jax.device_count(), jax.default_backend())
   try:
-    last = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
+    last = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
     if _CONFIG.value.task == "autoencoder" and not last.get("preempted"):
-      export_autoencoder(_CONFIG.value, _WORKDIR.value)
-  except (pipeline.ConfigError, sharding.MeshError, records.DataError, trainer.TrainingError) as e:
+      autoencoder.export_finished_run(_CONFIG.value, _WORKDIR.value)
+  except (pipeline.ConfigError, sharding.MeshError, records.DataError, loop.TrainingError) as e:
     sys.exit(f"error: {e}")
   except Exception as e:  # pylint: disable=broad-except
     distributed.collective_failure(e)  # exits when a peer died

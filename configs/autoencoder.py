@@ -1,4 +1,4 @@
-"""Autoencoder config: `--config=configs/autoencoder.py[:VARIANT]` (cinema_jax/autoencoder.py).
+"""Autoencoder config: `--config=configs/autoencoder.py[:VARIANT]` (cinema_jax/training/autoencoder.py).
 
   toy   FLUX's AutoencoderKL module at the toy world's size: 32x64 frames -> 16x32 latents of 4 channels
         (2x down), which the keyframe and video models read in 4x4 patches: the 4x8 token grid of a

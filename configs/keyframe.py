@@ -103,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, keep=3, async_save=True,
-      on_save_error="stop"))  # a failed save: "stop" | "retry" at the next checkpoint step (cinema_jax/faults.py)
+      on_save_error="stop"))  # a failed save: "stop" | "retry" at the next checkpoint step (training/faults.py)
   # A step whose loss, gradient or update is not finite changes nothing; then "stop" (naming the step and
   # quantity) or "skip" it and stop after max_consecutive in a row.
   c.nonfinite = ml_collections.ConfigDict(dict(policy="stop", max_consecutive=10))

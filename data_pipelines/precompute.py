@@ -36,15 +36,15 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from cinema_jax import autoencoder as autoencoder_lib
 from cinema_jax import cli
 from cinema_jax import encoders
 from cinema_jax import toy_clip
 from cinema_jax.models import clip
 from cinema_jax.models import vae as vae_model
+from cinema_jax.training import autoencoder
 from data_pipelines import records
 from data_pipelines import tokenizer
-from data_pipelines import toy_movies
+from data_pipelines import toy_dataset
 
 @dataclasses.dataclass
 class Encoders:
@@ -189,7 +189,7 @@ def train_path(data_config, workdir: str, log=print) -> str:
   """The training records a data config reads: config.data.path, or the toy world's (built under workdir
   on first use), in the latents of config.data.toy.autoencoder when one is named (`toy_latents`)."""
   if data_config.path or not data_config.toy.autoencoder:
-    return toy_movies.train_path(data_config, workdir, log)
+    return toy_dataset.train_path(data_config, workdir, log)
   return toy_latents(data_config, workdir, log)
 
 
@@ -202,11 +202,11 @@ def toy_latents(data_config, workdir: str, log=print) -> str:
   files = [os.path.join(ae, "config.json"), os.path.join(ae, "diffusion_pytorch_model.safetensors")]
   if not all(os.path.exists(f) for f in files):
     parent, leaf = os.path.split(os.path.normpath(ae))
-    make = (f"--workdir={parent or '.'} (it ends by writing {ae})" if leaf == autoencoder_lib.EXPORT_DIR else
-            f"--workdir=AE and pass --config.data.toy.autoencoder=AE/{autoencoder_lib.EXPORT_DIR}")
+    make = (f"--workdir={parent or '.'} (it ends by writing {ae})" if leaf == autoencoder.EXPORT_DIR else
+            f"--workdir=AE and pass --config.data.toy.autoencoder=AE/{autoencoder.EXPORT_DIR}")
     raise records.DataError(f"config.data.toy.autoencoder={ae!r}: no autoencoder there; train the toy autoencoder "
                             f"first: python -m cinema_jax.train --config=configs/autoencoder.py:toy {make}")
-  root = toy_movies.root_for_config(data_config, workdir, log)
+  root = toy_dataset.root_for_config(data_config, workdir, log)
   embedding = None
   if data_config.context_order == "image":  # retrieval by image reads the records' embeddings (as CLIP's)
     files.append(toy_clip.resolve(data_config, workdir, log))

@@ -20,11 +20,11 @@ from ml_collections import config_flags
 import numpy as np
 
 from cinema_jax import cli
-from cinema_jax import storyboard
+from cinema_jax.sampling import storyboard
 from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import tokenizer
-from data_pipelines import toy_movies
+from data_pipelines import toy_dataset
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the toy data and the preview go.")
@@ -32,7 +32,7 @@ _NUM_BATCHES = flags.DEFINE_integer("num_batches", 8, "Batches to draw and summa
 
 
 def summarise(c, workdir: str, num_batches: int) -> str:
-  path = toy_movies.train_path(c.data, workdir, log=print)
+  path = toy_dataset.train_path(c.data, workdir, log=print)
   p = pipeline.make_pipeline(c.data, path, batch_size=c.batch_size)
   ix = p.reader.index
   shots = np.array([m["num_shots"] for m in ix.movies])

@@ -18,7 +18,7 @@ import pytest  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-
 
 from absl import flags  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from data_pipelines import toy_movies  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import toy_dataset  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import toy_world  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # grain reads absl flags; under pytest nobody parses them.
@@ -45,7 +45,7 @@ TINY_WORLD = toy_world.WorldConfig(height=16, width=32, num_frames=2, min_shots=
 def toy_root(tmp_path_factory) -> str:
   """A small toy-movie dataset (12 training movies, 2 storylines), built once per session."""
   out = str(tmp_path_factory.mktemp("toy") / "data")
-  toy_movies.build(out, num_movies=12, seed=7, world=TINY_WORLD, num_storylines=2, num_shards=3)
+  toy_dataset.build(out, num_movies=12, seed=7, world=TINY_WORLD, num_storylines=2, num_shards=3)
   return out
 
 
@@ -72,7 +72,7 @@ def toy_autoencoder(tmp_path_factory) -> str:
   """A random autoencoder folder at the toy autoencoder's architecture (2x down, 4 latent channels), as
   configs/autoencoder.py exports it: what the latent road asserts holds for any weights."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from cinema_jax import autoencoder  # pylint: disable=import-outside-toplevel
+  from cinema_jax.training import autoencoder  # pylint: disable=import-outside-toplevel
   from cinema_jax.models import vae  # pylint: disable=import-outside-toplevel
   ae = vae.AutoencoderKL(vae.VAEConfig(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
                                        norm_num_groups=4, scaling_factor=0.5, shift_factor=0.1), nnx.Rngs(0))
@@ -92,13 +92,13 @@ def replace_record_fixture():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> str:
   """A workdir of the tiny keyframe config trained 4 steps (EMA decay 0.5), built once per session."""
-  from cinema_jax import trainer  # pylint: disable=g-import-not-at-top
+  from cinema_jax.training import loop  # pylint: disable=g-import-not-at-top
   from configs import keyframe as keyframe_config  # pylint: disable=g-import-not-at-top
   c = keyframe_config.get_config("tiny")
   c.update(batch_size=8, total_steps=4)  # 8 fake devices in this process
   c.optimizer.ema_decay = 0.5
   workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
-  trainer.train_and_evaluate(c, workdir)
+  loop.train_and_evaluate(c, workdir)
   return workdir
 
 
@@ -184,7 +184,7 @@ def flux_run(tmp_path_factory, flux_folders, toy_train) -> dict:
   """What a FLUX.1 user does, at flux_folders' size: the transformer converted (convert.flux), the toy
   world pre-computed by the encoders (FLUX's text convention, every shot frame's latent), and a keyframe model
   trained 2 steps from the converted weights (init_from, EMA decay 0.5): {"converted", "data", "workdir", "metrics"}."""
-  from cinema_jax import trainer  # pylint: disable=g-import-not-at-top
+  from cinema_jax.training import loop  # pylint: disable=g-import-not-at-top
   from cinema_jax.convert import flux  # pylint: disable=g-import-not-at-top
   from data_pipelines import precompute  # pylint: disable=g-import-not-at-top
   f, root = flux_folders, tmp_path_factory.mktemp("flux_run")
@@ -195,5 +195,5 @@ def flux_run(tmp_path_factory, flux_folders, toy_train) -> dict:
   c = flux_config(path=data)
   c.update(total_steps=2, batch_size=8, init_from=converted)
   c.optimizer.update(ema_decay=0.5, lr=1e-2, warmup_steps=1)
-  metrics = trainer.train_and_evaluate(c, str(root / "run"))
+  metrics = loop.train_and_evaluate(c, str(root / "run"))
   return {"converted": converted, "data": data, "workdir": str(root / "run"), "metrics": metrics}

@@ -17,7 +17,7 @@ import numpy as np
 
 from cinema_jax import checkpoints
 from cinema_jax import sharding
-from cinema_jax import trainer
+from cinema_jax.training import train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,10 +29,10 @@ def mesh(data, fsdp, context, tensor, devices):
 
 def run_steps(c, mesh, batch_np, n, hlo=None):
   """(state, losses) after n steps on batch_np; hlo: a list that gets the step's HLO text."""
-  setup = trainer.make_setup(c, mesh)
+  setup = train_step.make_setup(c, mesh)
   with jax.set_mesh(mesh):
     batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch_np.items()}
-    step = trainer.jit_train_step(c, setup, mesh, batch)
+    step = train_step.jit_train_step(c, setup, mesh, batch)
     if hlo is not None:
       hlo.append(step.lower(setup.abstract_state, batch).as_text(dialect="hlo"))
     state, losses = setup.init(), []
@@ -75,7 +75,7 @@ def state_at(workdir: str, step: int | None = None) -> list[np.ndarray]:
   """The leaves of the saved state at `step` (default: the latest), restored on one device."""
   c = checkpoints.saved_config(workdir)
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
-  setup = trainer.make_setup(c, mesh)
+  setup = train_step.make_setup(c, mesh)
   mngr = checkpoints.manager(workdir, read_only=True)
   try:
     step = mngr.latest_step() if step is None else step

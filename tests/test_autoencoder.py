@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cinema_jax import autoencoder
 from cinema_jax import encoders
 from cinema_jax.eval import reconstruction
 from cinema_jax.models import vae
+from cinema_jax.training import autoencoder
 from configs import autoencoder as autoencoder_config
 from configs import keyframe as keyframe_config
 from data_pipelines import precompute

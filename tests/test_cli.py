@@ -22,7 +22,7 @@ def verbosity():
 
 def test_library_info_lines_are_dropped_unless_verbosity_asks(verbosity):
   keep = cli.ProjectLogsOnly().filter
-  ours = os.path.join(os.path.dirname(cli.__file__), "trainer.py")
+  ours = os.path.join(os.path.dirname(cli.__file__), "training", "loop.py")
   library = "/usr/lib/python3/site-packages/orbax/checkpoint/checkpoint_manager.py"
   verbosity(0)
   assert keep(_record(ours, logging.INFO))

@@ -3,15 +3,15 @@
 import jax
 import pytest
 
+from cinema_jax import config_validation
 from cinema_jax import input_space
-from cinema_jax import trainer
 from cinema_jax.models import keyframe
 from configs import keyframe as keyframe_config
 
 
 @pytest.mark.parametrize("variant", ["demo", "demo_long", "tiny"])
 def test_toy_variants_validate(variant):
-  trainer.validate(keyframe_config.get_config(variant))
+  config_validation.validate(keyframe_config.get_config(variant))
 
 
 def test_flux_dev_has_the_flux1_dev_parameter_count():
@@ -37,12 +37,12 @@ def test_unknown_variant():
     ("retrieval", "recent", "data.context_order", "chronological"), ("retrieval", "mix", "data.retrieval.recency", 0.3),
     ("retrieval", "image", "data.context_order", "image"),
     ("context_noise", "0-0", "sample.context_t", (0.0, 0.0)), ("context_noise", "500-1000", "objective.context_t",
-                                                                (0.5, 0.999)),
+                                                               (0.5, 0.999)),
     ("curriculum", "on", "curriculum.pairs", (1, 4, 16)), ("curriculum", "off", "curriculum.pairs", ())])
 def test_ablations_validate_and_change_what_they_say(name, arg, field, value):
   module = __import__(f"configs.ablations.{name}", fromlist=["get_config"])
   c = module.get_config(arg)
-  trainer.validate(c)
+  config_validation.validate(c)
   got = c
   for part in field.split("."):
     got = got[part]
@@ -62,7 +62,7 @@ def test_demo_and_ablation_configs_read_the_toy_autoencoders_latents(name, arg):
   space = input_space.of(c)
   assert not space.pixels and space.frame_shape == (16, 32, 4) and space.grid == (4, 8)  # GoldenMem's 3 levels
   assert c.data.toy.autoencoder == keyframe_config.TOY_AUTOENCODER
-  trainer.validate(c)
+  config_validation.validate(c)
 
 
 def test_tiny_reads_pixels():  # the benchmarks' configs are the demo's (benchmarks/train_step.py)

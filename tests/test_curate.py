@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_pipelines import curate
+from data_pipelines import films
 from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import toy_world
@@ -50,8 +50,8 @@ def test_bikes_cuts_and_middle_keyframes(tmp_path):
   caps = tmp_path / "captions"
   caps.mkdir()
   (caps / "bikes.json").write_text(json.dumps({str(k): f"<Rider> rides, shot {k}." for k in range(6)}))
-  s = curate.Settings(short_side=64, min_shot_s=0.0)
-  summary = curate.curate([BIKES], str(tmp_path / "out"), s, captions_dir=str(caps))
+  s = films.Settings(short_side=64, min_shot_s=0.0)
+  summary = films.curate([BIKES], str(tmp_path / "out"), s, captions_dir=str(caps))
   manifest = json.loads((tmp_path / "out" / "movies" / "bikes" / "manifest.json").read_text())
   cuts = [(x["start_frame"], x["end_frame"]) for x in manifest["shots"]]
   assert cuts == [(0, 30), (30, 76), (76, 137), (137, 187), (187, 242), (242, 250)]
@@ -82,8 +82,8 @@ def test_borders_short_shots_captions_and_bad_files(tmp_path):
   (caps / "letterbox.json").write_text(json.dumps({"0": "A red room.", "1": "<Ann> in green.", "3": "Blue."}))
   (caps / "pillarbox.json").write_text(json.dumps({"0": "Shot one.", "2": "Shot three."}))  # shot 1 has none
   # Black bars dilute the content detector's colour change: a lower threshold than its default 27.
-  s = curate.Settings(short_side=16, min_scene_len=3, min_shot_s=0.5, threshold=15.0)
-  summary = curate.curate(curate.find_videos(str(videos)), str(tmp_path / "out"), s, captions_dir=str(caps))
+  s = films.Settings(short_side=16, min_scene_len=3, min_shot_s=0.5, threshold=15.0)
+  summary = films.curate(films.find_videos(str(videos)), str(tmp_path / "out"), s, captions_dir=str(caps))
   by_id = {e["movie_id"]: e for e in summary["movies"]}
   assert sorted(by_id) == ["cut", "letterbox", "notes", "pillarbox", "truncated"]
   assert by_id["truncated"]["status"].startswith("skipped: cannot decode")
@@ -112,7 +112,7 @@ def test_borders_short_shots_captions_and_bad_files(tmp_path):
     box = lb["border_box"] if m == "letterbox" else pb["border_box"]
     np.testing.assert_array_equal(keyframe, _expected_keyframe(frames[m][mid], box, s))
     assert keyframe.shape == (16, 32, 3) and keyframe.min() > 0  # no black bar left
-  assert "| letterbox | 2.6 | 4 | 3 | 1 | 0 | 0 | 0 | 0 | done |" in curate.report_table(summary)
+  assert "| letterbox | 2.6 | 4 | 3 | 1 | 0 | 0 | 0 | 0 | done |" in films.report_table(summary)
 
 
 def test_filters_srt_captioner_and_frames(tmp_path):
@@ -123,8 +123,8 @@ def test_filters_srt_captioner_and_frames(tmp_path):
   write_clip(str(videos / "film.mp4"), [25, 25, 25, 25], size=(32, 64), colours=shots)
   (caps / "film.srt").write_text("1\n00:00:00,100 --> 00:00:00,900\n<Ann> waves.\n\n"
                                  "2\n00:00:01,500 --> 00:00:02,500\nThen she runs\naway.\n")
-  s = curate.Settings(short_side=16, min_scene_len=3, frames=4, fps=10.0)
-  summary = curate.curate([str(videos / "film.mp4")], str(tmp_path / "srt"), s, captions_dir=str(caps))
+  s = films.Settings(short_side=16, min_scene_len=3, frames=4, fps=10.0)
+  summary = films.curate([str(videos / "film.mp4")], str(tmp_path / "srt"), s, captions_dir=str(caps))
   e = summary["movies"][0]
   assert e["filtered"]["dark"] == 1 and e["filtered"]["no_caption"] == 1 and e["kept"] == 2
   got, index = _records(str(tmp_path / "srt" / "train"))
@@ -138,19 +138,19 @@ def test_filters_srt_captioner_and_frames(tmp_path):
   captioner = (f"{sys.executable} -c \"import sys, numpy as np; from PIL import Image; "
                f"m = np.asarray(Image.open(sys.argv[1])).reshape(-1, 3).mean(0); "
                f"print('<Bo> under', ['red', 'green', 'blue'][int(m.argmax())], 'light')\" {{image}}")
-  s2 = curate.Settings(short_side=16, min_scene_len=3, captioner=captioner)
-  summary = curate.curate([str(videos / "film.mp4")], str(tmp_path / "cap"), s2)
+  s2 = films.Settings(short_side=16, min_scene_len=3, captioner=captioner)
+  summary = films.curate([str(videos / "film.mp4")], str(tmp_path / "cap"), s2)
   got, _ = _records(str(tmp_path / "cap" / "train"))
   assert [sh.caption for sh, _, _ in got] == ["<Bo> under red light", "<Bo> under green light",
                                               "<Bo> under red light"]  # shot 3 is yellow: red wins by a hair
   assert {sh.meta["caption_source"] for sh, _, _ in got} == {"captioner"}
-  s3 = curate.Settings(short_side=16, min_scene_len=3, captioner=f"{sys.executable} -c 'raise SystemExit(3)' {{image}}")
-  summary = curate.curate([str(videos / "film.mp4")], str(tmp_path / "fail"), s3)
+  s3 = films.Settings(short_side=16, min_scene_len=3, captioner=f"{sys.executable} -c 'raise SystemExit(3)' {{image}}")
+  summary = films.curate([str(videos / "film.mp4")], str(tmp_path / "fail"), s3)
   manifest = json.loads((tmp_path / "fail" / "movies" / "film" / "manifest.json").read_text())
   assert summary["records"] is None and manifest["shots"][0]["why"].startswith("captioner exited 3")
   with pytest.raises(ValueError, match="was curated with short_side=16, this run has 32"):
-    curate.curate([str(videos / "film.mp4")], str(tmp_path / "fail"),
-                  curate.Settings(short_side=32, min_scene_len=3, captioner=s3.captioner))
+    films.curate([str(videos / "film.mp4")], str(tmp_path / "fail"),
+                 films.Settings(short_side=32, min_scene_len=3, captioner=s3.captioner))
 
 
 def _cli(*args):
@@ -194,18 +194,18 @@ def test_a_killed_run_resumes_to_the_same_records(tmp_path):
 
 
 def test_curated_records_train_the_tiny_model(tmp_path):
-  from cinema_jax import trainer  # pylint: disable=g-import-not-at-top
+  from cinema_jax.training import loop  # pylint: disable=g-import-not-at-top
   from configs import keyframe as keyframe_config  # pylint: disable=g-import-not-at-top
   videos, caps = _films(tmp_path, 2, 6, 15, "film")
-  curate.curate(curate.find_videos(str(videos)), str(tmp_path / "out"),
-                curate.Settings(short_side=16, min_scene_len=3, min_shot_s=0.5), captions_dir=str(caps))
+  films.curate(films.find_videos(str(videos)), str(tmp_path / "out"),
+               films.Settings(short_side=16, min_scene_len=3, min_shot_s=0.5), captions_dir=str(caps))
   c = keyframe_config.get_config("tiny")
   c.update(batch_size=8, total_steps=2)
   c.data.path = str(tmp_path / "out" / "train")
   c.log.sample_every_steps = 0
   with pytest.raises(pipeline.ConfigError, match=r"config.data.tokenizer='': .* no tokenizer.json"):
-    trainer.train_and_evaluate(c, str(tmp_path / "run"))  # real captions: the toy model needs a tokenizer
+    loop.train_and_evaluate(c, str(tmp_path / "run"))  # real captions: the toy model needs a tokenizer
   toy_world.write_tokenizer(str(tmp_path / "tokenizer.json"))  # the toy world's words (others are [UNK])
   c.data.tokenizer = str(tmp_path / "tokenizer.json")
-  last = trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  last = loop.train_and_evaluate(c, str(tmp_path / "run"))
   assert last["step"] == 2 and np.isfinite(last["loss"])

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from cinema_jax import evaluate
-from cinema_jax import sample_job
+from cinema_jax.eval import benchmark
 from cinema_jax.eval import judge
 from cinema_jax.eval import metrics
+from cinema_jax.sampling import jobs
 from data_pipelines import toy_render
 from data_pipelines import toy_world
 
@@ -107,8 +107,8 @@ def _write_storylines(tmp_path, movie):
   captions = [s["caption"] for s in movie["shots"]]
   (root / "storylines.jsonl").write_text(json.dumps({"title": "held out", "movie_id": movie["movie_id"],
                                                      "captions": captions}) + "\n")
-  (root / evaluate.TRUTH_FILE).write_text(json.dumps({k: movie[k] for k in ("movie_id", "cast", "locations",
-                                                                            "shots")}) + "\n")
+  (root / benchmark.TRUTH_FILE).write_text(json.dumps({k: movie[k] for k in ("movie_id", "cast", "locations",
+                                                                             "shots")}) + "\n")
   return root / "storylines.jsonl", captions
 
 
@@ -120,9 +120,9 @@ def _run(*args):
 def test_evaluate_judges_folders_of_samples(tmp_path, movie):
   storylines, captions = _write_storylines(tmp_path, movie)
   story = {"title": "held out", "movie_id": movie["movie_id"]}
-  sample_job.save_storyline(str(tmp_path / "real"), 0, story, _render(movie["shots"]), captions, seconds=1.0)
+  jobs.save_storyline(str(tmp_path / "real"), 0, story, _render(movie["shots"]), captions, seconds=1.0)
   copies = np.repeat(_render(movie["shots"][:1]), SHOTS, axis=0)
-  sample_job.save_storyline(str(tmp_path / "copies"), 0, story, copies, captions, seconds=2.0)
+  jobs.save_storyline(str(tmp_path / "copies"), 0, story, copies, captions, seconds=2.0)
   done = _run(f"--samples={tmp_path / 'real'},{tmp_path / 'copies'}", f"--storylines={storylines}",
               f"--out={tmp_path / 'report'}")
   assert done.returncode == 0, done.stderr[-2000:]
@@ -138,7 +138,7 @@ def test_evaluate_errors_name_the_culprit(tmp_path, movie):
   storylines, _ = _write_storylines(tmp_path, movie)
   done = _run(f"--samples={tmp_path / 'nothing'}", f"--storylines={storylines}", f"--out={tmp_path / 'r'}")
   assert done.stderr.strip().splitlines()[-1] == f"error: samples folder {tmp_path / 'nothing'} does not exist"
-  os.remove(tmp_path / "world" / evaluate.TRUTH_FILE)
+  os.remove(tmp_path / "world" / benchmark.TRUTH_FILE)
   done = _run(f"--samples={tmp_path}", f"--storylines={storylines}", f"--out={tmp_path / 'r'}")
   assert done.stderr.strip().splitlines()[-1].startswith(f"error: no ground truth for {storylines}")
   done = _run(f"--workdir={tmp_path}", "--num_pairs=0,8", f"--storylines={storylines}", f"--out={tmp_path / 'r'}")
@@ -172,7 +172,7 @@ def test_evaluate_scores_any_storylines_with_clip_proxies(tmp_path, flux_folders
   (tmp_path / "stories.jsonl").write_text(json.dumps(story) + "\n")  # no ground truth beside it
   frames = np.random.default_rng(0).integers(0, 256, (4, 16, 32, 3), np.uint8)
   frames[2] = frames[1]  # the two <Bo> shots look alike, the <Ann> pair does not
-  sample_job.save_storyline(str(tmp_path / "samples"), 0, story, frames, captions)
+  jobs.save_storyline(str(tmp_path / "samples"), 0, story, frames, captions)
   done = _run(f"--samples={tmp_path / 'samples'}", f"--storylines={tmp_path / 'stories.jsonl'}",
               f"--out={tmp_path / 'report'}", f"--clip_model={flux_folders['clip']}")
   assert done.returncode == 0, done.stderr[-2000:]

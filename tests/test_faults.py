@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from cinema_jax import checkpoints
-from cinema_jax import faults
+from cinema_jax import config_validation
 from cinema_jax import sharding
-from cinema_jax import trainer
+from cinema_jax.training import faults
+from cinema_jax.training import loop
+from cinema_jax.training import train_step
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 
@@ -79,7 +81,7 @@ def _start_two(workdir, port, cache, tmp_path, tag):
     logs.append(open(tmp_path / f"{tag}{i}.log", "w"))
     procs.append(subprocess.Popen(
         helpers.train_cmd(workdir, 400, ["--config.batch_size=4", f"--coordinator_address=127.0.0.1:{port}",
-                                             "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout_s=10"]),
+                                         "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout_s=10"]),
         cwd=REPO, env=helpers.train_env(cache), stdout=subprocess.DEVNULL, stderr=logs[-1]))
   return procs, logs
 
@@ -144,12 +146,12 @@ def test_skip_policy_counts_and_stops_after_k_in_a_row(tmp_path):
   c = _tiny(total_steps=8)
   c.optimizer.lr = float("nan")  # every update is NaN
   c.nonfinite.update(policy="skip", max_consecutive=3)
-  with pytest.raises(trainer.TrainingError, match=r"non-finite update at step 3 .*: 3 steps in a row skipped "
+  with pytest.raises(loop.TrainingError, match=r"non-finite update at step 3 .*: 3 steps in a row skipped "
                      r"\(config.nonfinite.max_consecutive=3\), 3 in all; stopped. The last checkpoint \(step 2\)"):
-    trainer.train_and_evaluate(c, str(tmp_path))
+    loop.train_and_evaluate(c, str(tmp_path))
   # Skipped steps change nothing: the checkpoint of step 2 holds the initial parameters.
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
-  setup = trainer.make_setup(c, mesh)
+  setup = train_step.make_setup(c, mesh)
   with jax.set_mesh(mesh):
     saved = checkpoints.restore(checkpoints.manager(str(tmp_path), read_only=True), 2, setup.abstract_state)
     init = setup.init()
@@ -189,23 +191,23 @@ def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_pa
   monkeypatch.setattr(checkpoints, "save", _failing_save({4}, seen))
   c = _tiny(total_steps=6)
   c.checkpoint.update(every_steps=2, keep=1)
-  with pytest.raises(trainer.TrainingError, match=r"checkpoint save at step 4 failed \(OSError: \[Errno 28\] No space "
+  with pytest.raises(loop.TrainingError, match=r"checkpoint save at step 4 failed \(OSError: \[Errno 28\] No space "
                      r"left on device\); the last complete checkpoint \(step 2\) is intact$"):
-    trainer.train_and_evaluate(c, str(tmp_path / "stop"))
+    loop.train_and_evaluate(c, str(tmp_path / "stop"))
   assert helpers.committed_steps(str(tmp_path / "stop")) == [2]
 
   seen.clear()
   c.checkpoint.on_save_error = "retry"
-  last = trainer.train_and_evaluate(c, str(tmp_path / "retry"))
+  last = loop.train_and_evaluate(c, str(tmp_path / "retry"))
   assert last["step"] == 6
   assert seen == [(2, []), (4, [2]), (6, [2])]  # step 2 stays until 6 is committed (keep=1)
   assert helpers.committed_steps(str(tmp_path / "retry")) == [6]
 
   monkeypatch.setattr(checkpoints, "save", _failing_save({8}, []))  # the last save must not fail silently
   c.total_steps = 8
-  with pytest.raises(trainer.TrainingError,
+  with pytest.raises(loop.TrainingError,
                      match=r"checkpoint save at step 8 failed .* \(this was the run's last save\)"):
-    trainer.train_and_evaluate(c, str(tmp_path / "retry"))
+    loop.train_and_evaluate(c, str(tmp_path / "retry"))
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -219,7 +221,7 @@ def test_fault_policies_are_validated(field, value, message):
   with c.ignore_type():
     c[section][name] = value
   with pytest.raises(pipeline.ConfigError, match=re.escape(message)):
-    trainer.validate(c)
+    config_validation.validate(c)
 
 
 def test_no_code_path_unpickles_or_executes_user_files():

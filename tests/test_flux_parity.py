@@ -12,10 +12,11 @@ import torch
 
 from cinema_jax import checkpoints
 from cinema_jax import sharding
-from cinema_jax import trainer
 from cinema_jax.convert import flux
 from cinema_jax.models import keyframe
 from cinema_jax.models import mmdit
+from cinema_jax.training import loop
+from cinema_jax.training import train_step
 from configs import keyframe as keyframe_config
 
 B, H, W, L = 2, 4, 6, 5  # batch, image grid, text tokens
@@ -224,14 +225,14 @@ def test_training_starts_from_converted_weights(tmp_path, toy_train):
   flux.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ours"), c)
   c.update(init_from=str(tmp_path / "ours"), total_steps=1, batch_size=8)
   c.data.update(path=toy_train)
-  trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  loop.train_and_evaluate(c, str(tmp_path / "run"))
   # step 1's learning rate is 0 (warm-up): the saved parameters and EMA are the converted ones
   state = checkpoints.restore(checkpoints.manager(str(tmp_path / "run"), read_only=True), 1,
-                              trainer.make_setup(c, sharding.make_mesh(c.mesh)).abstract_state)
+                              train_step.make_setup(c, sharding.make_mesh(c.mesh)).abstract_state)
   want = flux.from_diffusers(_numpy_state(torch_model), cfg)
   for tree in (state["params"]["dit"], state["ema"]["dit"]):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6), tree, want)
 
   c.init_from = str(tmp_path / "nowhere")
-  with pytest.raises(trainer.TrainingError, match="no converted parameters there"):
-    trainer.train_and_evaluate(c, str(tmp_path / "run2"))
+  with pytest.raises(loop.TrainingError, match="no converted parameters there"):
+    loop.train_and_evaluate(c, str(tmp_path / "run2"))

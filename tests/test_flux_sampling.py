@@ -18,9 +18,9 @@ import torch
 from cinema_jax import encoders
 from cinema_jax import loading
 from cinema_jax import retrieval
-from cinema_jax import sampling
 from cinema_jax.convert import flux
 from cinema_jax.convert import mapping
+from cinema_jax.sampling import keyframe_sampler
 
 from conftest import FLUX_T5_LEN
 
@@ -51,8 +51,8 @@ def test_one_keyframe_equals_diffusers_flux_pipeline(flux_folders, flux_config):
   c = flux_config()
   c.sample.update(num_steps=6, guidance=3.5)
   text = _text(f, c)
-  sampler = sampling.Sampler(c, nnx.graphdef(loading.keyframe.abstract(c)), context_pairs=1, text=text,
-                             frames=encoders.VAEFrames.load(f["vae"]))
+  sampler = keyframe_sampler.Sampler(c, nnx.graphdef(loading.keyframe.abstract(c)), context_pairs=1, text=text,
+                                     frames=encoders.VAEFrames.load(f["vae"]))
   params = _converted(f, c)
   ours = sampler.frames_batch(params, [[PROMPT]], seeds=[3])[0]  # [1, 8, 16, 16] latents
   assert int(text.t5_tokenizer([PROMPT])[1].sum()) < FLUX_T5_LEN  # the prompt is padded
@@ -88,20 +88,21 @@ def test_one_keyframe_equals_diffusers_flux_pipeline(flux_folders, flux_config):
 
 @pytest.mark.xdist_group(name="flux_run")  # one worker builds the fixture
 def test_a_flux_layout_workdir_samples_storylines_from_its_parameters_only(flux_run, flux_folders, monkeypatch):
-  from cinema_jax import checkpoints, sharding, trainer  # pylint: disable=g-import-not-at-top
+  from cinema_jax import checkpoints, sharding  # pylint: disable=g-import-not-at-top
+  from cinema_jax.training import train_step  # pylint: disable=g-import-not-at-top
   workdir, f = flux_run["workdir"], flux_folders
   c = loading.saved_config(workdir)
   assert c.data.text_convention == "flux" and c.model.text_encoder == "precomputed"
   mesh = sharding.make_mesh(c.mesh)
   with jax.set_mesh(mesh):  # the whole training state, for comparison
     full = checkpoints.restore(checkpoints.manager(workdir, read_only=True), 2,
-                               trainer.make_setup(c, mesh).abstract_state)
+                               train_step.make_setup(c, mesh).abstract_state)
   items = []
   restore = ocp.CheckpointManager.restore
   monkeypatch.setattr(ocp.CheckpointManager, "restore",
                       lambda self, step, args=None, **kw: (items.append(args["state"].item)
                                                            or restore(self, step, args=args, **kw)))
-  monkeypatch.setattr(trainer, "make_setup", lambda *a: pytest.fail("sampling built the optimizer"))
+  monkeypatch.setattr(train_step, "make_setup", lambda *a: pytest.fail("sampling built the optimizer"))
   graphdef, params, step = loading.restore_params(workdir, c)
   assert step == 2 and [list(i) for i in items] == [["ema"]]  # neither the moments nor the raw copy is read
   jax.tree.map(np.testing.assert_array_equal, params, full["ema"])
@@ -114,7 +115,7 @@ def test_a_flux_layout_workdir_samples_storylines_from_its_parameters_only(flux_
   assert all(f"{name} 0.00 GiB" in report for name in ("transformer", "T5", "CLIP", "VAE")), report
   clip = loading.retrieval_clip(c)
   assert isinstance(clip, encoders.ClipEmbedding)
-  sampler = sampling.Sampler(c, graphdef, text=text, frames=frames, clip=clip)
+  sampler = keyframe_sampler.Sampler(c, graphdef, text=text, frames=frames, clip=clip)
   seen = []
   select = retrieval.select
   monkeypatch.setattr(retrieval, "select", lambda *a, **kw: seen.append(kw) or select(*a, **kw))
@@ -231,7 +232,8 @@ def test_training_windows_retrieve_context_by_the_records_clip_embeddings(flux_r
 
 @pytest.mark.xdist_group(name="flux_run")  # one worker builds the fixture
 def test_a_latent_video_model_trains_on_frame_latents_and_makes_a_movie(flux_run, flux_folders, tmp_path):
-  from cinema_jax import sample, sample_job, trainer  # pylint: disable=g-import-not-at-top
+  from cinema_jax.sampling import jobs  # pylint: disable=g-import-not-at-top
+  from cinema_jax.training import loop  # pylint: disable=g-import-not-at-top
   from configs import video as video_config  # pylint: disable=g-import-not-at-top
   from data_pipelines import pipeline, records  # pylint: disable=g-import-not-at-top
   f = flux_folders
@@ -246,17 +248,17 @@ def test_a_latent_video_model_trains_on_frame_latents_and_makes_a_movie(flux_run
   c.checkpoint.update(async_save=False)
   c.log.update(every_steps=1, tensorboard=False)
   c.sample.update(num_steps=2, param_dtype="float32")
-  metrics = trainer.train_and_evaluate(c, str(tmp_path / "video"))
+  metrics = loop.train_and_evaluate(c, str(tmp_path / "video"))
   assert np.isfinite(metrics["loss"])
-  shots_fn, info, _ = sample.video_stage(str(tmp_path / "video"), (16, 32), encoder_flags={
+  shots_fn, info, _ = jobs.video_stage(str(tmp_path / "video"), (16, 32), encoder_flags={
       "vae": f["vae"], "t5": f["text_encoder_2"], "clip": f["text_encoder"]})
   captions = [PROMPT, "Close shot. <Mia> jumps.", "<Mia> walks away."]  # two windows of 2 shots
   keyframes = np.random.default_rng(0).integers(0, 256, (3, 16, 32, 3), np.uint8)
   shots = shots_fn(keyframes, captions, 0)
   assert shots.shape == (3, 2, 16, 32, 3) and info["video_checkpoint_step"] == 2
   np.testing.assert_array_equal(shots[:, 0], keyframes)  # each shot opens on its keyframe
-  manifest = sample_job.save_storyline(str(tmp_path / "movies"), 0, {"title": "lake"}, keyframes, captions,
-                                       shots=shots, video={"fps": 8.0, "scale": 1})
+  manifest = jobs.save_storyline(str(tmp_path / "movies"), 0, {"title": "lake"}, keyframes, captions,
+                                 shots=shots, video={"fps": 8.0, "scale": 1})
   assert os.path.exists(tmp_path / "movies" / manifest["dir"] / "movie.mp4")
   old = tmp_path / "schema1"  # a latent dataset from before frame latents: a one-line error says how to convert
   shutil.copytree(flux_run["data"], old)

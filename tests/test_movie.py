@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cinema_jax import movie
+from cinema_jax.sampling import movie
 
 
 def _frames(num_frames: int, height: int, width: int) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
 
 
 def test_module_does_not_import_jax():
-  code = "import sys; import cinema_jax.movie; print('jax' in sys.modules)"
+  code = "import sys; import cinema_jax.sampling.movie; print('jax' in sys.modules)"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cinema_jax import goldenmem
-from cinema_jax import objective
+from cinema_jax.training import objective
 
 
 def _o(**kw):

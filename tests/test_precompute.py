@@ -79,7 +79,7 @@ def test_the_toy_world_on_latents_keeps_its_captions_as_word_tokens(toy_train, t
   text encoder tokenises (the toy world's tokenizer.json comes along), and a keyframe loss on them."""
   import jax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from cinema_jax import autoencoder  # pylint: disable=import-outside-toplevel
+  from cinema_jax.training import autoencoder  # pylint: disable=import-outside-toplevel
   from cinema_jax.models import keyframe  # pylint: disable=import-outside-toplevel
   from cinema_jax.models import vae  # pylint: disable=import-outside-toplevel
   from configs import keyframe as keyframe_config  # pylint: disable=import-outside-toplevel
@@ -108,11 +108,11 @@ def test_the_toy_world_on_latents_keeps_its_captions_as_word_tokens(toy_train, t
   assert batch["latent"].shape == (2, 3, 8, 16, 4) and batch["text_tokens"].shape == (2, 3, c.data.text_len)
   loss, _ = keyframe.loss(c, keyframe.build(c), jax.tree.map(jax.numpy.asarray, batch), jax.random.key(0))
   assert np.isfinite(float(loss))
-  from cinema_jax import trainer  # pylint: disable=import-outside-toplevel
-  trainer._check_latents(c, dst)  # pylint: disable=protected-access
+  from cinema_jax.training import loop  # pylint: disable=import-outside-toplevel
+  loop._check_latents(c, dst)  # pylint: disable=protected-access
   c.model.image_channels = 16  # FLUX's VAE: not these latents
   with pytest.raises(pipeline.ConfigError, match="holds 8x16 latents of 4 channels.*reads 8x16x16"):
-    trainer._check_latents(c, dst)  # pylint: disable=protected-access
+    loop._check_latents(c, dst)  # pylint: disable=protected-access
 
 
 def test_toy_latents_for_retrieval_by_image_carry_toyclips_embeddings(tmp_path, toy_autoencoder):
@@ -120,7 +120,7 @@ def test_toy_latents_for_retrieval_by_image_carry_toyclips_embeddings(tmp_path, 
   pixel keyframe and caption (as CLIP's on real data), so the pipeline reads them instead of embedding."""
   from cinema_jax import toy_clip  # pylint: disable=import-outside-toplevel
   from configs import keyframe as keyframe_config  # pylint: disable=import-outside-toplevel
-  from data_pipelines import toy_movies  # pylint: disable=import-outside-toplevel
+  from data_pipelines import toy_dataset  # pylint: disable=import-outside-toplevel
   c = keyframe_config.get_config("tiny")
   c.data.update(context_order="image")
   c.data.toy.autoencoder = toy_autoencoder
@@ -128,7 +128,7 @@ def test_toy_latents_for_retrieval_by_image_carry_toyclips_embeddings(tmp_path, 
   work = str(tmp_path / "work")
   dst = precompute.toy_latents(c.data, work, log=lambda msg: None)
   clip = toy_clip.load(os.path.join(work, toy_clip.FILENAME))  # trained on the pixel world on the way
-  out, src = records.ShotReader(dst), records.ShotReader(toy_movies.train_path(c.data, work))
+  out, src = records.ShotReader(dst), records.ShotReader(toy_dataset.train_path(c.data, work))
   assert {"image_embedding", "text_embedding"} <= set(out.index.embeddings)
   r = 3
   got, (shot, pixels, _) = (out.read(out.index.movies[0]["records"][r]),

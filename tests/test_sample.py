@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cinema_jax import objective
-from cinema_jax import sample as sample_cli
-from cinema_jax import sampling
+from cinema_jax import loading
 from cinema_jax.models import keyframe
+from cinema_jax.sampling import flow
+from cinema_jax.sampling import jobs
+from cinema_jax.sampling import keyframe_sampler
+from cinema_jax.training import objective
 from configs import keyframe as keyframe_config
 from data_pipelines import records
 
@@ -36,7 +38,7 @@ def model():
 
 def test_same_seed_same_keyframes(model):
   c, graphdef, params = model
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   a = s.keyframes(params, CAPTIONS, seed=3)
   assert a.shape == (4, 16, 32, 3) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, s.keyframes(params, CAPTIONS, seed=3))
@@ -48,7 +50,7 @@ def test_same_seed_same_keyframes(model):
 
 def test_autoregressive_keyframes_do_not_depend_on_later_captions(model):
   c, graphdef, params = model
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   a = s.keyframes(params, CAPTIONS, seed=0)
   b = s.keyframes(params, CAPTIONS[:2] + ["Close shot in the desert. Ava jumps.", CAPTIONS[3]], seed=0)
   np.testing.assert_array_equal(a[:2], b[:2])
@@ -63,10 +65,10 @@ def test_guidance_is_the_classifier_free_formula(model):
   """Against a plain Euler loop over the model: guidance 1 is the conditional pass, 0 the unconditional one
   (the new pair's caption dropped), and g in between and beyond v_u + g (v_c - v_u)."""
   c, graphdef, params = model
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   net = nnx.merge(graphdef, params)
   states, mask, pooled = net.encode_text({k: jnp.asarray(v[None]) for k, v in s.text(CAPTIONS[:1]).items()})
-  times = sampling.schedule(c.sample.num_steps, s.grid[0] * s.grid[1], c.objective.shift)
+  times = flow.schedule(c.sample.num_steps, s.grid[0] * s.grid[1], c.objective.shift)
   x1 = jax.random.normal(jax.random.key(5), (1, 1, s.grid[0] * s.grid[1], 3 * c.model.patch ** 2))
 
   def euler(g):
@@ -88,23 +90,23 @@ def test_a_sampler_keeps_the_settings_it_was_built_with(model):
   c, graphdef, params = model
   c = c.copy_and_resolve_references()
   frames = lambda sampler: sampler.frames_batch(params, [CAPTIONS[:2]], seeds=[1])[0]  # float: not saturated
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   a = frames(s)
-  compiled = sampling.denoise._cache_size()  # pylint: disable=protected-access
+  compiled = keyframe_sampler.denoise._cache_size()  # pylint: disable=protected-access
   # an equal config shares the compiled programs (the cache keys on values, not on the sampler)
-  np.testing.assert_array_equal(a, frames(sampling.Sampler(c.copy_and_resolve_references(), graphdef)))
-  assert sampling.denoise._cache_size() == compiled  # pylint: disable=protected-access
+  np.testing.assert_array_equal(a, frames(keyframe_sampler.Sampler(c.copy_and_resolve_references(), graphdef)))
+  assert keyframe_sampler.denoise._cache_size() == compiled  # pylint: disable=protected-access
   c.sample.num_steps += 2  # after construction: s keeps its own
   np.testing.assert_array_equal(a, frames(s))
-  assert np.abs(a - frames(sampling.Sampler(c, graphdef))).max() > 1e-3
+  assert np.abs(a - frames(keyframe_sampler.Sampler(c, graphdef))).max() > 1e-3
   with pytest.raises(AttributeError):
     s.c.sample.num_steps = 1
 
 
 def test_schedule_runs_from_noise_to_data():
-  t = sampling.schedule(10, 128, shift=True)
+  t = flow.schedule(10, 128, shift=True)
   assert t.shape == (11,) and t[0] == 1.0 and t[-1] == 0.0 and (np.diff(t) < 0).all()
-  np.testing.assert_allclose(sampling.schedule(4, 128, shift=False), [1, 0.75, 0.5, 0.25, 0])
+  np.testing.assert_allclose(flow.schedule(4, 128, shift=False), [1, 0.75, 0.5, 0.25, 0])
 
 
 @pytest.mark.parametrize("content,message", [
@@ -117,7 +119,7 @@ def test_bad_storylines_files(tmp_path, content, message):
   path = tmp_path / "s.jsonl"
   path.write_text(content)
   with pytest.raises(records.DataError, match=message.replace("(", r"\(").replace("[", r"\[").replace("{", r"\{")):
-    sample_cli.read_storylines(str(path))
+    jobs.read_storylines(str(path))
 
 
 def test_sample_cli_without_checkpoints_is_a_one_line_error(tmp_path):
@@ -137,7 +139,7 @@ def test_guidance_distilled_models_take_the_scale_through_their_embedding():
   leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
   keys = jax.random.split(jax.random.key(2), len(leaves))
   params = jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   low = s.keyframes(params, CAPTIONS[:2], guidance=1.0)
   np.testing.assert_array_equal(low, s.keyframes(params, CAPTIONS[:2], guidance=1.0))
   assert not np.array_equal(low, s.keyframes(params, CAPTIONS[:2], guidance=4.0))
@@ -165,18 +167,18 @@ def test_sample_cli_uses_the_ema_unless_asked_for_raw_parameters(tiny_run, tmp_p
 def test_context_window_sets_what_a_keyframe_remembers(model):
   c, graphdef, params = model
   other_first = ["Close shot in the desert. Ava jumps."] + CAPTIONS[1:]
-  alone = sampling.Sampler(c, graphdef, context_pairs=1)  # no memory: each shot from its caption
+  alone = keyframe_sampler.Sampler(c, graphdef, context_pairs=1)  # no memory: each shot from its caption
   a, b = alone.keyframes(params, CAPTIONS, seed=0), alone.keyframes(params, other_first, seed=0)
   np.testing.assert_array_equal(a[1:], b[1:])
-  two = sampling.Sampler(c, graphdef, context_pairs=2)  # keyframe k sees keyframe k-1 only
+  two = keyframe_sampler.Sampler(c, graphdef, context_pairs=2)  # keyframe k sees keyframe k-1 only
   a, b = two.keyframes(params, CAPTIONS, seed=0), two.keyframes(params, other_first, seed=0)
   assert not np.array_equal(a[1], b[1])
   # Window padding (8-slot buckets vs exactly 4 slots) does not change what comes out.
-  wide = sampling.Sampler(c, graphdef, context_pairs=10).keyframes(params, CAPTIONS, seed=0)
-  exact = sampling.Sampler(c, graphdef, context_pairs=4).keyframes(params, CAPTIONS, seed=0)
+  wide = keyframe_sampler.Sampler(c, graphdef, context_pairs=10).keyframes(params, CAPTIONS, seed=0)
+  exact = keyframe_sampler.Sampler(c, graphdef, context_pairs=4).keyframes(params, CAPTIONS, seed=0)
   assert np.abs(wide.astype(int) - exact.astype(int)).max() <= 1
   with pytest.raises(ValueError, match="context_pairs must be >= 1"):
-    sampling.Sampler(c, graphdef, context_pairs=-1)
+    keyframe_sampler.Sampler(c, graphdef, context_pairs=-1)
 
 
 def test_goldenmem_sampling_relevels_the_history(model):
@@ -184,18 +186,18 @@ def test_goldenmem_sampling_relevels_the_history(model):
   c = c.copy_and_resolve_references()
   c.data.memory_levels = "goldenmem"
   c.data.goldenmem.group_size = 1  # the tiny window of 3 pairs: 1x2, 2x4 and 4x8 tokens
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   a = s.keyframes(params, CAPTIONS, seed=0)
   assert a.shape == (4, 16, 32, 3)
   np.testing.assert_array_equal(a, s.keyframes(params, CAPTIONS, seed=0))
   # The first keyframe has no history, so it is the plain sampler's; later ones see compressed context.
-  plain = sampling.Sampler(model[0], graphdef).keyframes(params, CAPTIONS, seed=0)
+  plain = keyframe_sampler.Sampler(model[0], graphdef).keyframes(params, CAPTIONS, seed=0)
   np.testing.assert_array_equal(a[0], plain[0])
   assert not np.array_equal(a[2:], plain[2:])
   b = s.keyframes(params, ["Close shot in the desert. Ava jumps."] + CAPTIONS[1:], seed=0)
   assert not np.array_equal(a[1], b[1])  # the compressed history still reaches the new keyframe
   c.data.goldenmem.resize = "latents"  # the history resized on device instead of as uint8 frames
-  on_device = sampling.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=0)
+  on_device = keyframe_sampler.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=0)
   np.testing.assert_array_equal(on_device[0], a[0])
   assert np.abs(on_device.astype(int) - a.astype(int)).mean() < 8  # same history up to rounding
 
@@ -206,7 +208,7 @@ def test_goldenmem_history_is_resized_once_per_level_and_never_from_a_placeholde
   c = c.copy_and_resolve_references()
   c.data.memory_levels = "goldenmem"
   c.data.goldenmem.group_size = group_size  # 1: three levels; 3: one full-resolution group
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   plan = keyframe.memory_plan(c, 3)
   pixels = np.zeros((4, 16, 32, 3), np.float32)
   pixels[:2] = np.random.default_rng(0).uniform(-1, 1, (2, 16, 32, 3))
@@ -226,8 +228,8 @@ def test_noisy_context_changes_only_what_has_context(model):
   c, graphdef, params = model
   c = c.copy_and_resolve_references()
   c.sample.context_t = (0.001, 0.25)
-  noisy = sampling.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=0)
-  clean = sampling.Sampler(model[0], graphdef).keyframes(params, CAPTIONS, seed=0)
+  noisy = keyframe_sampler.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=0)
+  clean = keyframe_sampler.Sampler(model[0], graphdef).keyframes(params, CAPTIONS, seed=0)
   np.testing.assert_array_equal(noisy[0], clean[0])
   assert not np.array_equal(noisy[1:], clean[1:])
 
@@ -239,11 +241,11 @@ def test_text_retrieval_chooses_the_context(model):
   captions = ["Wide shot in the forest. Mia jumps.", "Close shot in the desert. Tom jumps.",
               "Medium shot in the farm. Ava stands still.", "Wide shot in the castle hall. Leo jumps.",
               "Close shot in the forest. Mia walks to the left."]
-  a = sampling.Sampler(c, graphdef).keyframes(params, captions, seed=0)
-  plain = sampling.Sampler(model[0], graphdef).keyframes(params, captions, seed=0)
+  a = keyframe_sampler.Sampler(c, graphdef).keyframes(params, captions, seed=0)
+  plain = keyframe_sampler.Sampler(model[0], graphdef).keyframes(params, captions, seed=0)
   np.testing.assert_array_equal(a[:2], plain[:2])  # one or no context pair: nothing to choose
   assert not np.array_equal(a[4], plain[4])  # shot 4 sees shot 0 (same place and person), not shots 2-3
-  np.testing.assert_array_equal(a, sampling.Sampler(c, graphdef).keyframes(params, captions, seed=0))
+  np.testing.assert_array_equal(a, keyframe_sampler.Sampler(c, graphdef).keyframes(params, captions, seed=0))
 
 
 def test_image_retrieval_embeds_each_generated_keyframe_and_chooses_by_it(model):
@@ -252,7 +254,7 @@ def test_image_retrieval_embeds_each_generated_keyframe_and_chooses_by_it(model)
   c = c.copy_and_resolve_references()
   c.data.context_order = "image"
   with pytest.raises(ValueError, match="context_order=.image. .* needs an image/text embedding"):
-    sampling.Sampler(c, graphdef)
+    keyframe_sampler.Sampler(c, graphdef)
   rng = np.random.default_rng(0)
   clip = toy_clip.fit(rng.integers(0, 255, (16, 16, 32, 3), np.uint8),
                       [f"shot {i} in place {i % 3}" for i in range(16)], steps=20)
@@ -279,7 +281,7 @@ def test_image_retrieval_embeds_each_generated_keyframe_and_chooses_by_it(model)
     return out
   retrieval.select = spy_select
   try:
-    a = sampling.Sampler(c, graphdef, clip=spy).keyframes(params, captions, seed=0)
+    a = keyframe_sampler.Sampler(c, graphdef, clip=spy).keyframes(params, captions, seed=0)
   finally:
     retrieval.select = select
   assert len(spy.embedded) == len(captions)  # each keyframe once, as it is made
@@ -290,7 +292,7 @@ def test_image_retrieval_embeds_each_generated_keyframe_and_chooses_by_it(model)
     np.testing.assert_allclose(query, clip.texts([captions[count]])[0], atol=1e-6)
     scores = history @ query
     assert sorted(out) == sorted(np.argsort(-scores, kind="stable")[:len(out)])
-  plain = sampling.Sampler(model[0], graphdef).keyframes(params, captions, seed=0)
+  plain = keyframe_sampler.Sampler(model[0], graphdef).keyframes(params, captions, seed=0)
   np.testing.assert_array_equal(a[:2], plain[:2])
 
 
@@ -302,7 +304,7 @@ def test_an_older_checkpoints_config_gains_fields_added_since(tiny_run):
   c = checkpoints.saved_config(tiny_run, defaults)
   assert c.data.added_later == 7  # from today's defaults
   assert c.data.resolution == (16, 32) and c.batch_size == 8 and c.variant == "tiny"  # from the checkpoint
-  assert sample_cli.saved_config(tiny_run).to_dict() == checkpoints.saved_config(tiny_run).to_dict()
+  assert loading.saved_config(tiny_run).to_dict() == checkpoints.saved_config(tiny_run).to_dict()
 
 
 def _random_params(c, seed):
@@ -328,7 +330,7 @@ def test_kv_cached_denoising_equals_the_uncached(model, variant):
     graphdef, params = _random_params(c, 2)
   elif variant == "x_prediction":
     c.objective.prediction = "x"
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   plan = keyframe.memory_plan(c, 3)
   grids = tuple(g.grid for g in plan) if plan else (s.grid,)
   sizes = [(g.num_pairs, g.grid[0] * g.grid[1]) for g in plan] if plan else [(3, s.grid[0] * s.grid[1])]
@@ -348,10 +350,10 @@ def test_kv_cached_denoising_equals_the_uncached(model, variant):
 def test_kv_cached_keyframes_equal_the_uncached_and_batching_changes_nothing(model):
   c, graphdef, params = model
   c = c.copy_and_resolve_references()
-  s = sampling.Sampler(c, graphdef)
+  s = keyframe_sampler.Sampler(c, graphdef)
   cached = s.keyframes(params, CAPTIONS, seed=5)
   c.sample.kv_cache = False
-  plain = sampling.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=5)
+  plain = keyframe_sampler.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=5)
   assert np.abs(cached.astype(int) - plain.astype(int)).max() <= 1  # fp32 rounding at most
   # Storylines sampled together (different lengths, split over 2 devices) are each what they are alone.
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cinema_jax import sample_job
+from cinema_jax.sampling import jobs
 
 from conftest import wait_for
 
@@ -18,14 +18,14 @@ NUM = 50
 
 
 def test_storylines_are_split_into_fixed_chunks():
-  assert sample_job.chunks(10, 0, 2, 3) == [[0, 2, 4], [6, 8]]
-  assert sample_job.chunks(10, 1, 2, 3) == [[1, 3, 5], [7, 9]]
-  assert sample_job.chunks(1, 1, 2, 4) == []
-  assert sample_job.process_identity(None, None) == (0, 1)
+  assert jobs.chunks(10, 0, 2, 3) == [[0, 2, 4], [6, 8]]
+  assert jobs.chunks(10, 1, 2, 3) == [[1, 3, 5], [7, 9]]
+  assert jobs.chunks(1, 1, 2, 4) == []
+  assert jobs.process_identity(None, None) == (0, 1)
   with pytest.raises(ValueError, match="--process_id=2: expected 0 <= id < --num_processes=2"):
-    sample_job.process_identity(2, 2)
+    jobs.process_identity(2, 2)
   with pytest.raises(ValueError, match="go together"):
-    sample_job.process_identity(1, None)
+    jobs.process_identity(1, None)
 
 
 def _job(workdir, storylines, outdir):
@@ -67,7 +67,7 @@ def test_a_killed_job_restarts_and_completes_each_storyline_once_as_an_uninterru
   attempt = lambda d: json.load(open(os.path.join(killed, d, "manifest.json")))["job_attempt"]
   before = {d: (os.stat(os.path.join(killed, d)).st_ino, attempt(d), _files(killed, d)) for d in _complete(killed)}
   assert NUM // 2 <= len(before) < NUM, len(before)
-  assert not os.path.exists(os.path.join(killed, sample_job.SUMMARY))
+  assert not os.path.exists(os.path.join(killed, jobs.SUMMARY))
 
   job = _job(tiny_run, storylines, killed)
   out = job.communicate(timeout=600)[0]
@@ -81,7 +81,7 @@ def test_a_killed_job_restarts_and_completes_each_storyline_once_as_an_uninterru
     assert os.stat(os.path.join(killed, d)).st_ino == inode and attempt(d) == first and _files(killed, d) == files
   restarted = {attempt(d) for d in done - set(before)}
   assert not restarted & {first for _, first, _ in before.values()}  # the rest all came from the restart
-  summary = json.load(open(os.path.join(killed, sample_job.SUMMARY)))
+  summary = json.load(open(os.path.join(killed, jobs.SUMMARY)))
   assert summary["storylines"] == NUM and summary["keyframes"] == sum(1 + i % 3 for i in range(NUM))
   assert sum(p["sampled"] for p in summary["processes"]) == NUM - len(before)
   assert sum(p["skipped"] for p in summary["processes"]) == len(before)

@@ -12,15 +12,15 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import records
 from data_pipelines import tfds_builder
-from data_pipelines import toy_movies
+from data_pipelines import toy_dataset
 from data_pipelines import toy_world
 
 WORLD = toy_world.WorldConfig(height=16, width=32, num_frames=2, min_shots=8, max_shots=10)
 
 
 def _toy(out, seed=0, world=WORLD):
-  toy_movies.build(str(out), num_movies=3, seed=seed, world=world, num_storylines=2, num_shards=2,
-                   overwrite=True)
+  toy_dataset.build(str(out), num_movies=3, seed=seed, world=world, num_storylines=2, num_shards=2,
+                    overwrite=True)
   return str(out)
 
 
@@ -111,7 +111,7 @@ def test_other_data_errors(tmp_path):
   # Features are shared by all splits, so splits of different resolutions cannot form one dataset.
   root = _toy(tmp_path / "mixed")
   _toy(tmp_path / "other", world=toy_world.WorldConfig(height=16, width=16, num_frames=2, min_shots=8,
-                                                        max_shots=10))
+                                                       max_shots=10))
   os.rename(tmp_path / "other" / "eval", tmp_path / "mixed" / "eval2")
   with pytest.raises(records.DataError, match="disagree"):
     tfds_builder.prepare(root, str(tmp_path / "tfds"))

@@ -10,7 +10,7 @@ import numpy as np
 
 from data_pipelines import records
 from data_pipelines import tokenizer
-from data_pipelines import toy_movies
+from data_pipelines import toy_dataset
 from data_pipelines import toy_render
 from data_pipelines import toy_world
 
@@ -131,7 +131,7 @@ def test_motion_moves_characters():
 
 
 def test_build_writes_records_storylines_and_truth(toy_root):
-  info = json.load(open(os.path.join(toy_root, toy_movies.WORLD_FILE)))
+  info = json.load(open(os.path.join(toy_root, toy_dataset.WORLD_FILE)))
   train = records.ShotReader(os.path.join(toy_root, "train"))
   assert len(train.index.movies) == 12 and info["num_train_shots"] == len(train)
   assert train.index.resolution == [16, 32] and train.index.num_frames == 2
@@ -167,13 +167,13 @@ def test_tokenizer_gives_each_word_one_token(toy_root):
 def test_build_is_byte_deterministic(tmp_path):
   world = toy_world.WorldConfig(height=16, width=32, num_frames=2, min_shots=8, max_shots=10)
   for name in ("a", "b"):
-    toy_movies.build(str(tmp_path / name), num_movies=3, seed=11, world=world, num_storylines=1, num_shards=2)
+    toy_dataset.build(str(tmp_path / name), num_movies=3, seed=11, world=world, num_storylines=1, num_shards=2)
   ra, rb = records.ShotReader(str(tmp_path / "a/train")), records.ShotReader(str(tmp_path / "b/train"))
   assert len(ra) == len(rb)
   assert all(ra.read_bytes(i) == rb.read_bytes(i) for i in range(len(ra)))
   assert (tmp_path / "a/storylines.jsonl").read_text() == (tmp_path / "b/storylines.jsonl").read_text()
   files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-  assert toy_movies.WORLD_FILE in {str(f) for f in files} and len(files) > 5
+  assert toy_dataset.WORLD_FILE in {str(f) for f in files} and len(files) > 5
   assert [(tmp_path / "a" / f).read_bytes() for f in files] == [(tmp_path / "b" / f).read_bytes() for f in files]
 
 

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 from cinema_jax import checkpoints
+from cinema_jax import config_validation
 from cinema_jax import input_space
 from cinema_jax import sharding
-from cinema_jax import trainer
 from cinema_jax.models import keyframe
+from cinema_jax.training import loop
+from cinema_jax.training import train_step
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 from data_pipelines import precompute
@@ -140,7 +142,7 @@ def _train(workdir, steps, extra=(), config="configs/keyframe.py:tiny"):
 def _final_state(workdir, step):
   c = checkpoints.saved_config(workdir)
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
-  setup = trainer.make_setup(c, mesh)
+  setup = train_step.make_setup(c, mesh)
   mngr = checkpoints.manager(workdir, read_only=True)
   assert mngr.latest_step() == step
   with jax.set_mesh(mesh):
@@ -160,7 +162,7 @@ def test_restarted_run_is_bitwise_identical_to_an_uninterrupted_one(tmp_path, sp
   info_from = {m.group(1) for m in re.finditer(r"^I\d{4} [\d:.]+ +\d+ (\S+):\d+\]", whole.stderr, re.M)}
   ours = {os.path.basename(p) for d in ("cinema_jax", "data_pipelines")
           for p in glob.glob(f"{REPO}/{d}/**/*.py", recursive=True)}
-  assert "trainer.py" in info_from and info_from <= ours, info_from - ours
+  assert "loop.py" in info_from and info_from <= ours, info_from - ours
   first = _train(tmp_path / "split", 6, ["--stop_at_step=3", *extra])  # saves at 2 and 3, then the process exits
   assert first.returncode == 0, first.stderr[-3000:]
   second = _train(tmp_path / "split", 6, extra)  # a new process resumes from step 3
@@ -199,21 +201,21 @@ def test_curriculum_resumes_across_a_stage_boundary(tmp_path):
   c.curriculum.update(pairs=(1, 2), steps=(2, 2))
   with pytest.raises(pipeline.ConfigError, match=r"config.curriculum.pairs=\(1, 2\) ends at 2 pairs, "
                      r"config.data.num_pairs is 3"):
-    trainer.validate(c)
+    config_validation.validate(c)
   c.curriculum.update(pairs=(1, 3), steps=(2, 1))
   with pytest.raises(pipeline.ConfigError, match=r"config.curriculum.steps=\(2, 1\) sum to 3, config.total_steps is 4"):
-    trainer.validate(c)
+    config_validation.validate(c)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
   c = _tiny(batch_size=8, total_steps=2)  # 8 fake devices: data-parallel 8
-  trainer.train_and_evaluate(c, str(tmp_path))
+  loop.train_and_evaluate(c, str(tmp_path))
   before = _final_state(tmp_path, 2)
   bad = _tiny(batch_size=8, total_steps=4)
   bad.optimizer.lr = float("nan")  # every update is NaN from step 3 on
-  with pytest.raises(trainer.TrainingError, match=r"non-finite update at step 3 .* The last checkpoint "
+  with pytest.raises(loop.TrainingError, match=r"non-finite update at step 3 .* The last checkpoint "
                      r"\(step 2\) is intact"):
-    trainer.train_and_evaluate(bad, str(tmp_path))
+    loop.train_and_evaluate(bad, str(tmp_path))
   after = _final_state(tmp_path, 2)
   for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -224,15 +226,15 @@ def test_startup_validation_is_one_line(tmp_path):
   three = _tiny()
   three.mesh.data = 3
   with pytest.raises(sharding.MeshError, match=r"needs 3 devices, there are 8"):
-    trainer.train_and_evaluate(three, str(tmp_path))
+    loop.train_and_evaluate(three, str(tmp_path))
   with pytest.raises(pipeline.ConfigError, match=r"config.batch_size=2: not a multiple of the data-parallel size 8"):
-    trainer.train_and_evaluate(_tiny(), str(tmp_path))
+    loop.train_and_evaluate(_tiny(), str(tmp_path))
   with pytest.raises(pipeline.ConfigError, match=r"config.data.path is empty: variant 'flux_dev' reads"):
-    trainer.validate(keyframe_config.get_config())
+    config_validation.validate(keyframe_config.get_config())
   bad = _tiny()
   bad.model.axes_dim = (4, 4, 4)
   with pytest.raises(pipeline.ConfigError, match=r"config.model.axes_dim=\(4, 4, 4\) sums to 12, the head dim is 16"):
-    trainer.validate(bad)
+    config_validation.validate(bad)
   with pytest.raises(sharding.MeshError, match="at most one axis may be -1"):
     sharding.mesh_shape(ml_collections.ConfigDict(dict(data=-1, fsdp=-1, context=1, tensor=1)), 8)
   assert sharding.mesh_shape(ml_collections.ConfigDict(dict(data=2, fsdp=-1, context=1, tensor=2)), 8) == (2, 2, 1, 2)
@@ -268,7 +270,7 @@ def test_logs_metrics_and_sample_sheets(tmp_path):
   c = _tiny(batch_size=8, total_steps=2)
   c.log.update(tensorboard=True, sample_every_steps=2)
   c.data.context_order = "image"  # and text-to-image retrieval: ToyCLIP is trained into the workdir
-  last = trainer.train_and_evaluate(c, str(tmp_path))
+  last = loop.train_and_evaluate(c, str(tmp_path))
   assert last["step"] == 2 and np.isfinite(last["loss"])
   assert (tmp_path / "toy_clip.safetensors").exists()
   for key in ("grad_norm", "lr", "step_time", "examples_per_s", "tokens_per_s", "mfu"):
@@ -293,7 +295,7 @@ def test_trains_without_ema_and_with_a_guidance_embedding(tmp_path):
   c.optimizer.ema_decay = 0.0
   c.model.guidance_embed = True
   c.objective.guidance = 3.5
-  last = trainer.train_and_evaluate(c, str(tmp_path))
+  last = loop.train_and_evaluate(c, str(tmp_path))
   assert np.isfinite(last["loss"])
   state = _final_state(tmp_path, 2)
   assert not jax.tree.leaves(state["ema"])  # no EMA copy is kept or saved

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cinema_jax import evaluate
+from cinema_jax import config_validation
 from cinema_jax import input_space
-from cinema_jax import movie
-from cinema_jax import sample as sample_cli
-from cinema_jax import shot_sampling
-from cinema_jax import trainer
+from cinema_jax.eval import benchmark
 from cinema_jax.eval import video_metrics
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
+from cinema_jax.sampling import jobs
+from cinema_jax.sampling import movie
+from cinema_jax.sampling import shot_sampler
+from cinema_jax.training import loop
 from configs import video as video_config
 from data_pipelines import pipeline
 from data_pipelines import precompute
@@ -74,10 +75,10 @@ def test_paper_variant_is_about_3b_parameters_and_compiles_abstractly():
 @pytest.mark.parametrize("variant", ["demo", "tiny", "paper"])
 def test_video_variants_validate(variant):
   c = video_config.get_config(variant)
-  trainer.validate(c, reads_data=variant != "paper")
+  config_validation.validate(c, reads_data=variant != "paper")
   if variant == "paper":  # it trains on pre-computed frame latents (data_pipelines.precompute --frames)
     with pytest.raises(pipeline.ConfigError, match="config.data.path is empty"):
-      trainer.validate(c)
+      config_validation.validate(c)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -95,7 +96,7 @@ def test_bad_video_configs_are_one_line_errors(field, value, message):
     node = node[part]
   node[name] = value
   with pytest.raises(pipeline.ConfigError, match=message):
-    trainer.validate(c)
+    config_validation.validate(c)
 
 
 def _tiny_video(**kw):
@@ -165,11 +166,11 @@ def _keyframes(k):
 
 @pytest.mark.parametrize("keyframes,attention", [("in_shot", "full"), ("in_shot", "causal"), ("pairs", "full")])
 def test_keyframes_come_out_unchanged_and_one_shots_noise_changes_no_other_keyframe(random_video_model, keyframes,
-                                                                                      attention):
+                                                                                    attention):
   c, graphdef, params = random_video_model
   c = c.copy_and_resolve_references()
   c.model.video.update(keyframes=keyframes, shot_attention=attention)
-  sampler = shot_sampling.ShotSampler(c, graphdef)
+  sampler = shot_sampler.ShotSampler(c, graphdef)
   kf, caps = _keyframes(2), ["a red circle walks left in the forest", "a blue square jumps"]
   a = sampler.shots(params, kf, caps, shot_seeds=[1, 2])
   b = sampler.shots(params, kf, caps, shot_seeds=[1, 3])  # shot 1's noise changes
@@ -202,7 +203,7 @@ def test_global_captions_let_every_shot_read_every_caption(random_video_model, c
 
 def test_shot_sampler_checks_its_keyframes(random_video_model):
   c, graphdef, params = random_video_model
-  sampler = shot_sampling.ShotSampler(c, graphdef)
+  sampler = shot_sampler.ShotSampler(c, graphdef)
   with pytest.raises(ValueError, match=r"expected uint8 \[2, 16, 32, 3\]"):
     sampler.shots(params, _keyframes(2).astype(np.float32), ["a", "b"])
 
@@ -213,7 +214,7 @@ def whole_movie(tiny_run, tmp_path_factory):
   c = video_config.get_config("tiny")
   c.update(batch_size=8, total_steps=2)
   video_run = str(tmp_path_factory.mktemp("tiny_video") / "run")
-  trainer.train_and_evaluate(c, video_run)
+  loop.train_and_evaluate(c, video_run)
   out = tmp_path_factory.mktemp("movies")
   cmd = [sys.executable, "-m", "cinema_jax.sample", f"--workdir={tiny_run}", f"--video_workdir={video_run}",
          "--storylines=toy", f"--outdir={out}", "--max_shots=3", "--num_steps=2", "--fps=6", "--video_scale=2"]
@@ -253,15 +254,15 @@ def test_an_untrained_from_keyframe_model_holds_each_keyframe_still():
   c.model.video.from_keyframe = True
   c.objective.prediction = "x"
   c.sample.num_steps = 3
-  trainer.validate(c)
+  config_validation.validate(c)
   model = keyframe.build(c)
-  sampler = shot_sampling.ShotSampler(c, nnx.graphdef(model))
+  sampler = shot_sampler.ShotSampler(c, nnx.graphdef(model))
   kf = _keyframes(2)
   out = sampler.shots(nnx.to_pure_dict(nnx.state(model)), kf, ["a", "b"], seed=3)
   np.testing.assert_allclose(out, np.broadcast_to(kf[:, None], out.shape), atol=1)
   c.objective.prediction = "v"
   with pytest.raises(pipeline.ConfigError, match="needs config.objective.prediction='x'"):
-    trainer.validate(c)
+    config_validation.validate(c)
 
 
 @pytest.mark.xdist_group(name="whole_movie")  # one worker builds the fixture
@@ -279,8 +280,8 @@ def test_video_benchmark_scores_the_model_against_holding_still_and_the_real_sho
   assert all(r["shots"] == 2 for r in rows.values())
   # What is rated follows from the scripts: a metric is null only where no shot gives it anything to rate
   report = json.loads((tmp_path / "report.json").read_text())
-  story = sample_cli.read_storylines(report["storylines"])[0]
-  scripts = evaluate.read_truth(report["storylines"])[story["movie_id"]]["shots"][:2]
+  story = jobs.read_storylines(report["storylines"])[0]
+  scripts = benchmark.read_truth(report["storylines"])[story["movie_id"]]["shots"][:2]
   moving = any(ch["action"] in video_metrics.MOVING for s in scripts for ch in s["characters"])
   changes = any(np.ptp(toy_render.render_shot(s, 16, 32), axis=0).any() for s in scripts)
   assert moving and changes  # the fixture's shots have motion to rate, so no motion metric may be null

@@ -45,7 +45,7 @@ def reconstruct(frames, images_NHWC: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def main(argv=None) -> None:
   import argparse  # pylint: disable=import-outside-toplevel
-  from cinema_jax import autoencoder  # pylint: disable=import-outside-toplevel
+  from cinema_jax.training import autoencoder  # pylint: disable=import-outside-toplevel
   from cinema_jax import encoders  # pylint: disable=import-outside-toplevel
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--vae", required=True, help="an AutoencoderKL folder (config.json + safetensors)")

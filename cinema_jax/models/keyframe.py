@@ -15,10 +15,10 @@ import ml_collections
 
 from cinema_jax import goldenmem
 from cinema_jax import input_space
-from cinema_jax import objective
 from cinema_jax import sharding
 from cinema_jax.models import mmdit
 from cinema_jax.models import text_encoder
+from cinema_jax.training import objective
 
 
 def patchify(x_BPHWC: jax.Array, p: int) -> jax.Array:

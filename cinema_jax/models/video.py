@@ -35,8 +35,8 @@ import ml_collections
 import numpy as np
 
 from cinema_jax import input_space
-from cinema_jax import objective
 from cinema_jax.models import keyframe
+from cinema_jax.training import objective
 
 SHOT_ATTENTION = ("full", "causal")
 KEYFRAMES = ("in_shot", "pairs")

@@ -44,38 +44,14 @@ from PIL import Image
 from cinema_jax import encoders
 from cinema_jax import goldenmem
 from cinema_jax import input_space
-from cinema_jax import objective
 from cinema_jax import retrieval
-from cinema_jax import storyboard
 from cinema_jax.models import keyframe
+from cinema_jax.sampling import flow
+from cinema_jax.sampling import storyboard
+from cinema_jax.training import objective
 
 
 _SLOT_BUCKET = 8  # autoregressive windows are padded to a multiple of this many pairs
-
-
-def schedule(num_steps: int, num_image_tokens: int, shift: bool) -> np.ndarray:
-  """Times from 1 (noise) to 0 (data), [num_steps + 1], shifted like training."""
-  t = np.linspace(1.0, 0.0, num_steps + 1, dtype=np.float64)
-  if shift:  # objective.time_shift, in numpy: the schedule is a compile-time constant
-    e = np.exp(objective.shift_mu(num_image_tokens))
-    t = np.where(t > 0, e / (e + 1.0 / np.maximum(t, 1e-12) - 1.0), 0.0)
-  return t.astype(np.float32)
-
-
-def guided(velocity_2B, guidance):
-  """Classifier-free guidance, v_u + g (v_c - v_u), from the velocities of a batch whose first half is
-  the conditional pass and whose second half the caption-free one (arrays or tuples of groups)."""
-  half = jax.tree.leaves(velocity_2B)[0].shape[0] // 2
-  return jax.tree.map(lambda v: v[half:] + guidance * (v[:half] - v[half:]), velocity_2B)
-
-
-def euler(velocity, x, times: jax.Array, num_steps: int):
-  """x from times[0] (noise) to times[num_steps] (data) by Euler steps of dx/dt = velocity(x, i), where
-  i is the step; x is an array or a tuple of groups. The one integration loop of keyframes and shots."""
-  def body(i, x):
-    dt = times[i + 1] - times[i]
-    return jax.tree.map(lambda a, v: a + dt * v, x, velocity(x, i))
-  return jax.lax.fori_loop(0, num_steps, body, x)
 
 
 @functools.partial(jax.jit, static_argnames=("c", "graphdef", "causal", "group_grids", "cached"))
@@ -90,7 +66,7 @@ def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, xs, text_BP: d
   grid = keyframe.full_grid(c)
   b = xs[0].shape[0]
   states, mask, pooled = model.encode_text(text_BP)
-  times = jnp.asarray(schedule(c.sample.num_steps, grid[0] * grid[1], c.objective.shift))
+  times = jnp.asarray(flow.schedule(c.sample.num_steps, grid[0] * grid[1], c.objective.shift))
   lo, hi = c.sample.context_t
 
   def draws(key):  # per window, so that a window's samples do not depend on the others in the batch
@@ -116,8 +92,8 @@ def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, xs, text_BP: d
     (st, m, pl), (st_u, m_u, pl_u) = text
     both = lambda a, u: jnp.concatenate([a, u])
     x2, t2 = jax.tree.map(lambda a: both(a, a), (x, t))
-    return guided(objective.velocity(run(x2, t2, (both(st, st_u), both(m, m_u), both(pl, pl_u))), x2, t2,
-                                     c.objective.prediction), guidance)
+    return flow.guided(objective.velocity(run(x2, t2, (both(st, st_u), both(m, m_u), both(pl, pl_u))), x2, t2,
+                                          c.objective.prediction), guidance)
 
   if not cached:
     keep = ~new_P[None]  # the unconditional branch loses the new pairs' captions only
@@ -131,7 +107,7 @@ def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, xs, text_BP: d
       v = velocity(run, xs, jnp.where(new_P[None], times[i], t_ctx), text)
       return tuple(jnp.where(n[..., None, None], vv, 0.0) for vv, n in zip(v, news))
 
-    return euler(new_pairs_velocity, xs, times, c.sample.num_steps)
+    return flow.euler(new_pairs_velocity, xs, times, c.sample.num_steps)
 
   # KV cache: the context never sees the new pair (block-causal) and keeps its t, captions and
   # guidance through the loop, so its keys and values are computed once; the pairs after the new
@@ -151,7 +127,7 @@ def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, xs, text_BP: d
   x_new = jax.lax.dynamic_slice_in_dim(xs[-1], j - first, 1, axis=1)
   run = lambda xx, tt, txt: model(xx, tt, *txt, grid=grid, guidance_BP=g_BP(1), causal=True, cache=cache,
                                   first_pair=j)
-  x_new = euler(lambda x, i: velocity(run, x, jnp.full((b, 1), times[i]), text), x_new, times, c.sample.num_steps)
+  x_new = flow.euler(lambda x, i: velocity(run, x, jnp.full((b, 1), times[i]), text), x_new, times, c.sample.num_steps)
   return (*xs[:-1], jax.lax.dynamic_update_slice_in_dim(xs[-1], x_new, j - first, axis=1))
 
 
@@ -286,7 +262,7 @@ class Sampler:
       else:  # GoldenMem: the history re-levelled for this window; shapes fixed per window length
         slots = n
         xs = tuple(np.stack(gs) for gs in zip(*(self._context(frames[b, sel], plan, memos[b], sel)
-                                                 for b, sel in enumerate(sels))))
+                                                for b, sel in enumerate(sels))))
         grids = tuple(grp.grid for grp in plan)
       win = {}
       for key, arr in text[0].items():

@@ -26,9 +26,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 from PIL import Image
 
-from cinema_jax import movie
-from cinema_jax import sampling
-from cinema_jax import storyboard
+from cinema_jax import checkpoints
+from cinema_jax import cli
+from cinema_jax import loading
+from cinema_jax import sharding
+from cinema_jax.sampling import keyframe_sampler
+from cinema_jax.sampling import movie
+from cinema_jax.sampling import shot_sampler
+from cinema_jax.sampling import storyboard
+from data_pipelines import records
 
 SUMMARY = "job_summary.json"
 
@@ -81,7 +87,7 @@ def save_storyline(outdir: str, index: int, story: dict, frames, captions: list[
   for k, frame in enumerate(frames):
     files.append(f"keyframe_{k:03d}.png")
     Image.fromarray(frame).save(os.path.join(tmp, files[-1]))
-  sampling.storyboard_image(frames, captions, title=story["title"] + title_suffix).save(
+  keyframe_sampler.storyboard_image(frames, captions, title=story["title"] + title_suffix).save(
       os.path.join(tmp, "storyboard.png"))
   manifest = {"dir": name, "title": story["title"], "movie_id": story.get("movie_id"), "captions": captions,
               "keyframes": files, "storyboard": "storyboard.png", **info}
@@ -121,13 +127,13 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def run(sampler: sampling.Sampler, params, stories: list[dict], outdir: str, *, seed: int, max_shots: int,
+def run(sampler: keyframe_sampler.Sampler, params, stories: list[dict], outdir: str, *, seed: int, max_shots: int,
         per_device_batch: int = 1, process_id: int = 0, num_processes: int = 1, info: dict | None = None,
         title_suffix: str = "", echo=print, shots_fn=None, video: dict | None = None) -> dict:
   """Samples this process's share of `stories` into outdir; returns this process's report.
 
   shots_fn(keyframes [K, H, W, 3] uint8, captions, seed) -> shot videos [K, F, H, W, 3]: the video
-  stage (shot_sampling.ShotSampler.shots) run on each storyline's keyframes; video: its MP4 settings
+  stage (shot_sampler.ShotSampler.shots) run on each storyline's keyframes; video: its MP4 settings
   ({"fps", "scale"}). Without it only keyframes and storyboards are written."""
   devices = jax.local_devices()
   mesh = Mesh(np.array(devices), ("data",))
@@ -201,3 +207,60 @@ def summarize(outdir: str, stories: list[dict], info: dict, echo=print) -> dict 
   echo(f"job complete: {summary['storylines']} storylines, {summary['keyframes']} keyframes -> "
        f"{os.path.join(outdir, SUMMARY)}")
   return summary
+
+
+def read_storylines(path: str) -> list[dict]:
+  """Storylines of a JSONL file, with one-line errors that name the file and line."""
+  if not os.path.exists(path):
+    raise records.DataError(f"storylines file {path} does not exist")
+  out = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        story = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise records.DataError(f"{path} line {n}: not JSON ({e.msg})") from None
+      caps = story.get("captions") if isinstance(story, dict) else None
+      if not isinstance(caps, list) or not caps or not all(isinstance(x, str) and x.strip() for x in caps):
+        raise records.DataError(f"{path} line {n}: expected {{\"title\": ..., \"captions\": [non-empty strings]}}")
+      entry = {"title": str(story.get("title", f"storyline {len(out)}")), "captions": caps,
+               "movie_id": story.get("movie_id")}
+      for key, ok in (("characters", lambda x: isinstance(x, list) and all(isinstance(n, str) for n in x)),
+                      ("places", lambda x: x is None or isinstance(x, str))):  # optional, one per shot
+        if key in story:
+          if not isinstance(story[key], list) or len(story[key]) != len(caps) or not all(map(ok, story[key])):
+            raise records.DataError(f"{path} line {n}: {key!r} must hold one entry per caption "
+                                    f"({'a list of names' if key == 'characters' else 'a place name or null'})")
+          entry[key] = story[key]
+      out.append(entry)
+  if not out:
+    raise records.DataError(f"{path}: no storylines")
+  return out
+
+
+def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bool = False,
+                overrides: dict | None = None, encoder_flags: dict | None = None):
+  """(shots_fn for jobs.run, manifest info, config) of the video model in workdir; resolution:
+  the keyframe model's, which it must match (None: unchecked); overrides: config.sample fields;
+  encoder_flags: the encoder folders (cli.define_encoder_flags' values) for a latent T5/CLIP model."""
+  if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
+    raise records.DataError(f"no checkpoints in --video_workdir={workdir}: train one first "
+                            "(python -m cinema_jax.train --config=configs/video.py:demo)")
+  c = loading.saved_config(workdir)
+  if c.task != "video":
+    raise records.DataError(f"--video_workdir={workdir} holds a {c.task} model, not a video model (configs/video.py)")
+  if resolution is not None and tuple(c.data.resolution) != tuple(resolution):
+    raise records.DataError(f"the video model makes {tuple(c.data.resolution)} frames, the keyframe model "
+                            f"{tuple(resolution)} keyframes")
+  with c.unlocked():
+    c.sample.update(overrides or {})
+  cli.apply_encoder_flags(c, encoder_flags or {})
+  dtype = loading.sampling_dtype(c.sample.param_dtype)
+  mesh = sharding.make_mesh(c.mesh)
+  graphdef, params, step = loading.restore_params(workdir, c, raw_params, dtype, mesh)
+  text, frames = loading.encoders_for(c, dtype, mesh)
+  sampler = shot_sampler.ShotSampler(c, graphdef, text=text, frames=frames)
+  info = {"video_checkpoint_step": step, "video_num_steps": c.sample.num_steps, "video_guidance": c.sample.guidance}
+  return (lambda kf, captions, seed: sampler.shots(params, kf, captions, seed=seed)), info, c

@@ -23,9 +23,9 @@ import numpy as np
 
 from cinema_jax import encoders
 from cinema_jax import input_space
-from cinema_jax import sampling
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
+from cinema_jax.sampling import flow
 
 
 @functools.partial(jax.jit, static_argnames=("c", "graphdef"))
@@ -48,7 +48,7 @@ def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, kf_BKhwC, text
   x, t_kf, eps_kf = jax.vmap(draws)(keys_K)
   x, t_kf = x[None], t_kf[None]
   kf = (1 - t_kf[..., None, None]) * kf + t_kf[..., None, None] * eps_kf[None]
-  times = jnp.asarray(sampling.schedule(c.sample.num_steps, n_clip, c.objective.shift))
+  times = jnp.asarray(flow.schedule(c.sample.num_steps, n_clip, c.objective.shift))
   distilled = c.model.guidance_embed  # the scale goes into guidance_in: one conditional pass
   if not distilled:  # CFG: the conditional and the caption-free window in one batch of 2
     text = jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros_like(a)]), text)
@@ -58,9 +58,9 @@ def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, kf_BKhwC, text
   def velocity(x, i):
     xx = x if distilled else jnp.concatenate([x, x])
     vel = video.velocity(c, model, kf, xx, jnp.full((xx.shape[0], k), times[i]), t_kf, text, g)
-    return vel if distilled else sampling.guided(vel, guidance)
+    return vel if distilled else flow.guided(vel, guidance)
 
-  x = sampling.euler(velocity, x, times, c.sample.num_steps)
+  x = flow.euler(velocity, x, times, c.sample.num_steps)
   return video.unpatchify(x, v.patch_t, c.model.patch, v.num_frames - 1, *input_space.of(c).frame_shape[:2])
 
 
@@ -72,7 +72,7 @@ class ShotSampler:
     decode); both from cinema_jax/encoders.py, the data's tokenizer and pixels by default."""
     if c.task != "video":
       raise ValueError(f"ShotSampler needs a video-model config (config.task='video'), got {c.task!r}")
-    self.c = ml_collections.FrozenConfigDict(c.copy_and_resolve_references())  # as sampling.Sampler: frozen
+    self.c = ml_collections.FrozenConfigDict(c.copy_and_resolve_references())  # as keyframe_sampler.Sampler: frozen
     self.graphdef = graphdef
     self.text, self.frames = encoders.for_model(c, text, frames)
     self.h, self.w = c.data.resolution
@@ -106,7 +106,7 @@ class ShotSampler:
     for first in range(0, num, self.window):
       sl = slice(first, min(num, first + self.window))
       clips = np.asarray(self._denoise(params, jnp.asarray(kf[None, sl]), {k: jnp.asarray(a[None, sl])
-                                                                            for k, a in text.items()},
+                                                                           for k, a in text.items()},
                                        jnp.stack(keys[sl]), g)[0])  # [k, F-1, h, w, C]
       pixels = self.frames.decode(clips.reshape(-1, *self.frame_shape))
       out[sl, 1:] = encoders.to_uint8(pixels).reshape(clips.shape[0], self.num_frames - 1, self.h, self.w, 3)

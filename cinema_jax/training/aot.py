@@ -18,41 +18,16 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
+from cinema_jax import batch_format
 from cinema_jax import flops
-from cinema_jax import input_space
 from cinema_jax import sharding
-from cinema_jax import trainer
-from cinema_jax.models import keyframe
+from cinema_jax.training import train_step
 
 # Cloud TPU topology names that libtpu compiles for: generation:chips per dimension. v4 and v5p are 3D
 # tori, v5e and v6e 2D (libtpu aborts the process, not a Python error, on a 3D v5e name).
 TOPOLOGY = re.compile(r"^(v4|v5p|v5|v5e|v6e):(\d+)x(\d+)(?:x(\d+))?$")
-
-
-def batch_spec(c: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-  """Global shapes and dtypes of the batch the pipeline yields for config c (data_pipelines/pipeline.py)."""
-  m, b, p, L = c.model, c.batch_size, c.data.num_pairs, c.data.text_len
-  s = lambda shape, dtype: jax.ShapeDtypeStruct((b, *shape), jnp.dtype(dtype))
-  spec = {"movie": s((), "int32"), "shot_index": s((p,), "int32"), "stride": s((), "int32"),
-          "text_mask": s((p, L), "bool")}
-  if c.data.text_source == "tokens":
-    spec["text_tokens"] = s((p, L), "int32")
-  else:
-    spec.update(text_states=s((p, L, m.context_dim), "float32"), text_pooled=s((p, m.vec_dim), "float32"))
-  groups = keyframe.pipeline_image_groups(c)
-  space = input_space.of(c)
-  if groups:  # GoldenMem resized in the pipeline: one array per level group
-    for g, (n, (h, w)) in enumerate(groups):
-      spec[f"image_g{g}"] = s((n, h, w, m.image_channels), "float32")
-  else:
-    spec[space.image_key] = s((p, *space.frame_shape), "float32")
-    if c.data.load_frames:  # every shot's frames (the video model): pixels, or per-frame VAE latents
-      frames = m.video.num_frames if c.task == "video" else c.data.toy.num_frames
-      spec[space.frames_key] = s((p, frames, *space.frame_shape), "float32")
-  return spec
 
 
 def topology_devices(name: str) -> list:
@@ -81,11 +56,11 @@ def compile_train_step(c: ml_collections.ConfigDict, devices=None) -> dict[str, 
   dp = sharding.data_parallel_size(mesh)
   if c.batch_size % dp:
     raise ValueError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp}")
-  setup = trainer.make_setup(c, mesh)
+  setup = train_step.make_setup(c, mesh)
   with jax.set_mesh(mesh):
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
-             for k, v in batch_spec(c).items()}
-    step = trainer.jit_train_step(c, setup, mesh, batch)
+             for k, v in batch_format.spec(c).items()}
+    step = train_step.jit_train_step(c, setup, mesh, batch)
     start = time.perf_counter()
     lowered = step.lower(setup.abstract_state, batch)
     lower_s = time.perf_counter() - start

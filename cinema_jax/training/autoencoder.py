@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cinema_jax import checkpoints
 from cinema_jax import encoders
 from cinema_jax.convert import mapping
 from cinema_jax.models import vae
+from data_pipelines import toy_dataset
 
 EXPORT_DIR = "vae"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -204,3 +206,15 @@ def export(c: ml_collections.ConfigDict, workdir: str, images_NHWC: np.ndarray) 
   logging.info("autoencoder of step %d -> %s (latent shift %.4f, scale %.4f, from %d frames)", step, out, shift,
                scale, len(images_NHWC))
   return out
+
+
+def export_finished_run(c: ml_collections.ConfigDict, workdir: str) -> None:
+  """A finished autoencoder run: workdir/vae, the diffusers folder precompute --vae and sampling read."""
+  mngr = checkpoints.manager(workdir, read_only=True)
+  finished = mngr.latest_step() == c.total_steps
+  mngr.close()
+  if jax.process_index() != 0 or not finished:  # stopped early (--stop_at_step): a later run exports
+    return
+  path = toy_dataset.train_path(c.data, workdir)
+  out = export(c, workdir, calibration_frames(path))
+  print(f"autoencoder: {out} (precompute --vae={out})", flush=True)
