@@ -19,6 +19,7 @@ from absl import flags
 
 from benchmarks import train_step
 from cinema_jax import cli
+from configs import data as data_config
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 from data_pipelines import records
@@ -52,7 +53,7 @@ def render_speed(world: toy_world.WorldConfig, num_movies: int = 40) -> dict[str
 def pipeline_speed(path: str, workers: int, num_batches: int, c=None, batch: int = 8) -> float:
   """Windows per second of the pipeline of data config c (default: P = 8) with `workers` workers."""
   if c is None:
-    c = pipeline.default_config()
+    c = data_config.get_config()
     c.num_pairs = 8
   c = c.copy_and_resolve_references()
   c.worker_count = workers

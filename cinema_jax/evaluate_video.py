@@ -50,7 +50,6 @@ def main(argv, f: dict) -> None:
     sys.exit(f"error: {e}")
 
 
-
 if __name__ == "__main__":
   _flags = _define_flags()
   app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)

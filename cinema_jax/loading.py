@@ -134,7 +134,8 @@ def encoders_for(c: ml_collections.ConfigDict, dtype: str = "float32", mesh=None
 def retrieval_clip(c: ml_collections.ConfigDict, workdir: str = "", dtype: str = "float32"):
   """The image/text embedding context_order "image" scores with (None for other orders): the CLIP model
   of config.sample.encoders.retrieval_clip (real data: the one whose image embeddings the records hold),
-  or the run's ToyCLIP (trained into workdir on first use)."""
+  or the run's ToyCLIP (trained into workdir on first use: retrieval by image can be a sampling-time
+  choice for a model trained with another context order)."""
   if c.data.context_order != "image":
     return None
   if c.sample.encoders.retrieval_clip:
@@ -142,7 +143,7 @@ def retrieval_clip(c: ml_collections.ConfigDict, workdir: str = "", dtype: str =
   if c.data.path and c.model.text_encoder == "precomputed":
     raise ValueError("config.data.context_order='image' on real data scores with CLIP: give the CLIP model folder "
                      "(--retrieval_clip=clip-vit-large-patch14, or config.sample.encoders.retrieval_clip)")
-  return toy_clip.load(toy_clip.resolve(c.data, workdir, logging.info))
+  return toy_clip.load(toy_clip.resolve(c.data, workdir, logging.info, build=True))
 
 
 def memory_report(params, text=None, frames=None) -> str:

@@ -150,17 +150,21 @@ def load(path: str) -> ToyClip:
   return ToyClip(params)
 
 
-def resolve(data_config, workdir: str, log=lambda msg: None) -> str:
+def resolve(data_config, workdir: str, log=lambda msg: None, build: bool = False) -> str:
   """The ToyCLIP file a run uses: config.data.retrieval.embedding, or <workdir>/toy_clip.safetensors,
-  trained on the run's training data the first time it is needed."""
+  trained on the run's training data when missing and build is set (training prepares it so:
+  cinema_jax/training/prepare.py); otherwise a missing file is a one-line error."""
   given = data_config.retrieval.embedding
   if given:
     if not os.path.isfile(given):
       raise records.DataError(f"config.data.retrieval.embedding={given!r}: no such file")
     return given
   path = os.path.join(workdir, FILENAME)
+  if not os.path.isfile(path) and not build:
+    raise records.DataError(f"no ToyCLIP at {path} (text-to-image retrieval): the training command trains it "
+                            f"(python -m cinema_jax.train --config=... --workdir={workdir})")
   if not os.path.isfile(path):
-    data = toy_dataset.train_path(data_config, workdir, log)
+    data = toy_dataset.train_path(data_config, workdir, log, build)
     log(f"training ToyCLIP on {data} for text-to-image retrieval")
     save(fit_dataset(data), path)
   return path

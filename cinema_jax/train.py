@@ -26,6 +26,7 @@ from cinema_jax import sharding
 from cinema_jax.training import aot
 from cinema_jax.training import autoencoder
 from cinema_jax.training import loop
+from cinema_jax.training import prepare
 from data_pipelines import pipeline
 from data_pipelines import records
 
@@ -75,6 +76,8 @@ def main(argv):
   logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(), jax.process_count(),
                jax.device_count(), jax.default_backend())
   try:
+    config_validation.validate(_CONFIG.value)
+    prepare.training_inputs(_CONFIG.value, _WORKDIR.value, logging.info)
     last = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
     if _CONFIG.value.task == "autoencoder" and not last.get("preempted"):
       autoencoder.export_finished_run(_CONFIG.value, _WORKDIR.value)

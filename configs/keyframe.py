@@ -16,7 +16,7 @@ Override any field from the command line: `--config.data.num_pairs=16 --config.m
 
 import ml_collections
 
-from data_pipelines import pipeline
+from configs import data as data_config
 
 # The toy autoencoder's folder (configs/autoencoder.py:toy with --workdir=runs/toy_autoencoder writes
 # it; launch/quickstart.sh demo does so first): the toy configs' input space
@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.total_steps = 20_000
   c.batch_size = 16  # global examples per step (each example: data.num_pairs pairs)
 
-  c.data = pipeline.default_config()
+  c.data = data_config.get_config()
   c.data.resolution = (400, 800)  # keyframe pixels (H, W); the toy world is rendered at this size
   c.data.path = ""
   c.data.num_pairs = 8

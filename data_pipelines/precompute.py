@@ -185,15 +185,16 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
   return True
 
 
-def train_path(data_config, workdir: str, log=print) -> str:
-  """The training records a data config reads: config.data.path, or the toy world's (built under workdir
-  on first use), in the latents of config.data.toy.autoencoder when one is named (`toy_latents`)."""
+def train_path(data_config, workdir: str, log=print, build: bool = False) -> str:
+  """The training records a data config reads: config.data.path, or the toy world's under workdir, in the
+  latents of config.data.toy.autoencoder when one is named (`toy_latents`). build: make what is missing
+  (cinema_jax/training/prepare.py); otherwise what is missing is a one-line error."""
   if data_config.path or not data_config.toy.autoencoder:
-    return toy_dataset.train_path(data_config, workdir, log)
-  return toy_latents(data_config, workdir, log)
+    return toy_dataset.train_path(data_config, workdir, log, build)
+  return toy_latents(data_config, workdir, log, build)
 
 
-def toy_latents(data_config, workdir: str, log=print) -> str:
+def toy_latents(data_config, workdir: str, log=print, build: bool = True) -> str:
   """The toy world's training split as latents of the autoencoder folder config.data.toy.autoencoder (and
   every shot frame's, with config.data.load_frames; with context_order "image", ToyCLIP's embeddings of
   keyframes and captions), pre-computed on first use beside the world:
@@ -206,10 +207,10 @@ def toy_latents(data_config, workdir: str, log=print) -> str:
             f"--workdir=AE and pass --config.data.toy.autoencoder=AE/{autoencoder.EXPORT_DIR}")
     raise records.DataError(f"config.data.toy.autoencoder={ae!r}: no autoencoder there; train the toy autoencoder "
                             f"first: python -m cinema_jax.train --config=configs/autoencoder.py:toy {make}")
-  root = toy_dataset.root_for_config(data_config, workdir, log)
+  root = toy_dataset.root_for_config(data_config, workdir, log, build)
   embedding = None
   if data_config.context_order == "image":  # retrieval by image reads the records' embeddings (as CLIP's)
-    files.append(toy_clip.resolve(data_config, workdir, log))
+    files.append(toy_clip.resolve(data_config, workdir, log, build))
     embedding = toy_clip.load(files[-1])
   digest = hashlib.sha1()
   for f in files:
@@ -217,6 +218,9 @@ def toy_latents(data_config, workdir: str, log=print) -> str:
       digest.update(fh.read())
   digest.update(f"frames={bool(data_config.load_frames)}".encode())
   dst = os.path.join(root, f"latents-{digest.hexdigest()[:10]}", "train")
+  if not os.path.exists(os.path.join(dst, records.INDEX_FILE)) and not build:
+    raise records.DataError(f"the toy world's latents of {ae} are not pre-computed ({dst}): the training command "
+                            f"does it (python -m cinema_jax.train --config=... --workdir={workdir})")
   if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):
     log(f"pre-computing the toy world's latents with {ae} into {dst}")
     enc = dataclasses.replace(load_encoders(ae, "", ""), retrieval=embedding)

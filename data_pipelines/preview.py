@@ -32,7 +32,7 @@ _NUM_BATCHES = flags.DEFINE_integer("num_batches", 8, "Batches to draw and summa
 
 
 def summarise(c, workdir: str, num_batches: int) -> str:
-  path = toy_dataset.train_path(c.data, workdir, log=print)
+  path = toy_dataset.train_path(c.data, workdir, log=print, build=True)
   p = pipeline.make_pipeline(c.data, path, batch_size=c.batch_size)
   ix = p.reader.index
   shots = np.array([m["num_shots"] for m in ix.movies])

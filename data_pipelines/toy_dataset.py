@@ -104,11 +104,16 @@ def _build_into(staging: str, num_movies: int, seed: int, world: toy_world.World
   return {**summary, "seconds": round(time.perf_counter() - start, 2)}
 
 
-def ensure(root: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig, log=lambda msg: None) -> str:
-  """The toy dataset with these knobs under `root` (root/toy-<digest>), built on first use."""
+def ensure(root: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig, log=lambda msg: None,
+           build: bool = True) -> str:
+  """The toy dataset with these knobs under `root` (root/toy-<digest>), built there when missing (build=False:
+  a one-line error instead, naming the command that builds it)."""
   knobs = {"num_movies": num_movies, "seed": seed, "world": dataclasses.asdict(world)}
   digest = hashlib.sha1(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
   out = os.path.join(os.path.abspath(root), f"toy-{digest}")
+  if not os.path.exists(os.path.join(out, WORLD_FILE)) and not build:
+    raise records.DataError(f"no toy world at {out}: the training command builds it (python -m cinema_jax.train "
+                            f"--config=... --workdir={os.path.dirname(os.path.abspath(root))})")
   if not os.path.exists(os.path.join(out, WORLD_FILE)):
     log(f"building the toy-movie dataset ({num_movies} movies, seed {seed}) at {out}")
     try:
@@ -123,18 +128,20 @@ def ensure(root: str, *, num_movies: int, seed: int, world: toy_world.WorldConfi
   return out
 
 
-def root_for_config(data_config, workdir: str, log=lambda msg: None) -> str:
-  """The toy world a data config asks for (config.data.toy at config.data.resolution), built on first
-  use under workdir/data; returns its root (train/, eval/, storylines.jsonl)."""
+def root_for_config(data_config, workdir: str, log=lambda msg: None, build: bool = False) -> str:
+  """The toy world a data config asks for (config.data.toy at config.data.resolution) under workdir/data:
+  its root (train/, eval/, storylines.jsonl). build: make it when missing (training prepares it so:
+  cinema_jax/training/prepare.py); otherwise a missing world is a one-line error."""
   t = data_config.toy
   world = toy_world.WorldConfig(height=data_config.resolution[0], width=data_config.resolution[1],
                                 num_frames=t.num_frames, min_shots=t.min_shots, max_shots=t.max_shots)
-  return ensure(os.path.join(workdir, "data"), num_movies=t.num_movies, seed=t.seed, world=world, log=log)
+  return ensure(os.path.join(workdir, "data"), num_movies=t.num_movies, seed=t.seed, world=world, log=log,
+                build=build)
 
 
-def train_path(data_config, workdir: str, log=lambda msg: None) -> str:
+def train_path(data_config, workdir: str, log=lambda msg: None, build: bool = False) -> str:
   """config.data.path, or the training split of the toy world of root_for_config."""
   if data_config.path:
     return data_config.path
-  return os.path.join(root_for_config(data_config, workdir, log), "train")
+  return os.path.join(root_for_config(data_config, workdir, log, build), "train")
 

@@ -92,13 +92,13 @@ def replace_record_fixture():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> str:
   """A workdir of the tiny keyframe config trained 4 steps (EMA decay 0.5), built once per session."""
-  from cinema_jax.training import loop  # pylint: disable=g-import-not-at-top
   from configs import keyframe as keyframe_config  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
   c = keyframe_config.get_config("tiny")
   c.update(batch_size=8, total_steps=4)  # 8 fake devices in this process
   c.optimizer.ema_decay = 0.5
   workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
-  loop.train_and_evaluate(c, workdir)
+  helpers.train(c, workdir)
   return workdir
 
 

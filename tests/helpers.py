@@ -16,10 +16,20 @@ import ml_collections
 import numpy as np
 
 from cinema_jax import checkpoints
+from cinema_jax import config_validation
 from cinema_jax import sharding
+from cinema_jax.training import loop
+from cinema_jax.training import prepare
 from cinema_jax.training import train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train(c: ml_collections.ConfigDict, workdir: str, **kw) -> dict:
+  """What `python -m cinema_jax.train` does in this process: validate, prepare the inputs, train."""
+  config_validation.validate(c)
+  prepare.training_inputs(c, workdir, log=lambda msg: None)
+  return loop.train_and_evaluate(c, workdir, **kw)
 
 
 def mesh(data, fsdp, context, tensor, devices):

@@ -148,7 +148,7 @@ def test_skip_policy_counts_and_stops_after_k_in_a_row(tmp_path):
   c.nonfinite.update(policy="skip", max_consecutive=3)
   with pytest.raises(loop.TrainingError, match=r"non-finite update at step 3 .*: 3 steps in a row skipped "
                      r"\(config.nonfinite.max_consecutive=3\), 3 in all; stopped. The last checkpoint \(step 2\)"):
-    loop.train_and_evaluate(c, str(tmp_path))
+    helpers.train(c, str(tmp_path))
   # Skipped steps change nothing: the checkpoint of step 2 holds the initial parameters.
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
   setup = train_step.make_setup(c, mesh)
@@ -193,12 +193,12 @@ def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_pa
   c.checkpoint.update(every_steps=2, keep=1)
   with pytest.raises(loop.TrainingError, match=r"checkpoint save at step 4 failed \(OSError: \[Errno 28\] No space "
                      r"left on device\); the last complete checkpoint \(step 2\) is intact$"):
-    loop.train_and_evaluate(c, str(tmp_path / "stop"))
+    helpers.train(c, str(tmp_path / "stop"))
   assert helpers.committed_steps(str(tmp_path / "stop")) == [2]
 
   seen.clear()
   c.checkpoint.on_save_error = "retry"
-  last = loop.train_and_evaluate(c, str(tmp_path / "retry"))
+  last = helpers.train(c, str(tmp_path / "retry"))
   assert last["step"] == 6
   assert seen == [(2, []), (4, [2]), (6, [2])]  # step 2 stays until 6 is committed (keep=1)
   assert helpers.committed_steps(str(tmp_path / "retry")) == [6]
@@ -207,7 +207,7 @@ def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_pa
   c.total_steps = 8
   with pytest.raises(loop.TrainingError,
                      match=r"checkpoint save at step 8 failed .* \(this was the run's last save\)"):
-    loop.train_and_evaluate(c, str(tmp_path / "retry"))
+    helpers.train(c, str(tmp_path / "retry"))
 
 
 @pytest.mark.parametrize("field,value,message", [

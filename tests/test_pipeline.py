@@ -13,13 +13,14 @@ import pytest
 
 from cinema_jax import goldenmem
 from cinema_jax import retrieval
+from configs import data as data_config
 from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import tokenizer
 
 
 def _config(**overrides):
-  c = pipeline.default_config()
+  c = data_config.get_config()
   c.num_pairs = 4
   c.text_len = 48
   c.seed = 5

@@ -23,6 +23,7 @@ from cinema_jax.training import train_step
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 from data_pipelines import precompute
+from data_pipelines import records
 
 from conftest import LATENT_TINY
 from tests import helpers
@@ -209,13 +210,13 @@ def test_curriculum_resumes_across_a_stage_boundary(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
   c = _tiny(batch_size=8, total_steps=2)  # 8 fake devices: data-parallel 8
-  loop.train_and_evaluate(c, str(tmp_path))
+  helpers.train(c, str(tmp_path))
   before = _final_state(tmp_path, 2)
   bad = _tiny(batch_size=8, total_steps=4)
   bad.optimizer.lr = float("nan")  # every update is NaN from step 3 on
   with pytest.raises(loop.TrainingError, match=r"non-finite update at step 3 .* The last checkpoint "
                      r"\(step 2\) is intact"):
-    loop.train_and_evaluate(bad, str(tmp_path))
+    helpers.train(bad, str(tmp_path))
   after = _final_state(tmp_path, 2)
   for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -266,11 +267,18 @@ def test_bfloat16_compute_keeps_float32_parameters(toy_train):
   assert losses[2] != fp32_losses[2]
 
 
+def test_the_loop_reads_only_prepared_inputs(tmp_path):
+  c = _tiny(batch_size=8, total_steps=1)  # the toy world: built by the entry point's prepare step, not here
+  with pytest.raises(records.DataError, match=r"^no toy world at .*: the training command builds it \(python -m "
+                     r"cinema_jax.train --config=\.\.\. --workdir="):
+    loop.train_and_evaluate(c, str(tmp_path))
+  assert not (tmp_path / "data").exists()  # (test_logs_metrics_and_sample_sheets trains after preparing)
+
 def test_logs_metrics_and_sample_sheets(tmp_path):
   c = _tiny(batch_size=8, total_steps=2)
   c.log.update(tensorboard=True, sample_every_steps=2)
   c.data.context_order = "image"  # and text-to-image retrieval: ToyCLIP is trained into the workdir
-  last = loop.train_and_evaluate(c, str(tmp_path))
+  last = helpers.train(c, str(tmp_path))
   assert last["step"] == 2 and np.isfinite(last["loss"])
   assert (tmp_path / "toy_clip.safetensors").exists()
   for key in ("grad_norm", "lr", "step_time", "examples_per_s", "tokens_per_s", "mfu"):
@@ -295,7 +303,7 @@ def test_trains_without_ema_and_with_a_guidance_embedding(tmp_path):
   c.optimizer.ema_decay = 0.0
   c.model.guidance_embed = True
   c.objective.guidance = 3.5
-  last = loop.train_and_evaluate(c, str(tmp_path))
+  last = helpers.train(c, str(tmp_path))
   assert np.isfinite(last["loss"])
   state = _final_state(tmp_path, 2)
   assert not jax.tree.leaves(state["ema"])  # no EMA copy is kept or saved

@@ -22,7 +22,6 @@ from cinema_jax.models import video
 from cinema_jax.sampling import jobs
 from cinema_jax.sampling import movie
 from cinema_jax.sampling import shot_sampler
-from cinema_jax.training import loop
 from configs import video as video_config
 from data_pipelines import pipeline
 from data_pipelines import precompute
@@ -214,7 +213,7 @@ def whole_movie(tiny_run, tmp_path_factory):
   c = video_config.get_config("tiny")
   c.update(batch_size=8, total_steps=2)
   video_run = str(tmp_path_factory.mktemp("tiny_video") / "run")
-  loop.train_and_evaluate(c, video_run)
+  helpers.train(c, video_run)
   out = tmp_path_factory.mktemp("movies")
   cmd = [sys.executable, "-m", "cinema_jax.sample", f"--workdir={tiny_run}", f"--video_workdir={video_run}",
          "--storylines=toy", f"--outdir={out}", "--max_shots=3", "--num_steps=2", "--fps=6", "--video_scale=2"]
