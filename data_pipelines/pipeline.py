@@ -22,7 +22,6 @@ An example (all numpy, P = num_pairs):
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 from absl import logging
@@ -32,7 +31,6 @@ import numpy as np
 
 from cinema_jax import goldenmem
 from cinema_jax import retrieval
-from cinema_jax import toy_clip
 from data_pipelines import records
 from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import windows
@@ -117,7 +115,6 @@ class LoadWindow(grain.transforms.Map):
   skip_bad: bool
   context_order: str
   recency: float = 0.0
-  embedding_path: str = ""  # ToyCLIP weights (context_order "image")
   text_convention: str = "masked"
   image_groups: tuple[tuple[int, tuple[int, int]], ...] | None = None  # (pairs, (h, w) pixels) per group
 
@@ -196,27 +193,15 @@ class LoadWindow(grain.transforms.Map):
       ex["text_tokens"], ex["text_mask"] = self.tokenizer(captions)
     if self.context_order == "text":
       ex["_query"] = ex["_history"][-1]
-    elif self.context_order == "image" and not self.embedding_path:  # the records' CLIP embeddings
+    elif self.context_order == "image":  # the records' CLIP (or ToyCLIP) embeddings
       if "_text_embedding" not in ex or len(ex.get("image_embedding", ())) != len(window["shots"]):
         raise records.BadRecordError(f"{self.reader.path}: context_order='image' needs every record's "
                                      "image_embedding and text_embedding")
       ex["_query"], ex["_history"] = ex.pop("_text_embedding")[-1], ex["image_embedding"]
-    elif self.context_order == "image":  # ToyCLIP on the pixel keyframes
-      if "image" not in ex:
-        raise records.BadRecordError(f"{self.reader.path}: text-to-image retrieval embeds pixel keyframes, the "
-                                     "records hold latents")
-      clip = _toy_clip(self.embedding_path)
-      ex["_query"], ex["_history"] = clip.texts([shot.caption])[0], clip.images(ex["image"])
     ex["movie"] = np.int32(window["movie"])
     ex["shot_index"] = np.asarray(window["shots"], np.int32)
     ex["stride"] = np.int32(window["stride"])
     return ex
-
-
-@functools.lru_cache(maxsize=2)
-def _toy_clip(path: str) -> toy_clip.ToyClip:
-  """ToyCLIP weights, read once per worker process."""
-  return toy_clip.load(path)
 
 
 class BatchIterDataset(grain.IterDataset):
@@ -315,12 +300,10 @@ def text_tokenizer(c: ml_collections.ConfigDict, path: str) -> tokenizer_lib.Tok
 
 
 def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, process_index: int = 0,
-                  process_count: int = 1, image_groups=None, embedding_path: str = "",
-                  first_batch: int = 0) -> Pipeline:
+                  process_count: int = 1, image_groups=None, first_batch: int = 0) -> Pipeline:
   """The pipeline of config section `c` (data) over the dataset at `path`, `batch_size` examples a step
   over all processes. image_groups: GoldenMem's (pairs, (height, width) pixels) per level group, oldest
   first, when frames are resized in pixel space (the model config knows the token grid).
-  embedding_path: the ToyCLIP file for context_order "image" (cinema_jax.toy_clip.resolve).
 
   Process `process_index` of `process_count` gets its rows of each global batch (ProcessShare), so
   processes see disjoint windows and together all of them. first_batch: start at that global batch
@@ -328,13 +311,10 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
   """
   check_config(c, batch_size, process_count)
   reader = records.ShotReader(path)
-  if c.context_order == "image" and not embedding_path:
-    if not {"image_embedding", "text_embedding"} <= set(reader.index.embeddings):
-      raise ConfigError(f"config.data.context_order='image': {path} holds no CLIP image and caption embeddings; "
-                        "pre-compute them (data_pipelines.precompute --clip_vision=<a whole CLIP model>), or give "
-                        "pixel records and a ToyCLIP file (make_pipeline(embedding_path=toy_clip.resolve(...)))")
-  elif c.context_order == "image":
-    toy_clip.load(embedding_path)  # fails here, naming the file, rather than in a grain worker
+  if c.context_order == "image" and not {"image_embedding", "text_embedding"} <= set(reader.index.embeddings):
+    raise ConfigError(f"config.data.context_order='image': {path} holds no CLIP image and caption embeddings; "
+                      "pre-compute them (data_pipelines.precompute --clip_vision=<a whole CLIP model>; the toy "
+                      "world's ToyCLIP embeddings: precompute.toy_embeddings, which the train command runs)")
   if reader.index.resolution is not None and list(reader.index.resolution) != list(c.resolution):
     raise ConfigError(f"config.data.resolution={tuple(c.resolution)}: {path} holds "
                       f"{reader.index.resolution[0]}x{reader.index.resolution[1]} keyframes")
@@ -362,7 +342,7 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
   ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len, tokenizer=tok,
                          load_frames=c.load_frames, skip_bad=c.bad_records == "skip",
                          context_order=c.context_order, recency=float(c.retrieval.recency),
-                         embedding_path=embedding_path, text_convention=c.text_convention,
+                         text_convention=c.text_convention,
                          image_groups=tuple((int(n), tuple(size)) for n, size in image_groups or ()) or None))
   it = ds.to_iter_dataset()
   if c.worker_count > 0:

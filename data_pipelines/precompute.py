@@ -50,7 +50,7 @@ from data_pipelines import toy_dataset
 class Encoders:
   """The encoders (cinema_jax/encoders.py): images uint8 [B, H, W, 3], captions list[str]."""
 
-  vae: vae_model.AutoencoderKL
+  vae: vae_model.AutoencoderKL | None  # None: keyframes and frames stay pixels (PNG); embeddings are added
   text: encoders.FluxText | None  # None: captions stay text (a model with its own text encoder)
   clip_vision: clip.CLIPVisionModelWithProjection | None
   # a whole CLIP model, or the toy world's ToyCLIP (the same interface): caption embeddings in its image space
@@ -121,26 +121,30 @@ def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoder
     pad = batch_size - len(chunk)
     images = np.stack([k for _, k, _ in chunk] + [np.zeros_like(chunk[0][1])] * pad)
     captions = [s.caption for s in shots] + [shots[-1].caption] * pad
-    latents = enc.latents(images)
+    pixels = enc.vae is None
+    latents = [None] * len(captions) if pixels else enc.latents(images)
     states, pooled = enc.text_records(captions)
     embeds = enc.image_embeddings(images) if enc.embeds_images else [None] * len(captions)
     frame_latents = [None] * len(chunk)
-    if frames:  # the chunk's frames batch_size at a time: the keyframes' compiled shape, and their memory
+    if frames and not pixels:  # the frames batch_size at a time: the keyframes' compiled shape, and their memory
       clips = np.stack([f for _, _, f in chunk] + [np.zeros_like(chunk[0][2])] * pad)  # [B, F, H, W, 3]
       flat = clips.reshape(-1, *clips.shape[2:])
       lat = np.concatenate([enc.latents(flat[i:i + batch_size]) for i in range(0, len(flat), batch_size)])
       frame_latents = list(lat.reshape(*clips.shape[:2], *lat.shape[1:])[:len(chunk)])
     for s, lat, fl, st, po, em, te in zip(shots, latents, frame_latents, states, pooled, embeds,
                                           enc.text_embeddings(captions)):
-      out.append(dataclasses.replace(s, keyframe_png=None, frames_png=None, keyframe_latent=lat, frame_latents=fl,
-                                     t5=st, clip_pooled=po, image_embedding=em, text_embedding=te).to_bytes())
+      kept = {"keyframe_png": s.keyframe_png, "frames_png": s.frames_png} if pixels else {
+          "keyframe_png": None, "frames_png": None, "keyframe_latent": lat, "frame_latents": fl}
+      out.append(dataclasses.replace(s, **kept, t5=st, clip_pooled=po, image_embedding=em,
+                                     text_embedding=te).to_bytes())
   return out
 
 
 def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: int = 1, batch_size: int = 16,
         log=print, frames: bool = False) -> bool:
   """Encodes this process's movies; assembles DST when every movie is done. True when DST is complete.
-  frames: also every shot frame's latent (the video model's input; the source must store frames)."""
+  frames: also every shot frame's latent (the video model's input; the source must store frames); with
+  enc.vae None, the frames are kept as they are."""
   if not 0 <= process_id < num_processes:
     raise ValueError(f"--process_id={process_id}: expected 0 <= id < --num_processes={num_processes}")
   if os.path.exists(os.path.join(dst, records.INDEX_FILE)):
@@ -174,7 +178,7 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
     info.update(text_convention=enc.text.convention, text_len=enc.text.text_len)
   try:
     records.write_dataset(dst, movies, num_shards=len(reader.index.shards), info=info,
-                          num_frames=reader.index.num_frames if frames else 0)
+                          num_frames=reader.index.num_frames if frames or enc.vae is None else 0)
   except (records.DataError, OSError):
     if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):  # another process did not just finish it
       raise
@@ -187,11 +191,37 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
 
 def train_path(data_config, workdir: str, log=print, build: bool = False) -> str:
   """The training records a data config reads: config.data.path, or the toy world's under workdir, in the
-  latents of config.data.toy.autoencoder when one is named (`toy_latents`). build: make what is missing
+  latents of config.data.toy.autoencoder when one is named (`toy_latents`), or as pixels with ToyCLIP's
+  embeddings for retrieval by image (`toy_embeddings`). build: make what is missing
   (cinema_jax/training/prepare.py); otherwise what is missing is a one-line error."""
-  if data_config.path or not data_config.toy.autoencoder:
-    return toy_dataset.train_path(data_config, workdir, log, build)
-  return toy_latents(data_config, workdir, log, build)
+  if data_config.path:
+    return data_config.path
+  if data_config.toy.autoencoder:
+    return toy_latents(data_config, workdir, log, build)
+  if data_config.context_order == "image":
+    return toy_embeddings(data_config, workdir, log, build)
+  return toy_dataset.train_path(data_config, workdir, log, build)
+
+
+def toy_embeddings(data_config, workdir: str, log=print, build: bool = True) -> str:
+  """The toy world's training split in pixels with ToyCLIP's embeddings of keyframes and captions (what
+  retrieval by image reads, as CLIP's on real data), pre-computed on first use beside the world:
+  <toy root>/embedded-<digest of ToyCLIP and the options>/train."""
+  root = toy_dataset.root_for_config(data_config, workdir, log, build)
+  clip_file = toy_clip.resolve(data_config, workdir, log, build)
+  digest = hashlib.sha1()
+  with open(clip_file, "rb") as fh:
+    digest.update(fh.read())
+  digest.update(f"frames={bool(data_config.load_frames)}".encode())
+  dst = os.path.join(root, f"embedded-{digest.hexdigest()[:10]}", "train")
+  if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):
+    if not build:
+      raise records.DataError(f"the toy world's ToyCLIP embeddings are not pre-computed ({dst}): the training "
+                              f"command does it (python -m cinema_jax.train --config=... --workdir={workdir})")
+    log(f"pre-computing ToyCLIP's embeddings of the toy world into {dst}")
+    enc = Encoders(vae=None, text=None, clip_vision=None, retrieval=toy_clip.load(clip_file))
+    run(os.path.join(root, "train"), dst, enc, frames=bool(data_config.load_frames), log=log)
+  return dst
 
 
 def toy_latents(data_config, workdir: str, log=print, build: bool = True) -> str:

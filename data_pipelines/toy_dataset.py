@@ -105,13 +105,13 @@ def _build_into(staging: str, num_movies: int, seed: int, world: toy_world.World
 
 
 def ensure(root: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig, log=lambda msg: None,
-           build: bool = True) -> str:
-  """The toy dataset with these knobs under `root` (root/toy-<digest>), built there when missing (build=False:
+           make: bool = True) -> str:
+  """The toy dataset with these knobs under `root` (root/toy-<digest>), built there when missing (make=False:
   a one-line error instead, naming the command that builds it)."""
   knobs = {"num_movies": num_movies, "seed": seed, "world": dataclasses.asdict(world)}
   digest = hashlib.sha1(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
   out = os.path.join(os.path.abspath(root), f"toy-{digest}")
-  if not os.path.exists(os.path.join(out, WORLD_FILE)) and not build:
+  if not os.path.exists(os.path.join(out, WORLD_FILE)) and not make:
     raise records.DataError(f"no toy world at {out}: the training command builds it (python -m cinema_jax.train "
                             f"--config=... --workdir={os.path.dirname(os.path.abspath(root))})")
   if not os.path.exists(os.path.join(out, WORLD_FILE)):
@@ -136,7 +136,7 @@ def root_for_config(data_config, workdir: str, log=lambda msg: None, build: bool
   world = toy_world.WorldConfig(height=data_config.resolution[0], width=data_config.resolution[1],
                                 num_frames=t.num_frames, min_shots=t.min_shots, max_shots=t.max_shots)
   return ensure(os.path.join(workdir, "data"), num_movies=t.num_movies, seed=t.seed, world=world, log=log,
-                build=build)
+                make=build)
 
 
 def train_path(data_config, workdir: str, log=lambda msg: None, build: bool = False) -> str:

@@ -67,10 +67,6 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
       raise pipeline.ConfigError(f"config.model.text.vocab_size={c.model.text.vocab_size}: the tokenizer of {path} "
                                  f"has {vocab} tokens")
   plan = train_step.stages(c)
-  # text-to-image retrieval: ToyCLIP on pixel keyframes; records of pre-computed latents carry the embeddings
-  pixel_records = records.ShotReader(path).index.latent_shape is None
-  clip_path = (toy_clip.resolve(c.data, workdir, logging.info)
-               if c.data.context_order == "image" and pixel_records else "")
 
   setup = train_step.make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names
   with jax.set_mesh(mesh):
@@ -105,7 +101,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
           data_iter = pipeline.make_pipeline(
               stage.config.data, path, batch_size=c.batch_size, process_index=jax.process_index(),
               process_count=jax.process_count(), image_groups=keyframe.pipeline_image_groups(stage.config),
-              embedding_path=clip_path, first_batch=start - stage.first + 1 if resuming and not same_layout else 0
+              first_batch=start - stage.first + 1 if resuming and not same_layout else 0
           ).iterator()
           if same_layout:
             checkpoints.restore_data_iter(mngr, start, data_iter)
