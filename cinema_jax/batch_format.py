@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cinema_jax import errors
 from cinema_jax import input_space
 from cinema_jax.models import keyframe
-from data_pipelines import records
 
 
 def spec(c: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
@@ -45,10 +45,10 @@ def check(batch: dict, expected: dict[str, jax.ShapeDtypeStruct], source: str) -
   records' CLIP embeddings)."""
   missing = sorted(set(expected) - set(batch))
   if missing:
-    raise records.DataError(f"{source}: the batch has no {', '.join(missing)}; the config expects "
-                            f"{', '.join(sorted(expected))}")
+    raise errors.DataError(f"{source}: the batch has no {', '.join(missing)}; the config expects "
+                           f"{', '.join(sorted(expected))}")
   for k, want in expected.items():
     got = batch[k]
     if tuple(got.shape) != tuple(want.shape) or jnp.dtype(got.dtype) != want.dtype:
-      raise records.DataError(f"{source}: batch[{k!r}] is {got.dtype}{list(got.shape)}, the config expects "
-                              f"{want.dtype}{list(want.shape)}")
+      raise errors.DataError(f"{source}: batch[{k!r}] is {got.dtype}{list(got.shape)}, the config expects "
+                             f"{want.dtype}{list(want.shape)}")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from cinema_jax import errors
 from cinema_jax import input_space
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
 from cinema_jax.training import autoencoder
 from cinema_jax.training import faults
 from cinema_jax.training import objective
-from data_pipelines import pipeline
 
 
 TASKS = ("keyframe", "video", "autoencoder")
@@ -22,64 +22,64 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
   """One-line errors for config values the run cannot use (reads_data=False: compile only)."""
   m = c.model
   if not isinstance(c.total_steps, int) or c.total_steps < 1:
-    raise pipeline.ConfigError(f"config.total_steps={c.total_steps!r}: expected an int >= 1")
+    raise errors.ConfigError(f"config.total_steps={c.total_steps!r}: expected an int >= 1")
   h, w = c.data.resolution
   space = input_space.of(c)
   cell = space.cell
   if h % cell or w % cell:
-    raise pipeline.ConfigError(f"config.data.resolution={tuple(c.data.resolution)}: not a multiple of "
-                               f"model.vae_downsample * model.patch = {cell}")
+    raise errors.ConfigError(f"config.data.resolution={tuple(c.data.resolution)}: not a multiple of "
+                             f"model.vae_downsample * model.patch = {cell}")
   if m.text_encoder in ("tokens", "precomputed") and m.text_encoder != c.data.text_source:
-    raise pipeline.ConfigError(f"config.model.text_encoder={m.text_encoder!r} needs config.data.text_source="
-                               f"{m.text_encoder!r}")
+    raise errors.ConfigError(f"config.model.text_encoder={m.text_encoder!r} needs config.data.text_source="
+                             f"{m.text_encoder!r}")
   if reads_data and not space.pixels and not c.data.path and not c.data.toy.autoencoder:
-    raise pipeline.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads latents; give pre-computed "
-                               "records, or the toy world's autoencoder (config.data.toy.autoencoder, made by python "
-                               "-m cinema_jax.train --config=configs/autoencoder.py:toy --workdir=runs/ae)")
+    raise errors.ConfigError(f"config.data.path is empty: variant {c.variant!r} reads latents; give pre-computed "
+                             "records, or the toy world's autoencoder (config.data.toy.autoencoder, made by python "
+                             "-m cinema_jax.train --config=configs/autoencoder.py:toy --workdir=runs/ae)")
   if c.data.toy.autoencoder and space.pixels and c.task != "autoencoder":
-    raise pipeline.ConfigError(f"config.data.toy.autoencoder={c.data.toy.autoencoder!r}: this model reads pixels "
-                               "(model.vae_downsample=1)")
+    raise errors.ConfigError(f"config.data.toy.autoencoder={c.data.toy.autoencoder!r}: this model reads pixels "
+                             "(model.vae_downsample=1)")
   if c.objective.prediction not in ("v", "x"):
-    raise pipeline.ConfigError(f"config.objective.prediction={c.objective.prediction!r}: expected 'v' or 'x'")
+    raise errors.ConfigError(f"config.objective.prediction={c.objective.prediction!r}: expected 'v' or 'x'")
   if c.objective.loss_pairs not in objective.LOSS_PAIRS:
-    raise pipeline.ConfigError(f"config.objective.loss_pairs={c.objective.loss_pairs!r}: expected one of "
-                               f"{', '.join(objective.LOSS_PAIRS)}")
+    raise errors.ConfigError(f"config.objective.loss_pairs={c.objective.loss_pairs!r}: expected one of "
+                             f"{', '.join(objective.LOSS_PAIRS)}")
   if c.data.memory_levels == "goldenmem" and c.data.goldenmem.resize == "pixels" and not space.pixels:
-    raise pipeline.ConfigError("config.data.goldenmem.resize='pixels': this model reads pre-computed latents, so "
-                               "frames can only be resized as latents (resize='latents')")
+    raise errors.ConfigError("config.data.goldenmem.resize='pixels': this model reads pre-computed latents, so "
+                             "frames can only be resized as latents (resize='latents')")
   lo, hi = c.objective.context_t
   if not 0 <= lo <= hi < 1:
-    raise pipeline.ConfigError(f"config.objective.context_t={tuple(c.objective.context_t)}: expected 0 <= a <= b < 1")
+    raise errors.ConfigError(f"config.objective.context_t={tuple(c.objective.context_t)}: expected 0 <= a <= b < 1")
   lo, hi = c.sample.context_t
   if not 0 <= lo <= hi < 1:
-    raise pipeline.ConfigError(f"config.sample.context_t={tuple(c.sample.context_t)}: expected 0 <= a <= b < 1")
+    raise errors.ConfigError(f"config.sample.context_t={tuple(c.sample.context_t)}: expected 0 <= a <= b < 1")
   _validate_curriculum(c)
   if not isinstance(c.optimizer.offload, bool):
-    raise pipeline.ConfigError(f"config.optimizer.offload={c.optimizer.offload!r}: expected True or False")
+    raise errors.ConfigError(f"config.optimizer.offload={c.optimizer.offload!r}: expected True or False")
   if c.optimizer.offload and "pinned_host" not in {m.kind for m in jax.devices()[0].addressable_memories()}:
-    raise pipeline.ConfigError(f"config.optimizer.offload=True: {jax.devices()[0].device_kind} devices have no "
-                               "pinned host memory to offload to")
+    raise errors.ConfigError(f"config.optimizer.offload=True: {jax.devices()[0].device_kind} devices have no "
+                             "pinned host memory to offload to")
   if not isinstance(c.sample.kv_cache, bool):
-    raise pipeline.ConfigError(f"config.sample.kv_cache={c.sample.kv_cache!r}: expected True or False")
+    raise errors.ConfigError(f"config.sample.kv_cache={c.sample.kv_cache!r}: expected True or False")
   if c.sample.mode not in ("autoregressive", "joint"):
-    raise pipeline.ConfigError(f"config.sample.mode={c.sample.mode!r}: expected 'autoregressive' or 'joint'")
+    raise errors.ConfigError(f"config.sample.mode={c.sample.mode!r}: expected 'autoregressive' or 'joint'")
   if c.nonfinite.policy not in faults.NONFINITE_POLICIES:
-    raise pipeline.ConfigError(f"config.nonfinite.policy={c.nonfinite.policy!r}: expected one of "
-                               f"{', '.join(faults.NONFINITE_POLICIES)}")
+    raise errors.ConfigError(f"config.nonfinite.policy={c.nonfinite.policy!r}: expected one of "
+                             f"{', '.join(faults.NONFINITE_POLICIES)}")
   if not (isinstance(c.nonfinite.max_consecutive, int) and c.nonfinite.max_consecutive >= 1):
-    raise pipeline.ConfigError(f"config.nonfinite.max_consecutive={c.nonfinite.max_consecutive!r}: "
-                               "expected an int >= 1")
+    raise errors.ConfigError(f"config.nonfinite.max_consecutive={c.nonfinite.max_consecutive!r}: "
+                             "expected an int >= 1")
   if c.checkpoint.on_save_error not in faults.SAVE_ERROR_POLICIES:
-    raise pipeline.ConfigError(f"config.checkpoint.on_save_error={c.checkpoint.on_save_error!r}: expected one of "
-                               f"{', '.join(faults.SAVE_ERROR_POLICIES)}")
+    raise errors.ConfigError(f"config.checkpoint.on_save_error={c.checkpoint.on_save_error!r}: expected one of "
+                             f"{', '.join(faults.SAVE_ERROR_POLICIES)}")
   for section, field in (("checkpoint", "every_steps"), ("log", "every_steps")):
     if c[section][field] < 1:
-      raise pipeline.ConfigError(f"config.{section}.{field}={c[section][field]!r}: expected an int >= 1")
+      raise errors.ConfigError(f"config.{section}.{field}={c[section][field]!r}: expected an int >= 1")
   if c.task not in TASKS:
-    raise pipeline.ConfigError(f"config.task={c.task!r}: expected one of {', '.join(TASKS)}")
+    raise errors.ConfigError(f"config.task={c.task!r}: expected one of {', '.join(TASKS)}")
   if c.task == "video" and c.log.sample_every_steps:
-    raise pipeline.ConfigError(f"config.log.sample_every_steps={c.log.sample_every_steps}: in-training sample sheets "
-                               "are the keyframe model's; sample the video model with python -m cinema_jax.sample")
+    raise errors.ConfigError(f"config.log.sample_every_steps={c.log.sample_every_steps}: in-training sample sheets "
+                             "are the keyframe model's; sample the video model with python -m cinema_jax.sample")
   try:
     if c.task == "autoencoder":
       autoencoder.validate(c)
@@ -91,7 +91,7 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
     if text is not None:
       text.validate()
   except ValueError as e:
-    raise pipeline.ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from None
+    raise errors.ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from None
 
 
 def _validate_curriculum(c: ml_collections.ConfigDict) -> None:
@@ -99,11 +99,11 @@ def _validate_curriculum(c: ml_collections.ConfigDict) -> None:
   if not pairs and not steps:
     return
   if len(pairs) != len(steps) or not all(isinstance(x, int) and x >= 1 for x in pairs + steps):
-    raise pipeline.ConfigError(f"config.curriculum: pairs={pairs} and steps={steps} must be equally long lists of "
-                               "ints >= 1")
+    raise errors.ConfigError(f"config.curriculum: pairs={pairs} and steps={steps} must be equally long lists of "
+                             "ints >= 1")
   if sum(steps) != c.total_steps:
-    raise pipeline.ConfigError(f"config.curriculum.steps={steps} sum to {sum(steps)}, config.total_steps is "
-                               f"{c.total_steps}")
+    raise errors.ConfigError(f"config.curriculum.steps={steps} sum to {sum(steps)}, config.total_steps is "
+                             f"{c.total_steps}")
   if pairs[-1] != c.data.num_pairs:
-    raise pipeline.ConfigError(f"config.curriculum.pairs={pairs} ends at {pairs[-1]} pairs, config.data.num_pairs "
-                               f"is {c.data.num_pairs} (the model's final window, which sampling uses)")
+    raise errors.ConfigError(f"config.curriculum.pairs={pairs} ends at {pairs[-1]} pairs, config.data.num_pairs "
+                             f"is {c.data.num_pairs} (the model's final window, which sampling uses)")

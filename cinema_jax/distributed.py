@@ -17,9 +17,7 @@ import sys
 
 import jax
 
-
-class DistributedError(ValueError):
-  """Inconsistent multi-process flags; the message names them."""
+from cinema_jax import errors
 
 
 def initialize(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
@@ -28,10 +26,10 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
   explicit = (coordinator_address, num_processes, process_id)
   if any(x is not None for x in explicit):
     if any(x is None for x in explicit):
-      raise DistributedError("--coordinator_address, --num_processes and --process_id go together; got "
-                             f"{coordinator_address!r}, {num_processes!r}, {process_id!r}")
+      raise errors.DistributedError("--coordinator_address, --num_processes and --process_id go together; got "
+                                    f"{coordinator_address!r}, {num_processes!r}, {process_id!r}")
     if not 0 <= process_id < num_processes:
-      raise DistributedError(f"--process_id={process_id}: expected 0 <= id < --num_processes={num_processes}")
+      raise errors.DistributedError(f"--process_id={process_id}: expected 0 <= id < --num_processes={num_processes}")
     if num_processes == 1:
       return
   elif not auto:

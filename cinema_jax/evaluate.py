@@ -24,9 +24,9 @@ from absl import app
 from absl import flags
 
 from cinema_jax import cli
+from cinema_jax import errors
 from cinema_jax import retrieval
 from cinema_jax.eval import benchmark
-from data_pipelines import records
 
 
 def _define_flags() -> dict:
@@ -77,7 +77,7 @@ def main(argv, f: dict) -> None:
       sys.exit(f"error: --context_t must be 'a,b' with 0 <= a <= b < 1, got {','.join(v['context_t'])}")
   try:
     benchmark.run(v)
-  except (records.DataError, FileNotFoundError, ValueError) as e:
+  except (errors.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -21,8 +21,8 @@ from absl import app
 from absl import flags
 
 from cinema_jax import cli
+from cinema_jax import errors
 from cinema_jax.eval import video_benchmark
-from data_pipelines import records
 
 
 def _define_flags() -> dict:
@@ -46,7 +46,7 @@ def main(argv, f: dict) -> None:
   v = {k: flag.value for k, flag in f.items()}
   try:
     video_benchmark.run(v)
-  except (records.DataError, FileNotFoundError, ValueError) as e:
+  except (errors.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
 
 

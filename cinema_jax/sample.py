@@ -32,11 +32,11 @@ from ml_collections import config_flags
 
 from cinema_jax import checkpoints
 from cinema_jax import cli
+from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax import sharding
 from cinema_jax.sampling import jobs
 from cinema_jax.sampling import keyframe_sampler
-from data_pipelines import records
 from data_pipelines import toy_dataset
 
 
@@ -74,7 +74,6 @@ def _define_flags() -> dict:
   }
 
 
-
 def main(argv, f: dict):
   v = {k: flag.value for k, flag in f.items()}
   if len(argv) > 1:
@@ -96,7 +95,7 @@ def main(argv, f: dict):
       c, step = v["config"], 0
     else:
       if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
-        raise records.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
+        raise errors.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
       c = loading.saved_config(v["workdir"])
     cli.apply_encoder_flags(c, v)
     with c.unlocked():
@@ -113,10 +112,10 @@ def main(argv, f: dict):
     print(loading.memory_report(params, text, frames), flush=True)
     if v["storylines"] == "toy":
       if c.data.path:
-        raise records.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
+        raise errors.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
       toy_root = toy_dataset.root_for_config(c.data, v["workdir"])
       stories = jobs.read_storylines(os.path.join(toy_root, "storylines.jsonl"))
-  except (records.DataError, FileNotFoundError, ValueError) as e:
+  except (errors.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   with c.unlocked():
     for field in ("num_steps", "guidance", "mode", "max_shots"):
@@ -132,7 +131,7 @@ def main(argv, f: dict):
     try:
       shots_fn, info_video, _ = jobs.video_stage(v["video_workdir"], c.data.resolution, v["raw_params"],
                                                  encoder_flags=v)
-    except (records.DataError, ValueError) as e:
+    except (errors.DataError, ValueError) as e:
       sys.exit(f"error: {e}")
     video = {"fps": v["fps"], "scale": v["video_scale"]}
     if v["fps"] <= 0 or v["video_scale"] < 1:

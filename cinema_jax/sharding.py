@@ -20,6 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from cinema_jax import errors
+
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -40,27 +42,23 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-class MeshError(ValueError):
-  """The mesh in the config does not fit the devices."""
-
-
 def mesh_shape(c: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
   """Sizes of MESH_AXES from config.mesh, with one -1 filled in; one-line errors when they do not fit."""
   sizes = [int(c[a]) for a in MESH_AXES]
   unknown = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
   if len(unknown) > 1:
-    raise MeshError(f"config.mesh: at most one axis may be -1, got {', '.join(unknown)}")
+    raise errors.MeshError(f"config.mesh: at most one axis may be -1, got {', '.join(unknown)}")
   if any(s == 0 or s < -1 for s in sizes):
-    raise MeshError(f"config.mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+    raise errors.MeshError(f"config.mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
   known = math.prod(s for s in sizes if s != -1)
   if unknown:
     if num_devices % known:
-      raise MeshError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: the fixed axes ({known} devices) do not "
-                      f"divide the {num_devices} devices")
+      raise errors.MeshError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: the fixed axes ({known} devices) do not "
+                             f"divide the {num_devices} devices")
     sizes[MESH_AXES.index(unknown[0])] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise MeshError(f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                    f"there are {num_devices}")
+    raise errors.MeshError(f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                           f"there are {num_devices}")
   return tuple(sizes)
 
 
@@ -69,10 +67,10 @@ def dcn_shape(c: ml_collections.ConfigDict) -> tuple[int, ...]:
   dcn = c.get("dcn") or {}
   unknown = set(dcn) - set(MESH_AXES)
   if unknown:
-    raise MeshError(f"config.mesh.dcn: unknown axes {sorted(unknown)}; the axes are {', '.join(MESH_AXES)}")
+    raise errors.MeshError(f"config.mesh.dcn: unknown axes {sorted(unknown)}; the axes are {', '.join(MESH_AXES)}")
   sizes = tuple(int(dcn.get(a, 1)) for a in MESH_AXES)
   if any(s < 1 for s in sizes):
-    raise MeshError(f"config.mesh.dcn: sizes must be positive, got {dict(zip(MESH_AXES, sizes))}")
+    raise errors.MeshError(f"config.mesh.dcn: sizes must be positive, got {dict(zip(MESH_AXES, sizes))}")
   return sizes
 
 
@@ -91,8 +89,8 @@ def make_mesh(c: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None
   if slices == 1:
     return jax.make_mesh(mesh_shape(c, len(devices)), MESH_AXES, axis_types=axis_types, devices=devices)
   if len(devices) % slices:
-    raise MeshError(f"config.mesh.dcn={dict(zip(MESH_AXES, dcn))}: {slices} slices do not divide the "
-                    f"{len(devices)} devices")
+    raise errors.MeshError(f"config.mesh.dcn={dict(zip(MESH_AXES, dcn))}: {slices} slices do not divide the "
+                           f"{len(devices)} devices")
   ici = mesh_shape(c, len(devices) // slices)
   # TPU multi-slice devices carry their slice; otherwise (GPU nodes, CPU processes) a process is a granule
   by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
@@ -100,7 +98,7 @@ def make_mesh(c: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None
     grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not by_slice,
                                                 allow_split_physical_axes=True)
   except ValueError as e:
-    raise MeshError(f"config.mesh.dcn={dict(zip(MESH_AXES, dcn))}: {e}") from None
+    raise errors.MeshError(f"config.mesh.dcn={dict(zip(MESH_AXES, dcn))}: {e}") from None
   return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 

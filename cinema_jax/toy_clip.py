@@ -25,6 +25,7 @@ import optax
 import safetensors
 import safetensors.numpy
 
+from cinema_jax import errors
 from cinema_jax import goldenmem
 from cinema_jax import retrieval
 from data_pipelines import records
@@ -115,8 +116,8 @@ def fit_dataset(path: str, **kw) -> ToyClip:
     for r in range(len(reader)):
       shot, keyframe, _ = reader.read_pixels(r, frames=False)
       if keyframe is None:
-        raise records.DataError(f"{reader.where(r)}: ToyCLIP embeds pixel keyframes, this dataset holds latents "
-                                "(use CLIP image embeddings pre-computed into the records)")
+        raise errors.DataError(f"{reader.where(r)}: ToyCLIP embeds pixel keyframes, this dataset holds latents "
+                               "(use CLIP image embeddings pre-computed into the records)")
       images.append(keyframe)
       captions.append(shot.caption)
   finally:
@@ -139,14 +140,14 @@ def load(path: str) -> ToyClip:
       meta = f.metadata() or {}
       params = {k: f.get_tensor(k) for k in f.keys()}
   except (OSError, safetensors.SafetensorError) as e:
-    raise records.DataError(f"{path}: not a readable ToyCLIP safetensors file ({e})") from None
+    raise errors.DataError(f"{path}: not a readable ToyCLIP safetensors file ({e})") from None
   if meta.get("format") != _FORMAT or set(params) != set(_KEYS):
-    raise records.DataError(f"{path}: not a ToyCLIP file (format {meta.get('format')!r}, tensors "
-                            f"{sorted(params)}; expected {_FORMAT!r} with {list(_KEYS)})")
+    raise errors.DataError(f"{path}: not a ToyCLIP file (format {meta.get('format')!r}, tensors "
+                           f"{sorted(params)}; expected {_FORMAT!r} with {list(_KEYS)})")
   d_in = np.prod(IMAGE_GRID) * 3
   if params["image_w1"].shape[0] != d_in or params["text_w"].shape[0] != retrieval.WORDS_DIM:
-    raise records.DataError(f"{path}: input sizes {params['image_w1'].shape[0]} (image) and "
-                            f"{params['text_w'].shape[0]} (text); expected {d_in} and {retrieval.WORDS_DIM}")
+    raise errors.DataError(f"{path}: input sizes {params['image_w1'].shape[0]} (image) and "
+                           f"{params['text_w'].shape[0]} (text); expected {d_in} and {retrieval.WORDS_DIM}")
   return ToyClip(params)
 
 
@@ -157,12 +158,12 @@ def resolve(data_config, workdir: str, log=lambda msg: None, build: bool = False
   given = data_config.retrieval.embedding
   if given:
     if not os.path.isfile(given):
-      raise records.DataError(f"config.data.retrieval.embedding={given!r}: no such file")
+      raise errors.DataError(f"config.data.retrieval.embedding={given!r}: no such file")
     return given
   path = os.path.join(workdir, FILENAME)
   if not os.path.isfile(path) and not build:
-    raise records.DataError(f"no ToyCLIP at {path} (text-to-image retrieval): the training command trains it "
-                            f"(python -m cinema_jax.train --config=... --workdir={workdir})")
+    raise errors.DataError(f"no ToyCLIP at {path} (text-to-image retrieval): the training command trains it "
+                           f"(python -m cinema_jax.train --config=... --workdir={workdir})")
   if not os.path.isfile(path):
     data = toy_dataset.train_path(data_config, workdir, log, build)
     log(f"training ToyCLIP on {data} for text-to-image retrieval")

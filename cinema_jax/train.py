@@ -22,13 +22,11 @@ from ml_collections import config_flags
 from cinema_jax import cli
 from cinema_jax import config_validation
 from cinema_jax import distributed
-from cinema_jax import sharding
+from cinema_jax import errors
 from cinema_jax.training import aot
 from cinema_jax.training import autoencoder
 from cinema_jax.training import loop
 from cinema_jax.training import prepare
-from data_pipelines import pipeline
-from data_pipelines import records
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "Config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and the toy data go here.")
@@ -63,7 +61,7 @@ def main(argv):
   if _COMPILE_ONLY.value:
     try:
       return compile_only(_CONFIG.value)
-    except (pipeline.ConfigError, sharding.MeshError, ValueError) as e:
+    except (errors.ConfigError, errors.MeshError, ValueError) as e:
       sys.exit(f"error: {e}")
   if _WORKDIR.value is None:
     sys.exit("error: --workdir is required (or --compile_only)")
@@ -71,7 +69,7 @@ def main(argv):
     sys.exit("error: --fake_devices and --topology go with --compile_only")
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _AUTO.value, _HEARTBEAT.value)
-  except distributed.DistributedError as e:
+  except errors.DistributedError as e:
     sys.exit(f"error: {e}")
   logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(), jax.process_count(),
                jax.device_count(), jax.default_backend())
@@ -81,7 +79,7 @@ def main(argv):
     last = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
     if _CONFIG.value.task == "autoencoder" and not last.get("preempted"):
       autoencoder.export_finished_run(_CONFIG.value, _WORKDIR.value)
-  except (pipeline.ConfigError, sharding.MeshError, records.DataError, loop.TrainingError) as e:
+  except (errors.ConfigError, errors.MeshError, errors.DataError, errors.TrainingError) as e:
     sys.exit(f"error: {e}")
   except Exception as e:  # pylint: disable=broad-except
     distributed.collective_failure(e)  # exits when a peer died

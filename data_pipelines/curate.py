@@ -36,8 +36,8 @@ from absl import app
 from absl import flags
 
 from cinema_jax import cli
+from cinema_jax import errors
 from data_pipelines import films
-from data_pipelines import records
 
 
 def _define_flags() -> dict:
@@ -75,7 +75,7 @@ def main(argv, f: dict) -> None:
     if v["captions"] and not os.path.isdir(v["captions"]):
       raise ValueError(f"--captions={v['captions']!r}: no such folder")
     summary = films.curate(videos, v["out"], s, captions_dir=v["captions"], workers=v["workers"], progress=True)
-  except (ValueError, records.DataError) as e:
+  except (ValueError, errors.DataError) as e:
     sys.exit(f"error: {e}")
   print(films.report_table(summary))
 

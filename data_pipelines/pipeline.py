@@ -29,6 +29,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from cinema_jax import errors
 from cinema_jax import goldenmem
 from cinema_jax import retrieval
 from data_pipelines import records
@@ -48,53 +49,49 @@ def normalise(pixels: np.ndarray) -> np.ndarray:
   return out
 
 
-class ConfigError(ValueError):
-  """A config field has a value the pipeline cannot use; the message names the field."""
-
-
 MEMORY_LEVELS = ("none", "goldenmem")
 _PER_PAIR = ("image", "latent", "frames", "frame_latents", "text_tokens", "text_mask", "text_states", "text_pooled",
              "image_embedding", "shot_index")
 
 
 def check_config(c: ml_collections.ConfigDict, batch_size: int, process_count: int = 1) -> None:
-  """Raises ConfigError naming the first field that is out of range (batch_size: global examples)."""
+  """Raises errors.ConfigError naming the first field that is out of range (batch_size: global examples)."""
 
   def need(ok: bool, field: str, expected: str):
     if not ok:
-      raise ConfigError(f"config.data.{field}={c.get(field)!r}: expected {expected}")
+      raise errors.ConfigError(f"config.data.{field}={c.get(field)!r}: expected {expected}")
 
   need(isinstance(c.path, str), "path", "a string")
   need(isinstance(c.num_pairs, int) and c.num_pairs >= 1, "num_pairs", "an int >= 1")
   need(isinstance(c.max_stride, int) and c.max_stride >= 1, "max_stride", "an int >= 1")
   need(0 <= c.max_overlap < 1, "max_overlap", "a fraction in [0, 1)")
   if not (isinstance(batch_size, int) and batch_size >= 1 and batch_size % process_count == 0):
-    raise ConfigError(f"config.batch_size={batch_size!r}: expected a positive multiple of the {process_count} "
-                      "JAX processes")
+    raise errors.ConfigError(f"config.batch_size={batch_size!r}: expected a positive multiple of the {process_count} "
+                             "JAX processes")
   need(len(c.resolution) == 2 and all(isinstance(v, int) and v > 0 for v in c.resolution), "resolution",
        "(height, width) in pixels")
   need(c.num_epochs is None or c.num_epochs >= 1, "num_epochs", "None or an int >= 1")
   if c.text_source == "bytes":
-    raise ConfigError("config.data.text_source='bytes': byte tokens gave way to the toy world's word tokens "
-                      "(text_source='tokens'); a byte-token model cannot be resumed or sampled: retrain it with "
-                      "today's configs")
+    raise errors.ConfigError("config.data.text_source='bytes': byte tokens gave way to the toy world's word tokens "
+                             "(text_source='tokens'); a byte-token model cannot be resumed or sampled: retrain it with "
+                             "today's configs")
   need(c.text_source in ("tokens", "precomputed"), "text_source", "'tokens' or 'precomputed'")
   need(isinstance(c.text_len, int) and c.text_len >= 1, "text_len", "an int >= 1")
   need(c.text_convention in ("flux", "masked"), "text_convention", "'flux' or 'masked'")
   need(c.context_order in retrieval.ORDERS, "context_order", f"one of {list(retrieval.ORDERS)}")
   if c.retrieval.encoder != "words":
-    raise ConfigError(f"config.data.retrieval.encoder={c.retrieval.encoder!r}: expected 'words' (context_order "
-                      "'text' embeds captions as words; 'image' uses the records' CLIP embeddings or ToyCLIP)")
+    raise errors.ConfigError(f"config.data.retrieval.encoder={c.retrieval.encoder!r}: expected 'words' (context_order "
+                             "'text' embeds captions as words; 'image' uses the records' CLIP embeddings or ToyCLIP)")
   if not 0 <= c.retrieval.recency <= 1:
-    raise ConfigError(f"config.data.retrieval.recency={c.retrieval.recency!r}: expected a weight in [0, 1]")
+    raise errors.ConfigError(f"config.data.retrieval.recency={c.retrieval.recency!r}: expected a weight in [0, 1]")
   need(c.memory_levels in MEMORY_LEVELS, "memory_levels", f"one of {list(MEMORY_LEVELS)}")
   g = c.goldenmem
   if not (g.group_size == "quarters" or (isinstance(g.group_size, int) and g.group_size >= 1)):
-    raise ConfigError(f"config.data.goldenmem.group_size={g.group_size!r}: expected an int >= 1 or 'quarters'")
+    raise errors.ConfigError(f"config.data.goldenmem.group_size={g.group_size!r}: expected an int >= 1 or 'quarters'")
   if g.resize not in ("pixels", "latents"):
-    raise ConfigError(f"config.data.goldenmem.resize={g.resize!r}: expected 'pixels' or 'latents'")
+    raise errors.ConfigError(f"config.data.goldenmem.resize={g.resize!r}: expected 'pixels' or 'latents'")
   if not g.phi > 1:
-    raise ConfigError(f"config.data.goldenmem.phi={g.phi!r}: expected a number > 1")
+    raise errors.ConfigError(f"config.data.goldenmem.phi={g.phi!r}: expected a number > 1")
   need(isinstance(c.worker_count, int) and c.worker_count >= 0, "worker_count", "an int >= 0")
   need(isinstance(c.worker_buffer_size, int) and c.worker_buffer_size >= 1, "worker_buffer_size", "an int >= 1")
   need(c.bad_records in ("error", "skip"), "bad_records", "'error' or 'skip'")
@@ -121,7 +118,7 @@ class LoadWindow(grain.transforms.Map):
   def map(self, window: dict[str, Any]) -> Example:
     try:
       ex = self._load(window)
-    except records.BadRecordError as e:
+    except errors.BadRecordError as e:
       if not self.skip_bad:
         raise
       return {_BAD: str(e)}
@@ -129,7 +126,7 @@ class LoadWindow(grain.transforms.Map):
       ex = self._retrieve(ex)
     if self.image_groups:  # GoldenMem in pixel space: each level group's frames at its size
       if "image" not in ex:
-        raise records.BadRecordError(f"{self.reader.path}: GoldenMem resizes pixels, the records hold latents")
+        raise errors.BadRecordError(f"{self.reader.path}: GoldenMem resizes pixels, the records hold latents")
       for g, frames in enumerate(goldenmem.group_frames(ex.pop("image"), self.image_groups)):
         ex[f"image_g{g}"] = frames
     return ex
@@ -150,7 +147,7 @@ class LoadWindow(grain.transforms.Map):
       record = movie["records"][k]
       shot, keyframe, frames = self.reader.read_pixels(record, frames=self.load_frames)
       if shot.movie_id != movie["movie_id"] or shot.shot_index != k:
-        raise records.BadRecordError(
+        raise errors.BadRecordError(
             f"{self.reader.where(record)}: is {shot.movie_id} shot {shot.shot_index}, the index says "
             f"{movie['movie_id']} shot {k}")
       if keyframe is not None:
@@ -161,21 +158,21 @@ class LoadWindow(grain.transforms.Map):
         cols.setdefault("frame_latents", []).append(np.asarray(shot.frame_latents, np.float32))
       elif self.load_frames:
         if frames is None:
-          raise records.BadRecordError(f"{self.reader.where(record)}: load_frames is set but the dataset "
-                                       "stores no frames")
+          raise errors.BadRecordError(f"{self.reader.where(record)}: load_frames is set but the dataset "
+                                      "stores no frames")
         cols.setdefault("frames", []).append(frames)
       if self.text_source == "tokens":
         cols.setdefault("_captions", []).append(shot.caption)
       else:
         if shot.t5 is None or shot.clip_pooled is None:
-          raise records.BadRecordError(f"{self.reader.where(record)}: text_source='precomputed' but the "
-                                       "record has no t5/clip_pooled")
+          raise errors.BadRecordError(f"{self.reader.where(record)}: text_source='precomputed' but the "
+                                      "record has no t5/clip_pooled")
         states = np.zeros((self.text_len, shot.t5.shape[-1]), np.float32)
         n = min(self.text_len, len(shot.t5))
         if self.text_convention == "flux":  # every position of the padded caption, none masked
           if len(shot.t5) != self.text_len:
-            raise records.BadRecordError(f"{self.reader.where(record)}: text_convention='flux' needs T5 states of "
-                                         f"all {self.text_len} positions, the record holds {len(shot.t5)}")
+            raise errors.BadRecordError(f"{self.reader.where(record)}: text_convention='flux' needs T5 states of "
+                                        f"all {self.text_len} positions, the record holds {len(shot.t5)}")
           n = self.text_len
         states[:n] = shot.t5[:n]
         cols.setdefault("text_states", []).append(states)
@@ -195,8 +192,8 @@ class LoadWindow(grain.transforms.Map):
       ex["_query"] = ex["_history"][-1]
     elif self.context_order == "image":  # the records' CLIP (or ToyCLIP) embeddings
       if "_text_embedding" not in ex or len(ex.get("image_embedding", ())) != len(window["shots"]):
-        raise records.BadRecordError(f"{self.reader.path}: context_order='image' needs every record's "
-                                     "image_embedding and text_embedding")
+        raise errors.BadRecordError(f"{self.reader.path}: context_order='image' needs every record's "
+                                    "image_embedding and text_embedding")
       ex["_query"], ex["_history"] = ex.pop("_text_embedding")[-1], ex["image_embedding"]
     ex["movie"] = np.int32(window["movie"])
     ex["shot_index"] = np.asarray(window["shots"], np.int32)
@@ -236,7 +233,7 @@ class BatchIterator(grain.DatasetIterator):
         logging.warning("skipped a window with a bad record (%d of %d so far): %s", self.skipped, self.seen,
                         ex[_BAD])
         if (self.seen >= self._spec.min_seen and self.skipped > self._spec.max_bad_fraction * self.seen):
-          raise records.DataError(
+          raise errors.DataError(
               f"{self.skipped} of {self.seen} examples had bad records, more than "
               f"config.data.max_bad_fraction={self._spec.max_bad_fraction}; last: {ex[_BAD]}")
         continue
@@ -295,8 +292,8 @@ def text_tokenizer(c: ml_collections.ConfigDict, path: str) -> tokenizer_lib.Tok
   try:
     return tokenizer_lib.for_data(c, path)
   except (FileNotFoundError, ValueError) as e:
-    raise ConfigError(f"config.data.tokenizer={c.tokenizer!r}: {e}; give a tokenizer.json "
-                      "(--config.data.tokenizer=...)") from None
+    raise errors.ConfigError(f"config.data.tokenizer={c.tokenizer!r}: {e}; give a tokenizer.json "
+                             "(--config.data.tokenizer=...)") from None
 
 
 def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, process_index: int = 0,
@@ -312,31 +309,31 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
   check_config(c, batch_size, process_count)
   reader = records.ShotReader(path)
   if c.context_order == "image" and not {"image_embedding", "text_embedding"} <= set(reader.index.embeddings):
-    raise ConfigError(f"config.data.context_order='image': {path} holds no CLIP image and caption embeddings; "
-                      "pre-compute them (data_pipelines.precompute --clip_vision=<a whole CLIP model>; the toy "
-                      "world's ToyCLIP embeddings: precompute.toy_embeddings, which the train command runs)")
+    raise errors.ConfigError(f"config.data.context_order='image': {path} holds no CLIP image and caption embeddings; "
+                             "pre-compute them (data_pipelines.precompute --clip_vision=<a whole CLIP model>; the toy "
+                             "world's ToyCLIP embeddings: precompute.toy_embeddings, which the train command runs)")
   if reader.index.resolution is not None and list(reader.index.resolution) != list(c.resolution):
-    raise ConfigError(f"config.data.resolution={tuple(c.resolution)}: {path} holds "
-                      f"{reader.index.resolution[0]}x{reader.index.resolution[1]} keyframes")
+    raise errors.ConfigError(f"config.data.resolution={tuple(c.resolution)}: {path} holds "
+                             f"{reader.index.resolution[0]}x{reader.index.resolution[1]} keyframes")
   if c.text_source == "precomputed" and not {"t5", "clip_pooled"} <= set(reader.index.embeddings):
-    raise ConfigError(f"config.data.text_source='precomputed' but {path} has no t5/clip_pooled embeddings")
+    raise errors.ConfigError(f"config.data.text_source='precomputed' but {path} has no t5/clip_pooled embeddings")
   if c.text_source == "precomputed":
     made = reader.index.info.get("text_convention", "masked"), reader.index.info.get("text_len")
     if made[0] != c.text_convention or (c.text_convention == "flux" and made[1] != c.text_len):
-      raise ConfigError(f"config.data.text_convention={c.text_convention!r} (text_len {c.text_len}) but {path} was "
-                        f"pre-computed with {made[0]!r} (text_len {made[1]}): rerun data_pipelines.precompute with "
-                        f"--text_convention={c.text_convention} --t5_len={c.text_len}")
+      raise errors.ConfigError(f"config.data.text_convention={c.text_convention!r} (text_len {c.text_len}) but {path} "
+                               f"was pre-computed with {made[0]!r} (text_len {made[1]}): rerun data_pipelines."
+                               f"precompute with --text_convention={c.text_convention} --t5_len={c.text_len}")
   tok = text_tokenizer(c, path) if c.text_source == "tokens" else None
   if c.load_frames and not reader.index.num_frames:
     how = (" per-frame latents (record schema 1 had none): make them from its pixel dataset with python -m "
            "data_pipelines.precompute --src=PIXELS --dst=... --frames" if reader.index.latent_shape else " frames")
-    raise ConfigError(f"config.data.load_frames=True but {path} stores no{how}")
+    raise errors.ConfigError(f"config.data.load_frames=True but {path} stores no{how}")
   try:
     plan = windows.WindowPlan([m["num_shots"] for m in reader.index.movies], c.num_pairs,
                               max_stride=c.max_stride, max_overlap=c.max_overlap, seed=c.seed,
                               num_epochs=c.num_epochs)
   except ValueError as e:
-    raise records.DataError(f"{path}: {e} (config.data.num_pairs={c.num_pairs})") from None
+    raise errors.DataError(f"{path}: {e} (config.data.num_pairs={c.num_pairs})") from None
   ds = grain.MapDataset.source(ProcessShare(plan, batch_size, process_index, process_count))[first_batch * (
       batch_size // process_count):]
   ds = ds.map(LoadWindow(reader=reader, text_source=c.text_source, text_len=c.text_len, tokenizer=tok,

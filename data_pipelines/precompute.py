@@ -38,6 +38,7 @@ import numpy as np
 
 from cinema_jax import cli
 from cinema_jax import encoders
+from cinema_jax import errors
 from cinema_jax import toy_clip
 from cinema_jax.models import clip
 from cinema_jax.models import vae as vae_model
@@ -117,7 +118,7 @@ def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoder
     chunk = [reader.read_pixels(r, frames=frames) for r in recs[start:start + batch_size]]
     shots = [s for s, _, _ in chunk]
     if any(k is None for _, k, _ in chunk):
-      raise records.DataError(f"{reader.path}: movie {movie['movie_id']} already holds latents, not keyframe pixels")
+      raise errors.DataError(f"{reader.path}: movie {movie['movie_id']} already holds latents, not keyframe pixels")
     pad = batch_size - len(chunk)
     images = np.stack([k for _, k, _ in chunk] + [np.zeros_like(chunk[0][1])] * pad)
     captions = [s.caption for s in shots] + [shots[-1].caption] * pad
@@ -152,7 +153,7 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
     return True
   reader = records.ShotReader(src)
   if frames and not reader.index.num_frames:
-    raise records.DataError(f"--frames: {src} stores no shot frames (curate with --frames N, or toy_movies)")
+    raise errors.DataError(f"--frames: {src} stores no shot frames (curate with --frames N, or toy_movies)")
   work = f"{os.path.abspath(dst)}.work"
   os.makedirs(work, exist_ok=True)
   mine = list(range(process_id, len(reader.index.movies), num_processes))
@@ -179,7 +180,7 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
   try:
     records.write_dataset(dst, movies, num_shards=len(reader.index.shards), info=info,
                           num_frames=reader.index.num_frames if frames or enc.vae is None else 0)
-  except (records.DataError, OSError):
+  except (errors.DataError, OSError):
     if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):  # another process did not just finish it
       raise
   if enc.text is None:
@@ -216,8 +217,8 @@ def toy_embeddings(data_config, workdir: str, log=print, build: bool = True) -> 
   dst = os.path.join(root, f"embedded-{digest.hexdigest()[:10]}", "train")
   if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):
     if not build:
-      raise records.DataError(f"the toy world's ToyCLIP embeddings are not pre-computed ({dst}): the training "
-                              f"command does it (python -m cinema_jax.train --config=... --workdir={workdir})")
+      raise errors.DataError(f"the toy world's ToyCLIP embeddings are not pre-computed ({dst}): the training "
+                             f"command does it (python -m cinema_jax.train --config=... --workdir={workdir})")
     log(f"pre-computing ToyCLIP's embeddings of the toy world into {dst}")
     enc = Encoders(vae=None, text=None, clip_vision=None, retrieval=toy_clip.load(clip_file))
     run(os.path.join(root, "train"), dst, enc, frames=bool(data_config.load_frames), log=log)
@@ -235,8 +236,8 @@ def toy_latents(data_config, workdir: str, log=print, build: bool = True) -> str
     parent, leaf = os.path.split(os.path.normpath(ae))
     make = (f"--workdir={parent or '.'} (it ends by writing {ae})" if leaf == autoencoder.EXPORT_DIR else
             f"--workdir=AE and pass --config.data.toy.autoencoder=AE/{autoencoder.EXPORT_DIR}")
-    raise records.DataError(f"config.data.toy.autoencoder={ae!r}: no autoencoder there; train the toy autoencoder "
-                            f"first: python -m cinema_jax.train --config=configs/autoencoder.py:toy {make}")
+    raise errors.DataError(f"config.data.toy.autoencoder={ae!r}: no autoencoder there; train the toy autoencoder "
+                           f"first: python -m cinema_jax.train --config=configs/autoencoder.py:toy {make}")
   root = toy_dataset.root_for_config(data_config, workdir, log, build)
   embedding = None
   if data_config.context_order == "image":  # retrieval by image reads the records' embeddings (as CLIP's)
@@ -249,8 +250,8 @@ def toy_latents(data_config, workdir: str, log=print, build: bool = True) -> str
   digest.update(f"frames={bool(data_config.load_frames)}".encode())
   dst = os.path.join(root, f"latents-{digest.hexdigest()[:10]}", "train")
   if not os.path.exists(os.path.join(dst, records.INDEX_FILE)) and not build:
-    raise records.DataError(f"the toy world's latents of {ae} are not pre-computed ({dst}): the training command "
-                            f"does it (python -m cinema_jax.train --config=... --workdir={workdir})")
+    raise errors.DataError(f"the toy world's latents of {ae} are not pre-computed ({dst}): the training command "
+                           f"does it (python -m cinema_jax.train --config=... --workdir={workdir})")
   if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):
     log(f"pre-computing the toy world's latents with {ae} into {dst}")
     enc = dataclasses.replace(load_encoders(ae, "", ""), retrieval=embedding)
@@ -301,7 +302,7 @@ def main(argv) -> None:
       enc = load_encoders(v["vae"], v["t5"], v["clip"], v["clip_vision"], v["t5_len"],
                           text_convention=v["text_convention"])
       run(v["src"], v["dst"], enc, v["process_id"], v["num_processes"], v["batch_size"], frames=v["frames"])
-    except (ValueError, FileNotFoundError, records.DataError) as e:
+    except (ValueError, FileNotFoundError, errors.DataError) as e:
       sys.exit(f"error: {e}")
 
   app.run(go, argv=argv, flags_parser=cli.parse_flags)

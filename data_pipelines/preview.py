@@ -20,9 +20,9 @@ from ml_collections import config_flags
 import numpy as np
 
 from cinema_jax import cli
+from cinema_jax import errors
 from cinema_jax.sampling import storyboard
 from data_pipelines import pipeline
-from data_pipelines import records
 from data_pipelines import tokenizer
 from data_pipelines import toy_dataset
 
@@ -83,7 +83,7 @@ def main(argv):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:
     print(summarise(_CONFIG.value, _WORKDIR.value, _NUM_BATCHES.value))
-  except (records.DataError, pipeline.ConfigError) as e:
+  except (errors.DataError, errors.ConfigError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -43,20 +43,14 @@ import msgpack
 import numpy as np
 from PIL import Image
 
+from cinema_jax import errors
+
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 INDEX_FILE = "index.json"
 _ARRAY_FIELDS = ("keyframe_latent", "frame_latents", "t5", "clip_pooled", "image_embedding", "text_embedding")
 _OPTIONAL_BYTES = ("keyframe_png", "frames_png")
 _DTYPES = ("uint8", "float16", "float32", "bfloat16")
-
-
-class DataError(Exception):
-  """A dataset problem a user can fix (missing path, wrong schema): reported in one line."""
-
-
-class BadRecordError(DataError):
-  """One record is malformed; the message names the shard and the record."""
 
 
 # ----------------------------------------------------------------------------------------- encoding
@@ -197,23 +191,23 @@ class Index:
   def load(cls, path: str) -> "Index":
     index_path = os.path.join(path, INDEX_FILE)
     if not os.path.isdir(path):
-      raise DataError(f"no dataset at {path}: the directory does not exist")
+      raise errors.DataError(f"no dataset at {path}: the directory does not exist")
     if not os.path.exists(index_path):
-      raise DataError(f"no dataset at {path}: {INDEX_FILE} is missing (not a shot-record dataset, or an "
-                      "unfinished write)")
+      raise errors.DataError(f"no dataset at {path}: {INDEX_FILE} is missing (not a shot-record dataset, or an "
+                             "unfinished write)")
     try:
       with open(index_path) as f:
         raw = json.load(f)
       index = cls(**raw)
     except (json.JSONDecodeError, TypeError) as e:
-      raise DataError(f"{index_path}: not a valid movie index ({e})") from None
+      raise errors.DataError(f"{index_path}: not a valid movie index ({e})") from None
     if index.schema not in READABLE_SCHEMAS:
-      raise DataError(f"{index_path}: schema version {index.schema}, this reader knows {READABLE_SCHEMAS}")
+      raise errors.DataError(f"{index_path}: schema version {index.schema}, this reader knows {READABLE_SCHEMAS}")
     total = index.num_records
     for m in index.movies:
       recs = m.get("records", [])
       if len(recs) != m.get("num_shots") or any(not 0 <= r < total for r in recs):
-        raise DataError(f"{index_path}: movie {m.get('movie_id')!r} has inconsistent records")
+        raise errors.DataError(f"{index_path}: movie {m.get('movie_id')!r} has inconsistent records")
     return index
 
 
@@ -241,7 +235,7 @@ def write_dataset(
   """
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and not overwrite:
-    raise DataError(f"{out_dir} already exists (pass overwrite to replace it)")
+    raise errors.DataError(f"{out_dir} already exists (pass overwrite to replace it)")
   staging = f"{out_dir}.partial-{os.getpid()}"
   shutil.rmtree(staging, ignore_errors=True)
   os.makedirs(staging)
@@ -361,7 +355,7 @@ class ShotReader:
     for s in self.index.shards:
       p = os.path.join(self.path, s["path"])
       if not os.path.exists(p):
-        raise DataError(f"dataset {self.path}: shard {s['path']} listed in {INDEX_FILE} is missing")
+        raise errors.DataError(f"dataset {self.path}: shard {s['path']} listed in {INDEX_FILE} is missing")
     self._readers: dict[int, Any] = {}
 
   def __len__(self) -> int:
@@ -391,10 +385,10 @@ class ShotReader:
       try:
         reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
       except Exception as e:  # the C++ reader raises RuntimeError/ValueError variants
-        raise BadRecordError(f"{path}: cannot open shard ({e})") from None
+        raise errors.BadRecordError(f"{path}: cannot open shard ({e})") from None
       if reader.num_records() != self.index.shards[shard]["num_records"]:
-        raise BadRecordError(f"{path}: shard holds {reader.num_records()} records, "
-                             f"{INDEX_FILE} says {self.index.shards[shard]['num_records']} (truncated?)")
+        raise errors.BadRecordError(f"{path}: shard holds {reader.num_records()} records, "
+                                    f"{INDEX_FILE} says {self.index.shards[shard]['num_records']} (truncated?)")
       self._readers[shard] = reader
     return self._readers[shard]
 
@@ -404,10 +398,10 @@ class ShotReader:
     s, pos = self._shard_of(record)
     try:
       return self._reader(s).read([pos])[0]
-    except BadRecordError:
+    except errors.BadRecordError:
       raise
     except Exception as e:
-      raise BadRecordError(f"{self.where(record)}: unreadable ({e})") from None
+      raise errors.BadRecordError(f"{self.where(record)}: unreadable ({e})") from None
 
   def read(self, record: int) -> Shot:
     """The decoded record, checked against the dataset's contract."""
@@ -417,7 +411,7 @@ class ShotReader:
       self._check(shot)
     except ValueError as e:
       name, pos = self.locate(record)
-      raise BadRecordError(f"{os.path.join(self.path, name)} record {pos}: {e}") from None
+      raise errors.BadRecordError(f"{os.path.join(self.path, name)} record {pos}: {e}") from None
     return shot
 
   def _check(self, shot: Shot) -> None:
@@ -454,20 +448,20 @@ class ShotReader:
       try:
         return decode_png(data)
       except Exception as e:  # PIL raises many types for corrupt images (OSError, SyntaxError, ...)
-        raise BadRecordError(f"{self.where(record)}: undecodable {what} ({e})") from None
+        raise errors.BadRecordError(f"{self.where(record)}: undecodable {what} ({e})") from None
 
     keyframe, want_frames, frames = None, frames, None
     if shot.keyframe_png is not None:
       keyframe = decode(shot.keyframe_png, "keyframe")
       if list(keyframe.shape[:2]) != self.index.resolution:
-        raise BadRecordError(f"{self.where(record)}: keyframe is {keyframe.shape[0]}x{keyframe.shape[1]}, "
-                             f"dataset has {self.index.resolution[0]}x{self.index.resolution[1]}")
+        raise errors.BadRecordError(f"{self.where(record)}: keyframe is {keyframe.shape[0]}x{keyframe.shape[1]}, "
+                                    f"dataset has {self.index.resolution[0]}x{self.index.resolution[1]}")
     if self.index.num_frames and want_frames and shot.keyframe_png is not None:  # latent frames: shot.frame_latents
       strip = decode(shot.frames_png, "frames")
       h, w = self.index.resolution or keyframe.shape[:2]
       if strip.shape[:2] != (self.index.num_frames * h, w):
-        raise BadRecordError(f"{self.where(record)}: frames strip is {strip.shape[0]}x{strip.shape[1]}, "
-                             f"expected {self.index.num_frames} frames of {h}x{w}")
+        raise errors.BadRecordError(f"{self.where(record)}: frames strip is {strip.shape[0]}x{strip.shape[1]}, "
+                                    f"expected {self.index.num_frames} frames of {h}x{w}")
       frames = strip.reshape(self.index.num_frames, h, w, 3)
     return shot, keyframe, frames
 

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cinema_jax import errors
 from data_pipelines import records
 
 NAME = "shot_records"
@@ -40,12 +41,12 @@ def find_splits(records_root: str) -> dict[str, str]:
   """{split name: dataset directory} for every subdirectory of records_root that holds an index.json."""
   root = os.path.abspath(records_root)
   if not os.path.isdir(root):
-    raise records.DataError(f"no records root at {root}: the directory does not exist")
+    raise errors.DataError(f"no records root at {root}: the directory does not exist")
   # \w+ is what tfds accepts as a split name; it also skips a writer's staging dir (train.partial-123).
   splits = {d: os.path.join(root, d) for d in sorted(os.listdir(root))
             if re.fullmatch(r"\w+", d) and os.path.isfile(os.path.join(root, d, records.INDEX_FILE))}
   if not splits:
-    raise records.DataError(f"records root {root} has no split: no subdirectory holds an {records.INDEX_FILE}")
+    raise errors.DataError(f"records root {root} has no split: no subdirectory holds an {records.INDEX_FILE}")
   return splits
 
 
@@ -55,12 +56,12 @@ def _contract(splits: dict[str, str]) -> tuple[int, int, int, str]:
   for name, path in splits.items():
     index = records.Index.load(path)
     if index.resolution is None:
-      raise records.DataError(f"{path}: keyframes are latents; the tfds builder handles PNG keyframes only")
+      raise errors.DataError(f"{path}: keyframes are latents; the tfds builder handles PNG keyframes only")
     shapes[name] = (*index.resolution, index.num_frames)
     with open(os.path.join(path, records.INDEX_FILE), "rb") as f:
       digest.update(name.encode() + b"\0" + f.read() + b"\0")
   if len(set(shapes.values())) > 1:
-    raise records.DataError(f"splits disagree on (height, width, num_frames): {shapes}")
+    raise errors.DataError(f"splits disagree on (height, width, num_frames): {shapes}")
   return (*next(iter(shapes.values())), digest.hexdigest())
 
 
@@ -82,8 +83,8 @@ class ShotRecords(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     if self._root is None:
       if not (self.data_path / "features.json").exists():
-        raise records.DataError(f"no {NAME} prepared in {self.data_path}: run "
-                                "data_pipelines.tfds_builder.prepare(records_root, data_dir) first")
+        raise errors.DataError(f"no {NAME} prepared in {self.data_path}: run "
+                               "data_pipelines.tfds_builder.prepare(records_root, data_dir) first")
       # features=None makes tfds rebuild them from the prepared copy's features.json.
       return tfds.core.DatasetInfo(builder=self, features=None, disable_shuffling=True)
     h, w, num_frames, fingerprint = _contract(find_splits(self._root))

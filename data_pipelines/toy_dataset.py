@@ -12,6 +12,7 @@ import time
 from typing import Iterator
 
 
+from cinema_jax import errors
 from data_pipelines import records
 from data_pipelines import tokenizer
 from data_pipelines import toy_render
@@ -45,9 +46,9 @@ def build(out: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig,
   """Builds the whole output directory; returns the contents of world.json and the build's seconds."""
   out = os.path.abspath(out)
   if num_movies < 1:
-    raise records.DataError(f"--num_movies must be >= 1, got {num_movies}")
+    raise errors.DataError(f"--num_movies must be >= 1, got {num_movies}")
   if os.path.exists(out) and not overwrite:
-    raise records.DataError(f"{out} already exists (pass --overwrite to replace it)")
+    raise errors.DataError(f"{out} already exists (pass --overwrite to replace it)")
   staging = f"{out}.partial-{os.getpid()}"
   shutil.rmtree(staging, ignore_errors=True)
   os.makedirs(staging)
@@ -62,7 +63,7 @@ def build(out: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig,
     os.rename(staging, out)
   except OSError:  # another process finished the same build first
     shutil.rmtree(staging, ignore_errors=True)
-    raise records.DataError(f"{out} appeared while it was being built") from None
+    raise errors.DataError(f"{out} appeared while it was being built") from None
   return summary
 
 
@@ -112,13 +113,13 @@ def ensure(root: str, *, num_movies: int, seed: int, world: toy_world.WorldConfi
   digest = hashlib.sha1(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
   out = os.path.join(os.path.abspath(root), f"toy-{digest}")
   if not os.path.exists(os.path.join(out, WORLD_FILE)) and not make:
-    raise records.DataError(f"no toy world at {out}: the training command builds it (python -m cinema_jax.train "
-                            f"--config=... --workdir={os.path.dirname(os.path.abspath(root))})")
+    raise errors.DataError(f"no toy world at {out}: the training command builds it (python -m cinema_jax.train "
+                           f"--config=... --workdir={os.path.dirname(os.path.abspath(root))})")
   if not os.path.exists(os.path.join(out, WORLD_FILE)):
     log(f"building the toy-movie dataset ({num_movies} movies, seed {seed}) at {out}")
     try:
       build(out, num_movies=num_movies, seed=seed, world=world, log=log)
-    except records.DataError:
+    except errors.DataError:
       if not os.path.exists(os.path.join(out, WORLD_FILE)):  # not another process's finished build
         raise
   if not os.path.exists(os.path.join(out, tokenizer.FILE)):  # built before worlds carried their tokenizer

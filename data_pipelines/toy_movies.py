@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 
 from cinema_jax import cli
-from data_pipelines import records
+from cinema_jax import errors
 from data_pipelines import toy_dataset
 from data_pipelines import toy_world
 
@@ -49,7 +49,7 @@ def main(argv, f: dict) -> None:
     summary = toy_dataset.build(v["out"], num_movies=v["num_movies"], seed=v["seed"], world=world,
                                 num_storylines=v["num_storylines"], num_shards=v["num_shards"],
                                 overwrite=v["overwrite"], log=print)
-  except (records.DataError, ValueError) as e:
+  except (errors.DataError, ValueError) as e:
     sys.exit(f"error: {e}")
   print(f"wrote {summary['num_train_shots']} training shots of {summary['num_movies']} movies and "
         f"{summary['num_storylines']} storylines to {v['out']} in {summary['seconds']} s")

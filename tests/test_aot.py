@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from cinema_jax import batch_format
+from cinema_jax import errors
 from cinema_jax.models import keyframe
 from cinema_jax.training import aot
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
-from data_pipelines import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,19 +31,18 @@ def test_batch_spec_is_what_the_pipeline_yields(toy_train, memory):
   batch_format.check(batch, batch_format.spec(c), toy_train)
 
 
-
 def test_a_batch_unlike_the_spec_is_a_one_line_error():
   spec = batch_format.spec(keyframe_config.get_config("tiny"))
   batch = {k: np.zeros(v.shape, v.dtype) for k, v in spec.items()}
   batch_format.check({**batch, "image_embedding": np.zeros((2, 3))}, spec, "DATA")  # extra keys may come along
   short = dict(batch, text_mask=batch["text_mask"][:, :, :-1])
   b, p, L = spec["text_mask"].shape
-  with pytest.raises(records.DataError, match=rf"^DATA: batch\['text_mask'\] is bool\[{b}, {p}, {L - 1}\], the config "
+  with pytest.raises(errors.DataError, match=rf"^DATA: batch\['text_mask'\] is bool\[{b}, {p}, {L - 1}\], the config "
                      rf"expects bool\[{b}, {p}, {L}\]$"):
     batch_format.check(short, spec, "DATA")
-  with pytest.raises(records.DataError, match=r"^DATA: batch\['movie'\] is float32"):
+  with pytest.raises(errors.DataError, match=r"^DATA: batch\['movie'\] is float32"):
     batch_format.check(dict(batch, movie=batch["movie"].astype(np.float32)), spec, "DATA")
-  with pytest.raises(records.DataError, match=r"^DATA: the batch has no stride; the config expects"):
+  with pytest.raises(errors.DataError, match=r"^DATA: the batch has no stride; the config expects"):
     batch_format.check({k: v for k, v in batch.items() if k != "stride"}, spec, "DATA")
 
 def test_compile_only_compiles_flux_dev_for_a_pod_sized_mesh():

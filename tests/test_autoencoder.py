@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from cinema_jax import encoders
+from cinema_jax import errors
 from cinema_jax.eval import reconstruction
 from cinema_jax.models import vae
 from cinema_jax.training import autoencoder
 from configs import autoencoder as autoencoder_config
 from configs import keyframe as keyframe_config
 from data_pipelines import precompute
-from data_pipelines import records
 from data_pipelines import toy_render
 from data_pipelines import toy_world
 
@@ -211,7 +211,7 @@ def test_the_demo_without_its_autoencoder_stops_with_the_command_that_makes_it(t
   writes exactly that folder (before any toy world is built)."""
   monkeypatch.chdir(tmp_path)
   c = keyframe_config.get_config("demo")
-  with pytest.raises(records.DataError) as e:
+  with pytest.raises(errors.DataError) as e:
     precompute.train_path(c.data, str(tmp_path / "work"))
   assert str(e.value) == ("config.data.toy.autoencoder='runs/toy_autoencoder/vae': no autoencoder there; train the "
                           "toy autoencoder first: python -m cinema_jax.train --config=configs/autoencoder.py:toy "

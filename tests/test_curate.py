@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from cinema_jax import errors
 from data_pipelines import films
-from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import toy_world
 from data_pipelines.synthetic_video import write_clip
@@ -203,7 +203,7 @@ def test_curated_records_train_the_tiny_model(tmp_path):
   c.update(batch_size=8, total_steps=2)
   c.data.path = str(tmp_path / "out" / "train")
   c.log.sample_every_steps = 0
-  with pytest.raises(pipeline.ConfigError, match=r"config.data.tokenizer='': .* no tokenizer.json"):
+  with pytest.raises(errors.ConfigError, match=r"config.data.tokenizer='': .* no tokenizer.json"):
     loop.train_and_evaluate(c, str(tmp_path / "run"))  # real captions: the toy model needs a tokenizer
   toy_world.write_tokenizer(str(tmp_path / "tokenizer.json"))  # the toy world's words (others are [UNK])
   c.data.tokenizer = str(tmp_path / "tokenizer.json")

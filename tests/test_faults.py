@@ -17,12 +17,11 @@ import pytest
 
 from cinema_jax import checkpoints
 from cinema_jax import config_validation
+from cinema_jax import errors
 from cinema_jax import sharding
 from cinema_jax.training import faults
-from cinema_jax.training import loop
 from cinema_jax.training import train_step
 from configs import keyframe as keyframe_config
-from data_pipelines import pipeline
 
 from conftest import wait_for
 from tests import helpers
@@ -146,7 +145,7 @@ def test_skip_policy_counts_and_stops_after_k_in_a_row(tmp_path):
   c = _tiny(total_steps=8)
   c.optimizer.lr = float("nan")  # every update is NaN
   c.nonfinite.update(policy="skip", max_consecutive=3)
-  with pytest.raises(loop.TrainingError, match=r"non-finite update at step 3 .*: 3 steps in a row skipped "
+  with pytest.raises(errors.TrainingError, match=r"non-finite update at step 3 .*: 3 steps in a row skipped "
                      r"\(config.nonfinite.max_consecutive=3\), 3 in all; stopped. The last checkpoint \(step 2\)"):
     helpers.train(c, str(tmp_path))
   # Skipped steps change nothing: the checkpoint of step 2 holds the initial parameters.
@@ -167,10 +166,10 @@ def test_guard_names_the_quantity_and_resets_on_a_good_step():
   assert out["loss"] == 1.0 and "nonfinite" not in out and (guard.skipped, guard.consecutive) == (1, 1)
   guard.check(2, m(0), None)  # a good step resets the run of skips
   guard.check(3, m(1), 2)
-  with pytest.raises(faults.TrainingError, match=r"non-finite update at step 4 .*2 steps in a row skipped .*, "
+  with pytest.raises(errors.TrainingError, match=r"non-finite update at step 4 .*2 steps in a row skipped .*, "
                      r"3 in all; stopped. The last checkpoint \(step 2\) is intact"):
     guard.check(4, m(3), 2)
-  with pytest.raises(faults.TrainingError, match=r"non-finite gradient at step 7 \(loss 1.0, grad norm nan\); "
+  with pytest.raises(errors.TrainingError, match=r"non-finite gradient at step 7 \(loss 1.0, grad norm nan\); "
                      r"stopped without applying it. The last checkpoint \(none\)"):
     faults.NonFiniteGuard("stop", 5).check(7, m(2), None)
 
@@ -191,7 +190,7 @@ def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_pa
   monkeypatch.setattr(checkpoints, "save", _failing_save({4}, seen))
   c = _tiny(total_steps=6)
   c.checkpoint.update(every_steps=2, keep=1)
-  with pytest.raises(loop.TrainingError, match=r"checkpoint save at step 4 failed \(OSError: \[Errno 28\] No space "
+  with pytest.raises(errors.TrainingError, match=r"checkpoint save at step 4 failed \(OSError: \[Errno 28\] No space "
                      r"left on device\); the last complete checkpoint \(step 2\) is intact$"):
     helpers.train(c, str(tmp_path / "stop"))
   assert helpers.committed_steps(str(tmp_path / "stop")) == [2]
@@ -205,7 +204,7 @@ def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_pa
 
   monkeypatch.setattr(checkpoints, "save", _failing_save({8}, []))  # the last save must not fail silently
   c.total_steps = 8
-  with pytest.raises(loop.TrainingError,
+  with pytest.raises(errors.TrainingError,
                      match=r"checkpoint save at step 8 failed .* \(this was the run's last save\)"):
     helpers.train(c, str(tmp_path / "retry"))
 
@@ -220,7 +219,7 @@ def test_fault_policies_are_validated(field, value, message):
   section, name = field.split(".")
   with c.ignore_type():
     c[section][name] = value
-  with pytest.raises(pipeline.ConfigError, match=re.escape(message)):
+  with pytest.raises(errors.ConfigError, match=re.escape(message)):
     config_validation.validate(c)
 
 

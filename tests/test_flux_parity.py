@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 
 from cinema_jax import checkpoints
+from cinema_jax import errors
 from cinema_jax import sharding
 from cinema_jax.convert import flux
 from cinema_jax.models import keyframe
@@ -234,5 +235,5 @@ def test_training_starts_from_converted_weights(tmp_path, toy_train):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6), tree, want)
 
   c.init_from = str(tmp_path / "nowhere")
-  with pytest.raises(loop.TrainingError, match="no converted parameters there"):
+  with pytest.raises(errors.TrainingError, match="no converted parameters there"):
     loop.train_and_evaluate(c, str(tmp_path / "run2"))

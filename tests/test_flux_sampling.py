@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from cinema_jax import encoders
+from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax import retrieval
 from cinema_jax.convert import flux
@@ -226,7 +227,7 @@ def test_training_windows_retrieve_context_by_the_records_clip_embeddings(flux_r
     want = retrieval.select("image", 3, 3, query=recs[-1].text_embedding,
                             history=np.stack([r.image_embedding for r in recs[:-1]]))
     np.testing.assert_array_equal(shots, np.array(sorted(shots))[np.concatenate([want, [3]])])
-  with pytest.raises(pipeline.ConfigError, match="holds no CLIP image and caption embeddings"):
+  with pytest.raises(errors.ConfigError, match="holds no CLIP image and caption embeddings"):
     pipeline.make_pipeline(c.data, toy_train, batch_size=8)  # pixel records: no CLIP embeddings, no ToyCLIP given
 
 
@@ -264,5 +265,5 @@ def test_a_latent_video_model_trains_on_frame_latents_and_makes_a_movie(flux_run
   shutil.copytree(flux_run["data"], old)
   index = json.loads((old / records.INDEX_FILE).read_text())
   (old / records.INDEX_FILE).write_text(json.dumps({**index, "schema": 1, "num_frames": 0}))
-  with pytest.raises(pipeline.ConfigError, match="stores no per-frame latents.*precompute --src=PIXELS"):
+  with pytest.raises(errors.ConfigError, match="stores no per-frame latents.*precompute --src=PIXELS"):
     pipeline.make_pipeline(c.data, str(old), batch_size=8)

@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from cinema_jax import errors
 from cinema_jax import goldenmem
 from cinema_jax import retrieval
 from configs import data as data_config
@@ -107,7 +108,7 @@ def test_text_retrieval_reorders_the_context(toy_train):
 def test_image_retrieval_orders_the_context_by_caption_to_keyframe_similarity(toy_train, tmp_path):
   from cinema_jax import toy_clip  # pylint: disable=g-import-not-at-top
   from data_pipelines import precompute  # pylint: disable=g-import-not-at-top
-  with pytest.raises(pipeline.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match="context_order='image': .* holds no CLIP image and caption embeddings"):
     _pipe(_config(context_order="image"), toy_train)
   clip = toy_clip.fit_dataset(toy_train, steps=50)
@@ -161,7 +162,7 @@ def test_processes_get_disjoint_windows_that_cover_the_epoch(toy_train):
   parts = []
   for process in range(4):
     p = _pipe(_config(num_epochs=1), batch_size=4, path=toy_train, process_index=process,
-                               process_count=4)
+              process_count=4)
     assert p.batch_size == 1
     parts.append(_epoch_windows(p))
   movies, shots, _ = p.plan.epoch(0)
@@ -272,7 +273,7 @@ def test_bad_records_are_skipped_and_counted(bad_train):
 def test_run_fails_once_skips_pass_the_fraction(bad_train):
   ds, shard = bad_train
   c = _config(num_epochs=1, bad_records="skip", max_bad_fraction=0.0, bad_records_min_seen=1)
-  with pytest.raises(records.DataError, match=rf"1 of \d+ examples had bad records, more than "
+  with pytest.raises(errors.DataError, match=rf"1 of \d+ examples had bad records, more than "
                      rf"config.data.max_bad_fraction=0.0; last: .*{shard} record 2"):
     _epoch_windows(_pipe(c, ds, batch_size=1))
 
@@ -293,25 +294,25 @@ def test_config_errors_name_the_field(toy_train, field, value, message):
   section, _, name = field.rpartition(".")
   with c.ignore_type():
     setattr(c[section] if section else c, name, value)
-  with pytest.raises(pipeline.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     _pipe(c, toy_train)
   assert str(e.value) == message
 
 
 def test_batch_must_split_over_processes(toy_train):
-  with pytest.raises(pipeline.ConfigError, match="config.batch_size=3: expected a positive multiple of the 2 JAX"):
+  with pytest.raises(errors.ConfigError, match="config.batch_size=3: expected a positive multiple of the 2 JAX"):
     _pipe(_config(), toy_train, process_count=2)
 
 
 def test_resolution_must_match_the_dataset(toy_train):
-  with pytest.raises(pipeline.ConfigError, match=r"config.data.resolution=\(32, 64\): .* holds 16x32 keyframes"):
+  with pytest.raises(errors.ConfigError, match=r"config.data.resolution=\(32, 64\): .* holds 16x32 keyframes"):
     _pipe(_config(resolution=(32, 64)), toy_train)
 
 
 def test_dataset_without_frames_or_embeddings_is_refused_by_config(toy_train, tmp_path):
-  with pytest.raises(pipeline.ConfigError, match="text_source='precomputed' but .* has no t5/clip_pooled"):
+  with pytest.raises(errors.ConfigError, match="text_source='precomputed' but .* has no t5/clip_pooled"):
     _pipe(_config(text_source="precomputed"), toy_train)
-  with pytest.raises(records.DataError, match="no movie has the 40 shots"):
+  with pytest.raises(errors.DataError, match="no movie has the 40 shots"):
     _pipe(_config(num_pairs=40), toy_train)
 
 

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from cinema_jax import errors
 from data_pipelines import pipeline
 from data_pipelines import precompute
 from data_pipelines import records
@@ -71,7 +72,7 @@ def test_precomputed_records_train_a_flux_layout_keyframe_model(flux_run, flux_c
   assert flux_run["metrics"]["loss"] == pytest.approx(1.24582, rel=1e-4)
   c = flux_config(path=flux_run["data"], text_convention="masked")
   # records made the FLUX way do not feed a model trained the masked way
-  with pytest.raises(pipeline.ConfigError, match="text_convention='masked'.*pre-computed with 'flux'"):
+  with pytest.raises(errors.ConfigError, match="text_convention='masked'.*pre-computed with 'flux'"):
     pipeline.make_pipeline(c.data, flux_run["data"], batch_size=8)
 
 
@@ -112,7 +113,7 @@ def test_the_toy_world_on_latents_keeps_its_captions_as_word_tokens(toy_train, t
   from cinema_jax.training import loop  # pylint: disable=import-outside-toplevel
   loop._check_latents(c, dst)  # pylint: disable=protected-access
   c.model.image_channels = 16  # FLUX's VAE: not these latents
-  with pytest.raises(pipeline.ConfigError, match="holds 8x16 latents of 4 channels.*reads 8x16x16"):
+  with pytest.raises(errors.ConfigError, match="holds 8x16 latents of 4 channels.*reads 8x16x16"):
     loop._check_latents(c, dst)  # pylint: disable=protected-access
 
 

@@ -8,6 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from cinema_jax import errors
 from data_pipelines import records
 
 
@@ -101,32 +102,32 @@ def test_interrupted_write_leaves_no_dataset(tmp_path):
   with pytest.raises(KeyboardInterrupt):
     records.write_dataset(str(tmp_path / "ds"), movies())
   assert os.listdir(tmp_path) == []
-  with pytest.raises(records.DataError, match="the directory does not exist"):
+  with pytest.raises(errors.DataError, match="the directory does not exist"):
     records.ShotReader(str(tmp_path / "ds"))
 
 
 def test_overwrite_replaces_only_when_asked(tmp_path):
   records.write_dataset(str(tmp_path / "ds"), _movies(1, 2))
-  with pytest.raises(records.DataError, match="already exists"):
+  with pytest.raises(errors.DataError, match="already exists"):
     records.write_dataset(str(tmp_path / "ds"), _movies(2, 2))
   records.write_dataset(str(tmp_path / "ds"), _movies(2, 2), overwrite=True)
   assert len(records.ShotReader(str(tmp_path / "ds"))) == 4
 
 
 def test_missing_paths_are_one_line_errors(tmp_path):
-  with pytest.raises(records.DataError) as e:
+  with pytest.raises(errors.DataError) as e:
     records.ShotReader(str(tmp_path / "nope"))
   assert str(e.value) == f"no dataset at {tmp_path / 'nope'}: the directory does not exist"
   (tmp_path / "empty").mkdir()
-  with pytest.raises(records.DataError, match="index.json is missing"):
+  with pytest.raises(errors.DataError, match="index.json is missing"):
     records.ShotReader(str(tmp_path / "empty"))
   records.write_dataset(str(tmp_path / "ds"), _movies(), num_shards=2)
   os.remove(tmp_path / "ds" / "shots-00001-of-00002.array_record")
-  with pytest.raises(records.DataError,
+  with pytest.raises(errors.DataError,
                      match="shard shots-00001-of-00002.array_record listed in index.json is missing"):
     records.ShotReader(str(tmp_path / "ds"))
   (tmp_path / "ds" / "index.json").write_text("{not json")
-  with pytest.raises(records.DataError, match="not a valid movie index"):
+  with pytest.raises(errors.DataError, match="not a valid movie index"):
     records.ShotReader(str(tmp_path / "ds"))
 
 
@@ -184,7 +185,7 @@ def test_bad_record_errors_name_shard_and_record(tmp_path, case, replace_record)
   mutate, message = BAD_CASES[case]
   reader = _corrupt(tmp_path, mutate, replace_record)
   bad = 1  # shard 0 holds movies 0 and 2; its record 1 is global record 1
-  with pytest.raises(records.BadRecordError) as e:
+  with pytest.raises(errors.BadRecordError) as e:
     reader.read_pixels(bad)
   assert str(e.value).startswith(f"{tmp_path / 'ds' / SHARD} record 1: "), str(e.value)
   assert message in str(e.value)
@@ -200,7 +201,7 @@ def test_wrong_embedding_shape_is_reported(tmp_path, replace_record):
   rec = msgpack.unpackb(reader.read_bytes(1))
   rec["clip_pooled"] = {"dtype": "float32", "shape": [7], "data": b"\0" * 28}
   replace_record(ds, SHARD, 1, _pack(rec))
-  with pytest.raises(records.BadRecordError, match=rf"{SHARD} record 1: clip_pooled shape \[7\], dataset has \[6\]"):
+  with pytest.raises(errors.BadRecordError, match=rf"{SHARD} record 1: clip_pooled shape \[7\], dataset has \[6\]"):
     records.ShotReader(ds).read(1)
 
 
@@ -210,6 +211,6 @@ def test_truncated_shard_file_is_reported(tmp_path):
   path = ds / SHARD
   path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   reader = records.ShotReader(str(ds))
-  with pytest.raises(records.BadRecordError, match=str(path)):
+  with pytest.raises(errors.BadRecordError, match=str(path)):
     reader.read(0)
   shutil.rmtree(ds)

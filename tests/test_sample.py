@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax.models import keyframe
 from cinema_jax.sampling import flow
@@ -18,7 +19,6 @@ from cinema_jax.sampling import jobs
 from cinema_jax.sampling import keyframe_sampler
 from cinema_jax.training import objective
 from configs import keyframe as keyframe_config
-from data_pipelines import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONS = ["Wide shot in the forest. Mia, a small red circle, jumps.", "Close shot in the forest. Mia stands still.",
@@ -118,7 +118,7 @@ def test_schedule_runs_from_noise_to_data():
 def test_bad_storylines_files(tmp_path, content, message):
   path = tmp_path / "s.jsonl"
   path.write_text(content)
-  with pytest.raises(records.DataError, match=message.replace("(", r"\(").replace("[", r"\[").replace("{", r"\{")):
+  with pytest.raises(errors.DataError, match=message.replace("(", r"\(").replace("[", r"\[").replace("{", r"\{")):
     jobs.read_storylines(str(path))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from cinema_jax import errors
 from data_pipelines import records
 from data_pipelines import tfds_builder
 from data_pipelines import toy_dataset
@@ -96,16 +97,16 @@ def test_prepare_reuses_copy_and_rebuilds_when_records_change(tmp_path):
 
 
 def test_missing_root_is_a_one_line_data_error(tmp_path):
-  with pytest.raises(records.DataError, match="does not exist") as e:
+  with pytest.raises(errors.DataError, match="does not exist") as e:
     tfds_builder.prepare(str(tmp_path / "missing"), str(tmp_path / "tfds"))
   assert str(tmp_path / "missing") in str(e.value) and "\n" not in str(e.value)
 
 
 def test_other_data_errors(tmp_path):
   (tmp_path / "empty" / "train").mkdir(parents=True)  # a subdirectory without index.json is no split
-  with pytest.raises(records.DataError, match="has no split"):
+  with pytest.raises(errors.DataError, match="has no split"):
     tfds_builder.prepare(str(tmp_path / "empty"), str(tmp_path / "tfds"))
-  with pytest.raises(records.DataError, match="prepare"):
+  with pytest.raises(errors.DataError, match="prepare"):
     tfds.data_source(tfds_builder.NAME, data_dir=str(tmp_path / "tfds"), split="train")
 
   # Features are shared by all splits, so splits of different resolutions cannot form one dataset.
@@ -113,5 +114,5 @@ def test_other_data_errors(tmp_path):
   _toy(tmp_path / "other", world=toy_world.WorldConfig(height=16, width=16, num_frames=2, min_shots=8,
                                                        max_shots=10))
   os.rename(tmp_path / "other" / "eval", tmp_path / "mixed" / "eval2")
-  with pytest.raises(records.DataError, match="disagree"):
+  with pytest.raises(errors.DataError, match="disagree"):
     tfds_builder.prepare(root, str(tmp_path / "tfds"))

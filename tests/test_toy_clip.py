@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from cinema_jax import errors
 from cinema_jax import retrieval
 from cinema_jax import toy_clip
-from data_pipelines import records
 from data_pipelines import toy_render
 from data_pipelines import toy_world
 
@@ -62,11 +62,11 @@ def test_save_load_and_resolve(clip, tmp_path):
   assert not list(tmp_path.glob("*.tmp.*"))  # written atomically
 
   (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-  with pytest.raises(records.DataError, match="junk.safetensors: not a readable ToyCLIP"):
+  with pytest.raises(errors.DataError, match="junk.safetensors: not a readable ToyCLIP"):
     toy_clip.load(str(tmp_path / "junk.safetensors"))
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
   safetensors.numpy.save_file({"w": np.zeros(2, np.float32)}, str(tmp_path / "other.safetensors"))
-  with pytest.raises(records.DataError, match="other.safetensors: not a ToyCLIP file"):
+  with pytest.raises(errors.DataError, match="other.safetensors: not a ToyCLIP file"):
     toy_clip.load(str(tmp_path / "other.safetensors"))
   with pytest.raises(ValueError, match="uint8"):
     clip.images(frames.astype(np.float32))
@@ -76,5 +76,5 @@ def test_save_load_and_resolve(clip, tmp_path):
   c.data.retrieval.embedding = path
   assert toy_clip.resolve(c.data, str(tmp_path / "unused")) == path
   c.data.retrieval.embedding = str(tmp_path / "missing.safetensors")
-  with pytest.raises(records.DataError, match="config.data.retrieval.embedding=.*missing.safetensors.*no such file"):
+  with pytest.raises(errors.DataError, match="config.data.retrieval.embedding=.*missing.safetensors.*no such file"):
     toy_clip.resolve(c.data, str(tmp_path))

@@ -15,6 +15,7 @@ import pytest
 
 from cinema_jax import checkpoints
 from cinema_jax import config_validation
+from cinema_jax import errors
 from cinema_jax import input_space
 from cinema_jax import sharding
 from cinema_jax.models import keyframe
@@ -23,7 +24,6 @@ from cinema_jax.training import train_step
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
 from data_pipelines import precompute
-from data_pipelines import records
 
 from conftest import LATENT_TINY
 from tests import helpers
@@ -200,11 +200,11 @@ def test_curriculum_resumes_across_a_stage_boundary(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   c = _tiny()
   c.curriculum.update(pairs=(1, 2), steps=(2, 2))
-  with pytest.raises(pipeline.ConfigError, match=r"config.curriculum.pairs=\(1, 2\) ends at 2 pairs, "
+  with pytest.raises(errors.ConfigError, match=r"config.curriculum.pairs=\(1, 2\) ends at 2 pairs, "
                      r"config.data.num_pairs is 3"):
     config_validation.validate(c)
   c.curriculum.update(pairs=(1, 3), steps=(2, 1))
-  with pytest.raises(pipeline.ConfigError, match=r"config.curriculum.steps=\(2, 1\) sum to 3, config.total_steps is 4"):
+  with pytest.raises(errors.ConfigError, match=r"config.curriculum.steps=\(2, 1\) sum to 3, config.total_steps is 4"):
     config_validation.validate(c)
 
 
@@ -214,7 +214,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
   before = _final_state(tmp_path, 2)
   bad = _tiny(batch_size=8, total_steps=4)
   bad.optimizer.lr = float("nan")  # every update is NaN from step 3 on
-  with pytest.raises(loop.TrainingError, match=r"non-finite update at step 3 .* The last checkpoint "
+  with pytest.raises(errors.TrainingError, match=r"non-finite update at step 3 .* The last checkpoint "
                      r"\(step 2\) is intact"):
     helpers.train(bad, str(tmp_path))
   after = _final_state(tmp_path, 2)
@@ -226,17 +226,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
 def test_startup_validation_is_one_line(tmp_path):
   three = _tiny()
   three.mesh.data = 3
-  with pytest.raises(sharding.MeshError, match=r"needs 3 devices, there are 8"):
+  with pytest.raises(errors.MeshError, match=r"needs 3 devices, there are 8"):
     loop.train_and_evaluate(three, str(tmp_path))
-  with pytest.raises(pipeline.ConfigError, match=r"config.batch_size=2: not a multiple of the data-parallel size 8"):
+  with pytest.raises(errors.ConfigError, match=r"config.batch_size=2: not a multiple of the data-parallel size 8"):
     loop.train_and_evaluate(_tiny(), str(tmp_path))
-  with pytest.raises(pipeline.ConfigError, match=r"config.data.path is empty: variant 'flux_dev' reads"):
+  with pytest.raises(errors.ConfigError, match=r"config.data.path is empty: variant 'flux_dev' reads"):
     config_validation.validate(keyframe_config.get_config())
   bad = _tiny()
   bad.model.axes_dim = (4, 4, 4)
-  with pytest.raises(pipeline.ConfigError, match=r"config.model.axes_dim=\(4, 4, 4\) sums to 12, the head dim is 16"):
+  with pytest.raises(errors.ConfigError, match=r"config.model.axes_dim=\(4, 4, 4\) sums to 12, the head dim is 16"):
     config_validation.validate(bad)
-  with pytest.raises(sharding.MeshError, match="at most one axis may be -1"):
+  with pytest.raises(errors.MeshError, match="at most one axis may be -1"):
     sharding.mesh_shape(ml_collections.ConfigDict(dict(data=-1, fsdp=-1, context=1, tensor=1)), 8)
   assert sharding.mesh_shape(ml_collections.ConfigDict(dict(data=2, fsdp=-1, context=1, tensor=2)), 8) == (2, 2, 1, 2)
 
@@ -269,7 +269,7 @@ def test_bfloat16_compute_keeps_float32_parameters(toy_train):
 
 def test_the_loop_reads_only_prepared_inputs(tmp_path):
   c = _tiny(batch_size=8, total_steps=1)  # the toy world: built by the entry point's prepare step, not here
-  with pytest.raises(records.DataError, match=r"^no toy world at .*: the training command builds it \(python -m "
+  with pytest.raises(errors.DataError, match=r"^no toy world at .*: the training command builds it \(python -m "
                      r"cinema_jax.train --config=\.\.\. --workdir="):
     loop.train_and_evaluate(c, str(tmp_path))
   assert not (tmp_path / "data").exists()  # (test_logs_metrics_and_sample_sheets trains after preparing)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cinema_jax import config_validation
+from cinema_jax import errors
 from cinema_jax import input_space
 from cinema_jax.eval import benchmark
 from cinema_jax.eval import video_metrics
@@ -76,7 +77,7 @@ def test_video_variants_validate(variant):
   c = video_config.get_config(variant)
   config_validation.validate(c, reads_data=variant != "paper")
   if variant == "paper":  # it trains on pre-computed frame latents (data_pipelines.precompute --frames)
-    with pytest.raises(pipeline.ConfigError, match="config.data.path is empty"):
+    with pytest.raises(errors.ConfigError, match="config.data.path is empty"):
       config_validation.validate(c)
 
 
@@ -94,7 +95,7 @@ def test_bad_video_configs_are_one_line_errors(field, value, message):
   for part in section.split("."):
     node = node[part]
   node[name] = value
-  with pytest.raises(pipeline.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     config_validation.validate(c)
 
 
@@ -260,7 +261,7 @@ def test_an_untrained_from_keyframe_model_holds_each_keyframe_still():
   out = sampler.shots(nnx.to_pure_dict(nnx.state(model)), kf, ["a", "b"], seed=3)
   np.testing.assert_allclose(out, np.broadcast_to(kf[:, None], out.shape), atol=1)
   c.objective.prediction = "v"
-  with pytest.raises(pipeline.ConfigError, match="needs config.objective.prediction='x'"):
+  with pytest.raises(errors.ConfigError, match="needs config.objective.prediction='x'"):
     config_validation.validate(c)
 
 

@@ -14,13 +14,13 @@ from PIL import Image
 from cinema_jax import checkpoints
 from cinema_jax import cli
 from cinema_jax import encoders
+from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax.eval import clip_metrics
 from cinema_jax.eval import judge as judge_lib
 from cinema_jax.eval import metrics
 from cinema_jax.sampling import jobs
 from cinema_jax.sampling import keyframe_sampler
-from data_pipelines import records
 from data_pipelines import toy_dataset
 from data_pipelines import toy_render
 
@@ -46,8 +46,8 @@ def read_truth(storylines_path: str) -> dict[str, dict]:
   """movie_id -> ground truth, from the truth file beside a storylines file."""
   path = os.path.join(os.path.dirname(os.path.abspath(storylines_path)), TRUTH_FILE)
   if not os.path.exists(path):
-    raise records.DataError(f"no ground truth for {storylines_path}: expected {path} "
-                            "(data_pipelines.toy_movies writes it beside storylines.jsonl)")
+    raise errors.DataError(f"no ground truth for {storylines_path}: expected {path} "
+                           "(data_pipelines.toy_movies writes it beside storylines.jsonl)")
   truth = {}
   with open(path) as f:
     for n, line in enumerate(f, 1):
@@ -56,14 +56,14 @@ def read_truth(storylines_path: str) -> dict[str, dict]:
           t = json.loads(line)
           truth[t["movie_id"]] = t
         except (json.JSONDecodeError, KeyError, TypeError):
-          raise records.DataError(f"{path} line {n}: expected a JSON object with movie_id and shots") from None
+          raise errors.DataError(f"{path} line {n}: expected a JSON object with movie_id and shots") from None
   return truth
 
 
 def read_samples(folder: str) -> list[tuple[dict, np.ndarray]]:
   """(manifest, uint8 keyframes [K, H, W, 3]) of every storyline folder under `folder`."""
   if not os.path.isdir(folder):
-    raise records.DataError(f"samples folder {folder} does not exist")
+    raise errors.DataError(f"samples folder {folder} does not exist")
   out = []
   for name in sorted(os.listdir(folder)):
     path = os.path.join(folder, name, "manifest.json")
@@ -74,7 +74,7 @@ def read_samples(folder: str) -> list[tuple[dict, np.ndarray]]:
     frames = [np.asarray(Image.open(os.path.join(folder, name, k)).convert("RGB")) for k in manifest["keyframes"]]
     out.append((manifest, np.stack(frames)))
   if not out:
-    raise records.DataError(f"{folder}: no sampled storylines (folders with a manifest.json)")
+    raise errors.DataError(f"{folder}: no sampled storylines (folders with a manifest.json)")
   return out
 
 
@@ -95,8 +95,8 @@ def score(samples: list[tuple[dict, np.ndarray]], truth: dict[str, dict] | None,
   for manifest, frames in samples:
     movie = truth.get(manifest.get("movie_id"))
     if movie is None:
-      raise records.DataError(f"storyline {manifest.get('title')!r}: movie_id {manifest.get('movie_id')!r} "
-                              "has no ground truth")
+      raise errors.DataError(f"storyline {manifest.get('title')!r}: movie_id {manifest.get('movie_id')!r} "
+                             "has no ground truth")
     shots = movie["shots"][:len(frames)]
     h, w = frames.shape[1:3]
     real = np.stack([toy_render.render_shot(s, h, w)[0] for s in shots])
@@ -190,24 +190,24 @@ def write_report(out: str, report: dict, table: str) -> None:
 def run(v: dict) -> dict:
   """Samples (v["workdir"]) or reads (v["samples"]) storylines, judges them and writes v["out"]/report.json
   and report.md; v: the settings of `python -m cinema_jax.evaluate` (its flags, checked there). Raises
-  records.DataError, FileNotFoundError or ValueError with one-line messages."""
+  errors.DataError, FileNotFoundError or ValueError with one-line messages."""
   storylines = v["storylines"]
   if storylines == "toy":
     if not v["workdir"]:
-      raise records.DataError("--storylines=toy needs --workdir (the toy world of its config)")
+      raise errors.DataError("--storylines=toy needs --workdir (the toy world of its config)")
     c = loading.saved_config(v["workdir"])
     storylines = os.path.join(toy_dataset.root_for_config(c.data, v["workdir"]), "storylines.jsonl")
   stories = jobs.read_storylines(storylines)[: v["max_storylines"] or None]
   clip = encoders.ClipEmbedding.load(v["clip_model"]) if v["clip_model"] else None
   try:
     truth = read_truth(storylines)
-  except records.DataError:
+  except errors.DataError:
     if clip is None:
       raise
     truth = None  # any storylines: CLIP's proxies only
   if v["workdir"]:
     if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
-      raise records.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
+      raise errors.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
     runs = sample_all(v, stories, v["out"])
   else:
     runs = [(os.path.basename(os.path.normpath(d)), None, d) for d in v["samples"]]

@@ -9,12 +9,12 @@ import numpy as np
 import os
 import time
 
+from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax.eval import benchmark
 from cinema_jax.eval import video_metrics
 from cinema_jax.sampling import jobs
 from cinema_jax.sampling import keyframe_sampler
-from data_pipelines import records
 from data_pipelines import toy_dataset
 from data_pipelines import toy_render
 
@@ -38,7 +38,7 @@ def score(shots: list[tuple[np.ndarray, dict]]) -> dict:
 
 def run(v: dict) -> dict:
   """Generates and judges the shots of v["storylines"], writes v["out"]/report.json and report.md; v: the
-  settings of `python -m cinema_jax.evaluate_video` (its flags). Raises records.DataError,
+  settings of `python -m cinema_jax.evaluate_video` (its flags). Raises errors.DataError,
   FileNotFoundError or ValueError with one-line messages."""
   overrides = {k: v[k] for k in ("num_steps", "guidance") if v[k] is not None}
   shots_fn, _, vc = jobs.video_stage(v["video_workdir"], None, overrides=overrides)
@@ -60,11 +60,11 @@ def run(v: dict) -> dict:
   for i, story in enumerate(stories):
     movie = truth.get(story.get("movie_id"))
     if movie is None:
-      raise records.DataError(f"storyline {story['title']!r}: movie_id {story.get('movie_id')!r} has no ground truth")
+      raise errors.DataError(f"storyline {story['title']!r}: movie_id {story.get('movie_id')!r} has no ground truth")
     scripts = movie["shots"][: v["max_shots"] or None]
     if len(scripts[0]["characters"][0]["path"]) != vc.model.video.num_frames:
-      raise records.DataError(f"{storylines}: the scripts have {len(scripts[0]['characters'][0]['path'])} frames per "
-                              f"shot, the video model makes {vc.model.video.num_frames}")
+      raise errors.DataError(f"{storylines}: the scripts have {len(scripts[0]['characters'][0]['path'])} frames per "
+                             f"shot, the video model makes {vc.model.video.num_frames}")
     real = np.stack([toy_render.render_shot(s, h, w) for s in scripts])  # [K, F, H, W, 3]
     captions = [s["caption"] for s in scripts]
     t0 = time.perf_counter()

@@ -28,13 +28,13 @@ from PIL import Image
 
 from cinema_jax import checkpoints
 from cinema_jax import cli
+from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax import sharding
 from cinema_jax.sampling import keyframe_sampler
 from cinema_jax.sampling import movie
 from cinema_jax.sampling import shot_sampler
 from cinema_jax.sampling import storyboard
-from data_pipelines import records
 
 SUMMARY = "job_summary.json"
 
@@ -212,7 +212,7 @@ def summarize(outdir: str, stories: list[dict], info: dict, echo=print) -> dict 
 def read_storylines(path: str) -> list[dict]:
   """Storylines of a JSONL file, with one-line errors that name the file and line."""
   if not os.path.exists(path):
-    raise records.DataError(f"storylines file {path} does not exist")
+    raise errors.DataError(f"storylines file {path} does not exist")
   out = []
   with open(path) as f:
     for n, line in enumerate(f, 1):
@@ -221,22 +221,22 @@ def read_storylines(path: str) -> list[dict]:
       try:
         story = json.loads(line)
       except json.JSONDecodeError as e:
-        raise records.DataError(f"{path} line {n}: not JSON ({e.msg})") from None
+        raise errors.DataError(f"{path} line {n}: not JSON ({e.msg})") from None
       caps = story.get("captions") if isinstance(story, dict) else None
       if not isinstance(caps, list) or not caps or not all(isinstance(x, str) and x.strip() for x in caps):
-        raise records.DataError(f"{path} line {n}: expected {{\"title\": ..., \"captions\": [non-empty strings]}}")
+        raise errors.DataError(f"{path} line {n}: expected {{\"title\": ..., \"captions\": [non-empty strings]}}")
       entry = {"title": str(story.get("title", f"storyline {len(out)}")), "captions": caps,
                "movie_id": story.get("movie_id")}
       for key, ok in (("characters", lambda x: isinstance(x, list) and all(isinstance(n, str) for n in x)),
                       ("places", lambda x: x is None or isinstance(x, str))):  # optional, one per shot
         if key in story:
           if not isinstance(story[key], list) or len(story[key]) != len(caps) or not all(map(ok, story[key])):
-            raise records.DataError(f"{path} line {n}: {key!r} must hold one entry per caption "
-                                    f"({'a list of names' if key == 'characters' else 'a place name or null'})")
+            raise errors.DataError(f"{path} line {n}: {key!r} must hold one entry per caption "
+                                   f"({'a list of names' if key == 'characters' else 'a place name or null'})")
           entry[key] = story[key]
       out.append(entry)
   if not out:
-    raise records.DataError(f"{path}: no storylines")
+    raise errors.DataError(f"{path}: no storylines")
   return out
 
 
@@ -246,14 +246,14 @@ def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bo
   the keyframe model's, which it must match (None: unchecked); overrides: config.sample fields;
   encoder_flags: the encoder folders (cli.define_encoder_flags' values) for a latent T5/CLIP model."""
   if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
-    raise records.DataError(f"no checkpoints in --video_workdir={workdir}: train one first "
-                            "(python -m cinema_jax.train --config=configs/video.py:demo)")
+    raise errors.DataError(f"no checkpoints in --video_workdir={workdir}: train one first "
+                           "(python -m cinema_jax.train --config=configs/video.py:demo)")
   c = loading.saved_config(workdir)
   if c.task != "video":
-    raise records.DataError(f"--video_workdir={workdir} holds a {c.task} model, not a video model (configs/video.py)")
+    raise errors.DataError(f"--video_workdir={workdir} holds a {c.task} model, not a video model (configs/video.py)")
   if resolution is not None and tuple(c.data.resolution) != tuple(resolution):
-    raise records.DataError(f"the video model makes {tuple(c.data.resolution)} frames, the keyframe model "
-                            f"{tuple(resolution)} keyframes")
+    raise errors.DataError(f"the video model makes {tuple(c.data.resolution)} frames, the keyframe model "
+                           f"{tuple(resolution)} keyframes")
   with c.unlocked():
     c.sample.update(overrides or {})
   cli.apply_encoder_flags(c, encoder_flags or {})

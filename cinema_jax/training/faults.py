@@ -20,14 +20,12 @@ import threading
 from absl import logging
 import jax
 
+from cinema_jax import errors
+
 NONFINITE_POLICIES = ("stop", "skip")
 SAVE_ERROR_POLICIES = ("stop", "retry")
 # The step reports the first non-finite quantity as a code (0: none), in this order.
 NONFINITE_QUANTITIES = ("loss", "gradient", "update")
-
-
-class TrainingError(RuntimeError):
-  """The run cannot go on (non-finite loss, failed save); the message says why and what is safe."""
 
 
 class Preemption:
@@ -69,7 +67,7 @@ class NonFiniteGuard:
     self.skipped = self.consecutive = 0
 
   def check(self, step: int, m: dict[str, float], last_saved: int | None) -> dict[str, float]:
-    """The step's metrics without its non-finite code; raises TrainingError when the run must stop."""
+    """The step's metrics without its non-finite code; raises errors.TrainingError when the run must stop."""
     code = int(m.pop("nonfinite"))
     if not code:
       self.consecutive = 0
@@ -78,12 +76,12 @@ class NonFiniteGuard:
             f"{m['grad_norm']})")
     saved = f"step {last_saved}" if last_saved is not None else "none"
     if self.policy == "stop":
-      raise TrainingError(f"{what}; stopped without applying it. The last checkpoint ({saved}) is intact.")
+      raise errors.TrainingError(f"{what}; stopped without applying it. The last checkpoint ({saved}) is intact.")
     self.skipped += 1
     self.consecutive += 1
     if self.consecutive >= self.max_consecutive:
-      raise TrainingError(f"{what}: {self.consecutive} steps in a row skipped (config.nonfinite.max_consecutive="
-                          f"{self.max_consecutive}), {self.skipped} in all; stopped. The last checkpoint ({saved}) "
-                          "is intact.")
+      raise errors.TrainingError(f"{what}: {self.consecutive} steps in a row skipped (config.nonfinite."
+                                 f"max_consecutive={self.max_consecutive}), {self.skipped} in all; stopped. The last "
+                                 f"checkpoint ({saved}) is intact.")
     logging.warning("%s: update skipped (%d in a row, %d in all)", what, self.consecutive, self.skipped)
     return m

@@ -22,6 +22,7 @@ from cinema_jax import batch_format
 from cinema_jax import checkpoints
 from cinema_jax import config_validation
 from cinema_jax import distributed
+from cinema_jax import errors
 from cinema_jax import flops
 from cinema_jax import input_space
 from cinema_jax import sharding
@@ -33,9 +34,6 @@ from data_pipelines import pipeline
 from data_pipelines import precompute
 from data_pipelines import records
 from data_pipelines import toy_dataset
-
-
-TrainingError = faults.TrainingError
 
 
 def _global_batch(batch: dict, mesh) -> dict:
@@ -56,16 +54,16 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   mesh = sharding.make_mesh(c.mesh)
   dp = sharding.data_parallel_size(mesh)
   if c.batch_size % dp:
-    raise pipeline.ConfigError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp} "
-                               f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
+    raise errors.ConfigError(f"config.batch_size={c.batch_size}: not a multiple of the data-parallel size {dp} "
+                             f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
   _check_same_model(c, workdir)
   path = precompute.train_path(c.data, workdir, logging.info)
   _check_latents(c, path)
   if c.data.text_source == "tokens" and c.task != "autoencoder":
     vocab = pipeline.text_tokenizer(c.data, path).vocab_size
     if vocab > c.model.text.vocab_size:
-      raise pipeline.ConfigError(f"config.model.text.vocab_size={c.model.text.vocab_size}: the tokenizer of {path} "
-                                 f"has {vocab} tokens")
+      raise errors.ConfigError(f"config.model.text.vocab_size={c.model.text.vocab_size}: the tokenizer of {path} "
+                               f"has {vocab} tokens")
   plan = train_step.stages(c)
 
   setup = train_step.make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names
@@ -162,7 +160,7 @@ def _check_same_model(c: ml_collections.ConfigDict, workdir: str) -> None:
   diff = [k for k in sorted(now.keys() & then.keys()) if k not in _HOW_IT_COMPUTES and now[k] != then[k]]
   if diff:
     was = " ".join(f"--config.{k}={then[k]}" for k in diff)
-    raise pipeline.ConfigError(f"{workdir} holds a checkpoint of another model: " + ", ".join(
+    raise errors.ConfigError(f"{workdir} holds a checkpoint of another model: " + ", ".join(
         f"{k}={then[k]!r} there, {now[k]!r} in this config" for k in diff) + f"; train into a new --workdir, or "
         f"continue that run with {was}" + (" --config.data.toy.autoencoder=''" if then.get("model.vae_downsample") == 1
                                            and c.data.toy.autoencoder else ""))
@@ -176,9 +174,9 @@ def _check_latents(c: ml_collections.ConfigDict, path: str) -> None:
   space = input_space.of(c)
   want = list(space.frame_shape)
   if list(shape) != want:
-    raise pipeline.ConfigError(f"{path} holds {shape[0]}x{shape[1]} latents of {shape[2]} channels; config.data."
-                               f"resolution={tuple(c.data.resolution)} with model.vae_downsample={space.downsample} "
-                               f"and model.image_channels={space.channels} reads {want[0]}x{want[1]}x{want[2]}")
+    raise errors.ConfigError(f"{path} holds {shape[0]}x{shape[1]} latents of {shape[2]} channels; config.data."
+                             f"resolution={tuple(c.data.resolution)} with model.vae_downsample={space.downsample} "
+                             f"and model.image_channels={space.channels} reads {want[0]}x{want[1]}x{want[2]}")
 
 
 def _frames_per_example(c: ml_collections.ConfigDict, path: str) -> int:
@@ -191,13 +189,14 @@ def _init_from(path: str, state: dict, setup: train_step.Setup) -> dict:
   target = checkpoints.abstract_like(state["params"]["dit"], setup.state_shardings["params"]["dit"])
   params_dir = os.path.join(os.path.abspath(path), "params")
   if not os.path.isdir(params_dir):
-    raise TrainingError(f"config.init_from={path!r}: no converted parameters there ({params_dir}); make them with "
-                        "python -m cinema_jax.convert.flux --src CHECKPOINT --dst DIR")
+    raise errors.TrainingError(f"config.init_from={path!r}: no converted parameters there ({params_dir}); make them "
+                               "with python -m cinema_jax.convert.flux --src CHECKPOINT --dst DIR")
   try:
     with ocp.StandardCheckpointer() as ckptr:
       dit = ckptr.restore(params_dir, target)
   except (ValueError, KeyError) as e:  # a model of other sizes: Orbax names the mismatch
-    raise TrainingError(f"config.init_from={path!r} does not fit config.model: {str(e).splitlines()[0]}") from None
+    raise errors.TrainingError(f"config.init_from={path!r} does not fit config.model: "
+                               f"{str(e).splitlines()[0]}") from None
   logging.info("MM-DiT parameters from %s", path)
   params = dict(state["params"], dit=dit)
   # the EMA starts equal to the parameters but in buffers of its own: the step donates both
@@ -230,7 +229,7 @@ def _save(mngr, step: int, state, data_iter, c, final: bool) -> None:
     msg = (f"checkpoint save at step {step} failed ({type(e).__name__}: {e}); the last complete checkpoint "
            f"({'step ' + str(saved) if saved is not None else 'none'}) is intact")
     if c.checkpoint.on_save_error == "stop" or final:
-      raise TrainingError(msg + (" (this was the run's last save)" if final else "")) from None
+      raise errors.TrainingError(msg + (" (this was the run's last save)" if final else "")) from None
     logging.error("%s; retrying at the next checkpoint step (config.checkpoint.on_save_error='retry')", msg)
 
 
