@@ -25,6 +25,7 @@ from cinema_jax import distributed
 from cinema_jax import errors
 from cinema_jax.training import aot
 from cinema_jax.training import autoencoder
+from cinema_jax.training import faults
 from cinema_jax.training import loop
 from cinema_jax.training import prepare
 
@@ -81,9 +82,15 @@ def main(argv):
       autoencoder.export_finished_run(_CONFIG.value, _WORKDIR.value)
   except (errors.ConfigError, errors.MeshError, errors.DataError, errors.TrainingError) as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:  # Ctrl-C outside the steps (preparing data, restoring): no save was under way
+    print("error: interrupted (SIGINT) outside the training steps; the workdir's checkpoints are as they were",
+          file=sys.stderr)
+    sys.exit(faults.INTERRUPTED_EXIT_CODE)
   except Exception as e:  # pylint: disable=broad-except
     distributed.collective_failure(e)  # exits when a peer died
     raise
+  if last.get("signal") == "SIGINT":  # saved at the step boundary; the exit code says it did not finish
+    sys.exit(faults.INTERRUPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

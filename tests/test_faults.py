@@ -9,6 +9,7 @@ import pathlib
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -44,7 +45,9 @@ def _equal(a, b):
   return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_sigterm_saves_at_the_next_step_exits_0_and_resumes_exactly(uninterrupted, tmp_path):
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 0, "preempted"),
+                                           (signal.SIGINT, faults.INTERRUPTED_EXIT_CODE, "interrupted")])
+def test_sigterm_or_ctrl_c_saves_at_the_next_step_and_resumes_exactly(uninterrupted, tmp_path, sig, code, word):
   cache, reference = uninterrupted
   workdir = str(tmp_path / "run")
   with open(tmp_path / "run.log", "w") as log:  # a file, not a pipe: a full pipe would stall the run
@@ -52,17 +55,42 @@ def test_sigterm_saves_at_the_next_step_exits_0_and_resumes_exactly(uninterrupte
                             stdout=subprocess.DEVNULL, stderr=log)
     wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "2")), 300, "checkpoint 2", procs=[proc],
              log=tmp_path / "run.log")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.wait(timeout=300)
   err = (tmp_path / "run.log").read_text()
-  assert proc.returncode == 0, err[-3000:]
-  stopped = int(re.search(r"preempted at step (\d+): its checkpoint is committed", err).group(1))
+  assert proc.returncode == code, err[-3000:]  # SIGTERM: a preemption, exit 0; Ctrl-C: 130, the run is not done
+  stopped = int(re.search(rf"{word} at step (\d+): its checkpoint is committed", err).group(1))
   assert 2 <= stopped < STEPS  # stopped early, at a step boundary, with that step saved
   assert helpers.committed_steps(workdir)[-1] == stopped
   done = helpers.run(workdir, STEPS, cache)
   assert done.returncode == 0, done.stderr[-3000:]
   assert f"resuming from step {stopped}" in done.stderr
   assert _equal(helpers.state_at(workdir), reference)
+
+
+
+def test_a_second_ctrl_c_stops_at_once():
+  # In a process of its own: the second SIGINT ends it. Its checkpoints are whole as after a SIGKILL
+  # (test_sigkill_at_a_random_moment_leaves_only_whole_checkpoints): Orbax commits a save by renaming.
+  code = ("import os, signal, sys, time\n"
+          "from cinema_jax.training import faults\n"
+          "with faults.Preemption() as p:\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  time.sleep(0.5)\n"
+          "  print('asked to stop:', p.requested(0), p.signal, flush=True)\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  time.sleep(30)\n"
+          "print('not stopped')\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  start = time.monotonic()
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert done.returncode == faults.INTERRUPTED_EXIT_CODE == 130, done.stderr[-3000:]
+  assert done.stdout == "asked to stop: True SIGINT\n"
+  assert "Ctrl-C again stops at once" in done.stderr and "Traceback" not in done.stderr
+  assert done.stderr.strip().splitlines()[-1] == ("error: a second SIGINT: stopped at once, without a save; the last "
+                                                  "committed checkpoint is whole")
+  assert time.monotonic() - start < 30
 
 
 @pytest.mark.parametrize("seed", [1, 2])

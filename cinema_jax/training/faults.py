@@ -1,8 +1,11 @@
 """What the training loop does when the world misbehaves: preemption, non-finite steps, failed saves.
 
-  Preemption      SIGTERM (one process) or JAX's preemption sync point (several: every process must
-                  stop at the same step, which only the coordination service can agree on) asks the
-                  loop to save at the next step boundary, wait for the save to commit, and return.
+  Preemption      SIGTERM or Ctrl-C (SIGINT) in one process, or JAX's preemption sync point (several:
+                  every process must stop at the same step, which only the coordination service can
+                  agree on) asks the loop to save at the next step boundary, wait for the save to
+                  commit, and return; the train command then exits 0 (SIGTERM, a preemption) or
+                  INTERRUPTED_EXIT_CODE (SIGINT). A second SIGINT stops the process at once, without a
+                  save: the last committed checkpoint stays whole (Orbax commits by renaming).
   NonFiniteGuard  config.nonfinite.policy: "stop" at the first step whose loss, gradient or update is
                   not finite (the step itself already left the state unchanged), naming the step and
                   the quantity; or "skip" such steps, counting them, and stop after
@@ -14,7 +17,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 
 from absl import logging
@@ -26,6 +31,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 SAVE_ERROR_POLICIES = ("stop", "retry")
 # The step reports the first non-finite quantity as a code (0: none), in this order.
 NONFINITE_QUANTITIES = ("loss", "gradient", "update")
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: what shells report for a Ctrl-C
 
 
 class Preemption:
@@ -33,21 +39,29 @@ class Preemption:
 
   def __init__(self):
     self._signalled = threading.Event()
-    self._previous = None
+    self._previous = {}
+    self.signal: str | None = None  # the name of the signal that asked to stop (None: the sync point)
 
   def __enter__(self) -> "Preemption":
     # Several processes: JAX's preemption service owns SIGTERM and agrees on the step (requested()).
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
 
-  def _on_sigterm(self, signum, frame) -> None:  # pylint: disable=unused-argument
-    logging.warning("SIGTERM: saving a checkpoint at the next step boundary, then exiting")
+  def _on_signal(self, signum, frame) -> None:  # pylint: disable=unused-argument
+    if signum == signal.SIGINT and self._signalled.is_set():  # a second Ctrl-C: stop now
+      sys.stderr.write("error: a second SIGINT: stopped at once, without a save; the last committed checkpoint "
+                       "is whole\n")
+      sys.stderr.flush()
+      os._exit(INTERRUPTED_EXIT_CODE)  # pylint: disable=protected-access
+    self.signal = signal.Signals(signum).name
+    logging.warning("%s: saving a checkpoint at the next step boundary, then exiting%s", self.signal,
+                    " (Ctrl-C again stops at once, without a save)" if signum == signal.SIGINT else "")
     self._signalled.set()
 
   def requested(self, step: int) -> bool:

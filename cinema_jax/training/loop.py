@@ -132,8 +132,9 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
             pending = None
           _save(mngr, step, state, data_iter, c, final)
         if preempted:
-          logging.warning("preempted at step %d: its checkpoint is committed; exiting", step)
-          last["preempted"] = True
+          logging.warning("%s at step %d: its checkpoint is committed; exiting",
+                          "interrupted" if preemption.signal == "SIGINT" else "preempted", step)
+          last.update(preempted=True, signal=preemption.signal)
           break
     mngr.close()
   if data_iter is not None:
