@@ -16,6 +16,27 @@ from cinema_jax.training import objective
 
 
 TASKS = ("keyframe", "video", "autoencoder")
+# Numeric fields and their ranges [low, high] (None: unbounded): a value outside is a one-line error.
+# (NaN passes: a NaN learning rate is how the tests make every update non-finite.)
+RANGES = (
+    ("batch_size", 1, None), ("sample.num_steps", 1, None), ("sample.max_shots", 0, None),
+    ("sample.guidance", 0.0, None), ("optimizer.lr", 0.0, None), ("optimizer.warmup_steps", 0, None),
+    ("optimizer.end_lr_fraction", 0.0, 1.0), ("optimizer.b1", 0.0, 1.0), ("optimizer.b2", 0.0, 1.0),
+    ("optimizer.eps", 0.0, None), ("optimizer.weight_decay", 0.0, None), ("optimizer.grad_clip", 0.0, None),
+    ("optimizer.ema_decay", 0.0, 1.0),
+)
+
+
+def _check_ranges(c: ml_collections.ConfigDict) -> None:
+  for field, low, high in RANGES:
+    value = c
+    for key in field.split("."):
+      value = value[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise errors.ConfigError(f"config.{field}={value!r}: expected a number")
+    if value < low or (high is not None and value > high):
+      raise errors.ConfigError(f"config.{field}={value!r}: expected a number in "
+                               f"[{low}, {'inf' if high is None else high}]")
 
 
 def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
@@ -23,6 +44,7 @@ def validate(c: ml_collections.ConfigDict, reads_data: bool = True) -> None:
   m = c.model
   if not isinstance(c.total_steps, int) or c.total_steps < 1:
     raise errors.ConfigError(f"config.total_steps={c.total_steps!r}: expected an int >= 1")
+  _check_ranges(c)
   h, w = c.data.resolution
   space = input_space.of(c)
   cell = space.cell

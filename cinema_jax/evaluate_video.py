@@ -32,10 +32,11 @@ def _define_flags() -> dict:
       "storylines": flags.DEFINE_string("storylines", "toy", "Storylines JSONL (truth beside it), or 'toy': the "
                                         "held-out storylines of the video model's toy world."),
       "out": flags.DEFINE_string("out", None, "Report directory.", required=True),
-      "max_storylines": flags.DEFINE_integer("max_storylines", 0, "Use the first N storylines (0: all)."),
-      "max_shots": flags.DEFINE_integer("max_shots", 8, "Shots per storyline (0: all)."),
-      "num_steps": flags.DEFINE_integer("num_steps", None, "Euler steps (default: the configs')."),
-      "guidance": flags.DEFINE_float("guidance", None, "CFG scale (default: the configs')."),
+      "max_storylines": flags.DEFINE_integer("max_storylines", 0, "Use the first N storylines (0: all).",
+                                             lower_bound=0),
+      "max_shots": flags.DEFINE_integer("max_shots", 8, "Shots per storyline (0: all).", lower_bound=0),
+      "num_steps": flags.DEFINE_integer("num_steps", None, "Euler steps (default: the configs').", lower_bound=1),
+      "guidance": flags.DEFINE_float("guidance", None, "CFG scale (default: the configs').", lower_bound=0.0),
       "seed": flags.DEFINE_integer("seed", 0, "Sampling seed; storyline i uses seed + i."),
   }
 

@@ -49,28 +49,33 @@ def _define_flags() -> dict:
       "config": config_flags.DEFINE_config_file("config", None, "With --flux: the model's config[:variant].",
                                                 lock_config=False),
       "context_pairs": flags.DEFINE_integer("context_pairs", None, "Pairs in the autoregressive window (default: "
-                                            "the training window; 1 with --flux: FLUX.1 has never seen context)."),
+                                            "the training window; 1 with --flux: FLUX.1 has never seen context).",
+                                            lower_bound=1),
       "param_dtype": flags.DEFINE_enum("param_dtype", None, ["auto", "float32", "bfloat16"],
                                        "Parameter dtype (default: config.sample.param_dtype)."),
       "storylines": flags.DEFINE_string("storylines", None, "JSONL file of storylines, or 'toy': the held-out "
                                         "storylines of the toy world the model was trained on.", required=True),
       "outdir": flags.DEFINE_string("outdir", None, "Where keyframes, storyboards and manifests go.", required=True),
       "seed": flags.DEFINE_integer("seed", 0, "Sampling seed; storyline i uses seed + i."),
-      "num_steps": flags.DEFINE_integer("num_steps", None, "Euler steps (default: the config's sample.num_steps)."),
-      "guidance": flags.DEFINE_float("guidance", None, "CFG scale (default: the config's sample.guidance)."),
+      "num_steps": flags.DEFINE_integer("num_steps", None, "Euler steps (default: the config's sample.num_steps).",
+                                        lower_bound=1),
+      "guidance": flags.DEFINE_float("guidance", None, "CFG scale (default: the config's sample.guidance).",
+                                     lower_bound=0.0),
       "mode": flags.DEFINE_enum("mode", None, ["autoregressive", "joint"], "Default: the config's sample.mode."),
       "max_shots": flags.DEFINE_integer("max_shots", None, "Keyframes per storyline (default: the config's; "
-                                        "0 = all)."),
+                                        "0 = all).", lower_bound=0),
       "raw_params": flags.DEFINE_bool("raw_params", False, "Sample with the raw parameters instead of the EMA copy."),
-      "per_device_batch": flags.DEFINE_integer("per_device_batch", 1, "Storylines sampled together per device."),
+      "per_device_batch": flags.DEFINE_integer("per_device_batch", 1, "Storylines sampled together per device.",
+                                               lower_bound=1),
       "video_workdir": flags.DEFINE_string("video_workdir", None, "A trained video model's workdir: also sample "
                                            "every shot's video from its keyframe (MP4s and an HTML page)."),
       "fps": flags.DEFINE_float("fps", 8.0, "Frame rate of the MP4s (the toy world's is 8)."),
-      "video_scale": flags.DEFINE_integer("video_scale", 4, "Integer upscale of the MP4 frames (nearest pixel)."),
+      "video_scale": flags.DEFINE_integer("video_scale", 4, "Integer upscale of the MP4 frames (nearest pixel).",
+                                          lower_bound=1),
       "process_id": flags.DEFINE_integer("process_id", None,
-                                         "Batch jobs: this process's index (with --num_processes)."),
+                                         "Batch jobs: this process's index (with --num_processes).", lower_bound=0),
       "num_processes": flags.DEFINE_integer("num_processes", None,
-                                            "Batch jobs: how many processes share the storylines."),
+                                            "Batch jobs: how many processes share the storylines.", lower_bound=1),
   }
 
 
@@ -121,8 +126,6 @@ def main(argv, f: dict):
     for field in ("num_steps", "guidance", "mode", "max_shots"):
       if v[field] is not None:
         c.sample[field] = v[field]
-  if v["per_device_batch"] < 1:
-    sys.exit(f"error: --per_device_batch={v['per_device_batch']}: expected >= 1")
   if c.task != "keyframe":
     sys.exit(f"error: --workdir={v['workdir'] or v['flux']} holds a {c.task} model; it must be a keyframe model "
              "(configs/keyframe.py; the video model goes in --video_workdir)")

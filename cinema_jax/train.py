@@ -32,17 +32,18 @@ from cinema_jax.training import prepare
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "Config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and the toy data go here.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this one's index.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this one's index.", lower_bound=0)
 _AUTO = flags.DEFINE_bool("distributed", False, "Multi-process: let JAX detect the cluster (TPU pods, SLURM).")
 _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
-                                  "Multi-process: a silent process counts as dead after this.")
+                                  "Multi-process: a silent process counts as dead after this.", lower_bound=1)
 _STOP_AT = flags.DEFINE_integer("stop_at_step", None, "End this run at this step with a checkpoint, as a preempted "
-                                "or time-sliced job would; rerunning with the same workdir continues exactly.")
+                                "or time-sliced job would; rerunning with the same workdir continues exactly.",
+                                lower_bound=1)
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile the step for the mesh, print its memory and FLOPs, "
                                   "and exit (no workdir, no data).")
 _FAKE_DEVICES = flags.DEFINE_integer("fake_devices", None,
-                                     "--compile_only: on this many CPU devices (a pod-sized mesh).")
+                                     "--compile_only: on this many CPU devices (a pod-sized mesh).", lower_bound=1)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "--compile_only: for this Cloud TPU slice, e.g. v5p:4x4x4 (libtpu).")
 
 

@@ -283,15 +283,15 @@ def main(argv) -> None:
       "clip_vision": flags.DEFINE_string("clip_vision", "", "CLIP vision tower folder (image embeddings), or a whole "
                                          "CLIP model (also caption embeddings: context_order 'image' training)."),
       "t5_len": flags.DEFINE_integer("t5_len", 512, "T5 tokens per caption (FLUX.1-dev: 512; the model's "
-                                     "config.data.text_len)."),
+                                     "config.data.text_len).", lower_bound=1),
       "text_convention": flags.DEFINE_enum("text_convention", "flux", encoders.TEXT_CONVENTIONS,
                                            "The model's config.model.text_convention: 'flux' keeps T5's states of "
                                            "every position of the padded caption, unmasked (FLUX.1-dev); 'masked' "
                                            "the caption's tokens only."),
-      "batch_size": flags.DEFINE_integer("batch_size", 16, "Shots per encoder call."),
+      "batch_size": flags.DEFINE_integer("batch_size", 16, "Shots per encoder call.", lower_bound=1),
       "frames": flags.DEFINE_bool("frames", False, "Also each shot frame's VAE latent (the video model's input)."),
-      "process_id": flags.DEFINE_integer("process_id", 0, "This process's index."),
-      "num_processes": flags.DEFINE_integer("num_processes", 1, "How many processes share the work."),
+      "process_id": flags.DEFINE_integer("process_id", 0, "This process's index.", lower_bound=0),
+      "num_processes": flags.DEFINE_integer("num_processes", 1, "How many processes share the work.", lower_bound=1),
   }
 
   def go(args):

@@ -28,7 +28,7 @@ from data_pipelines import toy_dataset
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the toy data and the preview go.")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 8, "Batches to draw and summarise.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 8, "Batches to draw and summarise.", lower_bound=1)
 
 
 def summarise(c, workdir: str, num_batches: int) -> str:

@@ -25,15 +25,16 @@ from data_pipelines import toy_world
 def _define_flags() -> dict:
   return {
       "out": flags.DEFINE_string("out", None, "Output directory (must not exist unless --overwrite)."),
-      "num_movies": flags.DEFINE_integer("num_movies", 64, "Training movies."),
+      "num_movies": flags.DEFINE_integer("num_movies", 64, "Training movies.", lower_bound=1),
       "seed": flags.DEFINE_integer("seed", 0, "World seed: the same seed gives the same movies, byte for byte."),
-      "num_storylines": flags.DEFINE_integer("num_storylines", 8, "Held-out movies written as storylines."),
-      "height": flags.DEFINE_integer("height", 32, "Frame height (width is usually 2x)."),
-      "width": flags.DEFINE_integer("width", 64, "Frame width."),
-      "num_frames": flags.DEFINE_integer("num_frames", 8, "Frames per shot (1: keyframes only)."),
-      "min_shots": flags.DEFINE_integer("min_shots", 8, "Fewest shots per movie."),
-      "max_shots": flags.DEFINE_integer("max_shots", 64, "Most shots per movie."),
-      "num_shards": flags.DEFINE_integer("num_shards", 4, "ArrayRecord shards of the training split."),
+      "num_storylines": flags.DEFINE_integer("num_storylines", 8, "Held-out movies written as storylines.",
+                                             lower_bound=0),
+      "height": flags.DEFINE_integer("height", 32, "Frame height (width is usually 2x).", lower_bound=1),
+      "width": flags.DEFINE_integer("width", 64, "Frame width.", lower_bound=1),
+      "num_frames": flags.DEFINE_integer("num_frames", 8, "Frames per shot (1: keyframes only).", lower_bound=1),
+      "min_shots": flags.DEFINE_integer("min_shots", 8, "Fewest shots per movie.", lower_bound=1),
+      "max_shots": flags.DEFINE_integer("max_shots", 64, "Most shots per movie.", lower_bound=1),
+      "num_shards": flags.DEFINE_integer("num_shards", 4, "ArrayRecord shards of the training split.", lower_bound=1),
       "overwrite": flags.DEFINE_bool("overwrite", False, "Replace an existing output directory."),
   }
 

@@ -145,6 +145,17 @@ def test_guidance_distilled_models_take_the_scale_through_their_embedding():
   assert not np.array_equal(low, s.keyframes(params, CAPTIONS[:2], guidance=4.0))
 
 
+@pytest.mark.parametrize("flag,message", [("--num_steps=0", "flag --num_steps=0: 0 is not a positive integer"),
+                                          ("--max_shots=-1", "flag --max_shots=-1: -1 is not a non-negative integer"),
+                                          ("--guidance=-2", "flag --guidance=-2: -2.0 is not a non-negative number")])
+def test_out_of_range_sampling_flags_are_one_line_errors(tmp_path, flag, message):
+  done = subprocess.run([sys.executable, "-m", "cinema_jax.sample", f"--workdir={tmp_path}", "--storylines=toy",
+                         f"--outdir={tmp_path / 'out'}", flag], cwd=REPO, capture_output=True, text=True, check=False,
+                        timeout=300)
+  assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == f"error: {message}", done.stderr[-2000:]
+  assert not (tmp_path / "out").exists()
+
+
 def _sample_cli(workdir, outdir, *extra):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   done = subprocess.run([sys.executable, "-m", "cinema_jax.sample", f"--workdir={workdir}", "--storylines=toy",

@@ -236,6 +236,14 @@ def test_startup_validation_is_one_line(tmp_path):
   bad.model.axes_dim = (4, 4, 4)
   with pytest.raises(errors.ConfigError, match=r"config.model.axes_dim=\(4, 4, 4\) sums to 12, the head dim is 16"):
     config_validation.validate(bad)
+  for section, value, expected in (
+      ("sample", {"num_steps": 0}, r"config.sample.num_steps=0: expected a number in \[1, inf\]$"),
+      ("optimizer", {"ema_decay": 1.5}, r"config.optimizer.ema_decay=1.5: expected a number in \[0.0, 1.0\]$"),
+      ("sample", {"guidance": -0.5}, r"config.sample.guidance=-0.5: expected a number in \[0.0, inf\]$")):
+    bad = _tiny()
+    bad[section].update(value)
+    with pytest.raises(errors.ConfigError, match=expected):
+      config_validation.validate(bad)
   with pytest.raises(errors.MeshError, match="at most one axis may be -1"):
     sharding.mesh_shape(ml_collections.ConfigDict(dict(data=-1, fsdp=-1, context=1, tensor=1)), 8)
   assert sharding.mesh_shape(ml_collections.ConfigDict(dict(data=2, fsdp=-1, context=1, tensor=2)), 8) == (2, 2, 1, 2)
