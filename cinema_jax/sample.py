@@ -148,10 +148,13 @@ def main(argv, f: dict):
   info = dict(checkpoint_step=step, **({"flux": os.path.abspath(v["flux"])} if v["flux"] else {}),
               context_pairs=sampler.num_pairs, mode=c.sample.mode, num_steps=c.sample.num_steps,
               guidance=c.sample.guidance, kv_cache=c.sample.kv_cache, **(info_video if shots_fn else {}))
-  jobs.run(sampler, params, stories, v["outdir"], seed=v["seed"], max_shots=c.sample.max_shots,
-           per_device_batch=v["per_device_batch"], process_id=pid, num_processes=nproc, info=info,
-           title_suffix=f" (step {step})", echo=lambda line: print(line, flush=True), shots_fn=shots_fn,
-           video=video)
+  try:
+    jobs.run(sampler, params, stories, v["outdir"], seed=v["seed"], max_shots=c.sample.max_shots,
+             per_device_batch=v["per_device_batch"], process_id=pid, num_processes=nproc, info=info,
+             title_suffix=f" (step {step})", echo=lambda line: print(line, flush=True), shots_fn=shots_fn,
+             video=video)
+  except errors.DataError as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -168,6 +168,19 @@ def _sample_cli(workdir, outdir, *extra):
   return [np.asarray(__import__("PIL.Image").Image.open(os.path.join(outdir, story, k))) for k in manifest["keyframes"]]
 
 
+def test_a_rerun_with_other_settings_is_refused(tiny_run, tmp_path):
+  _sample_cli(tiny_run, tmp_path / "out")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  done = subprocess.run([sys.executable, "-m", "cinema_jax.sample", f"--workdir={tiny_run}", "--storylines=toy",
+                         f"--outdir={tmp_path / 'out'}", "--max_shots=2", "--seed=7", "--num_steps=3"], cwd=REPO,
+                        env=env, capture_output=True, text=True, check=False, timeout=600)
+  assert done.returncode == 1, done.stderr[-3000:]
+  assert done.stderr.strip().splitlines()[-1] == (
+      f"error: --outdir={tmp_path / 'out'} holds storylines sampled with other settings: num_steps 2 (now 3), "
+      "seed 0 (now 7); sample into another folder (or delete it)")
+  _sample_cli(tiny_run, tmp_path / "out")  # the same settings: every storyline is already complete
+
+
 def test_sample_cli_uses_the_ema_unless_asked_for_raw_parameters(tiny_run, tmp_path):
   ema = _sample_cli(tiny_run, tmp_path / "ema")
   raw = _sample_cli(tiny_run, tmp_path / "raw", "--raw_params")

@@ -8,13 +8,15 @@ as an uninterrupted one and writes the same pixels. A storyline whose folder exi
 missing, and writes only the missing ones. Processes never talk to each other: sampling needs no
 collectives, so a dead process costs only its own unfinished chunk.
 
-Outputs: OUT/<index>-<slug>/ per storyline, OUT/.job/process_<p>.json per process, and
+Outputs: OUT/<index>-<slug>/ per storyline, OUT/.job/settings.json (what they are sampled with: a
+rerun with other settings is refused), OUT/.job/process_<p>.json per process, and
 OUT/job_summary.json once every storyline is complete (written by whichever process finds that).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -37,6 +39,7 @@ from cinema_jax.sampling import shot_sampler
 from cinema_jax.sampling import storyboard
 
 SUMMARY = "job_summary.json"
+SETTINGS = "settings.json"  # in OUT/.job: what the storylines are sampled with
 
 
 def process_identity(process_id: int | None, num_processes: int | None) -> tuple[int, int]:
@@ -127,6 +130,25 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+def claim(outdir: str, settings: dict) -> None:
+  """Records in OUT/.job/settings.json what outdir's storylines are sampled with, or refuses, in one line,
+  an outdir whose storylines were sampled with other settings (a rerun would keep them and report the
+  new ones)."""
+  settings = json.loads(json.dumps(settings))  # as JSON reads it back: tuples are lists
+  path = os.path.join(outdir, ".job", SETTINGS)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    changed = [f"{k} {old.get(k)!r} (now {settings.get(k)!r})" for k in sorted(set(old) | set(settings))
+               if old.get(k) != settings.get(k)]
+    if changed:
+      raise errors.DataError(f"--outdir={outdir} holds storylines sampled with other settings: {', '.join(changed)}; "
+                             "sample into another folder (or delete it)")
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  _write_json(path, settings)
+
+
 def run(sampler: keyframe_sampler.Sampler, params, stories: list[dict], outdir: str, *, seed: int, max_shots: int,
         per_device_batch: int = 1, process_id: int = 0, num_processes: int = 1, info: dict | None = None,
         title_suffix: str = "", echo=print, shots_fn=None, video: dict | None = None) -> dict:
@@ -135,6 +157,9 @@ def run(sampler: keyframe_sampler.Sampler, params, stories: list[dict], outdir: 
   shots_fn(keyframes [K, H, W, 3] uint8, captions, seed) -> shot videos [K, F, H, W, 3]: the video
   stage (shot_sampler.ShotSampler.shots) run on each storyline's keyframes; video: its MP4 settings
   ({"fps", "scale"}). Without it only keyframes and storyboards are written."""
+  stories_digest = hashlib.sha1(json.dumps([[s["title"], s["captions"]] for s in stories]).encode()).hexdigest()
+  claim(outdir, {**(info or {}), "seed": seed, "max_shots": max_shots, "video": video,
+                 "storylines_sha1": stories_digest[:16]})
   devices = jax.local_devices()
   mesh = Mesh(np.array(devices), ("data",))
   params = jax.device_put(params, NamedSharding(mesh, P()))
