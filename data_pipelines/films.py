@@ -328,9 +328,13 @@ def find_videos(pattern: str) -> list[str]:
 
 
 def _check_settings(out: str, s: Settings, captions_dir: str) -> None:
-  """A resumed run must curate as the first did; the first writes settings.json."""
+  """A resumed run (or one that adds films) must curate as the first did; the first writes settings.json.
+  A folder that holds anything else is not curate's to write into."""
   want = dict(dataclasses.asdict(s), captions=os.path.abspath(captions_dir) if captions_dir else "")
   path = os.path.join(out, SETTINGS_FILE)
+  if not os.path.exists(path) and os.path.isdir(out) and os.listdir(out):
+    raise ValueError(f"--out={out} holds other data ({', '.join(sorted(os.listdir(out))[:3])}, ...), not a curated "
+                     "folder: curate into an empty or new folder")
   if os.path.exists(path):
     with open(path) as f:
       have = json.load(f)
@@ -348,7 +352,8 @@ def _check_settings(out: str, s: Settings, captions_dir: str) -> None:
 
 def curate(videos: list[str], out: str, s: Settings, *, captions_dir: str = "", workers: int = 1,
            progress: bool = False) -> dict[str, Any]:
-  """Curates every file (skipping finished movies), then writes the records <out>/train and the report."""
+  """Curates every file (skipping finished movies), then writes the records <out>/train and the report of
+  every film curated into `out`, by this run or an earlier one (curating into a folder adds films)."""
   s.check()
   out = os.path.abspath(out)
   _check_settings(out, s, captions_dir)
@@ -375,6 +380,12 @@ def curate(videos: list[str], out: str, s: Settings, *, captions_dir: str = "", 
           bar.update()
   if bar:
     bar.close()
+  this_run = {e["movie_id"] for e in entries}
+  for mid in sorted(os.listdir(os.path.join(out, MOVIES_DIR))):  # films an earlier run curated into `out`
+    manifest = os.path.join(out, MOVIES_DIR, mid, "manifest.json")
+    if mid not in this_run and not mid.startswith(".") and os.path.exists(manifest):
+      with open(manifest) as f:
+        entries.append(dict(json.load(f)["report"], status="done before"))
   entries.sort(key=lambda e: e["movie_id"])
   movies = []
   for e in entries:

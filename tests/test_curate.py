@@ -193,6 +193,21 @@ def test_a_killed_run_resumes_to_the_same_records(tmp_path):
       f"error: --videos='{tmp_path / 'none'}/*.mp4': no files")
 
 
+def test_curating_into_a_folder_adds_films_and_refuses_other_data(tmp_path, toy_train):
+  videos, caps = _films(tmp_path, 2, 3, 20, "f")
+  s = films.Settings(short_side=16, min_scene_len=3, min_shot_s=0.5)
+  out = str(tmp_path / "out")
+  films.curate([str(videos / "f0.mp4")], out, s, captions_dir=str(caps))
+  summary = films.curate([str(videos / "f1.mp4")], out, s, captions_dir=str(caps))  # a second film, later
+  assert [(e["movie_id"], e["status"]) for e in summary["movies"]] == [("f0", "done before"), ("f1", "done")]
+  assert [m["movie_id"] for m in records.ShotReader(os.path.join(out, "train")).index.movies] == ["f0", "f1"]
+  root = os.path.dirname(toy_train)  # a toy dataset: not curate's
+  before = sorted(os.listdir(root))
+  with pytest.raises(ValueError, match=rf"^--out={root} holds other data \(.*\), not a curated folder"):
+    films.curate([str(videos / "f0.mp4")], root, s, captions_dir=str(caps))
+  assert sorted(os.listdir(root)) == before
+
+
 def test_curated_records_train_the_tiny_model(tmp_path):
   from cinema_jax.training import loop  # pylint: disable=g-import-not-at-top
   from configs import keyframe as keyframe_config  # pylint: disable=g-import-not-at-top
