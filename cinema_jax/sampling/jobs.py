@@ -225,7 +225,8 @@ def summarize(outdir: str, stories: list[dict], info: dict, echo=print) -> dict 
   manifests = [json.load(open(os.path.join(outdir, storyline_dir(i, s), "manifest.json")))
                for i, s in enumerate(stories)]
   jobdir = os.path.join(outdir, ".job")
-  processes = [json.load(open(os.path.join(jobdir, f))) for f in sorted(os.listdir(jobdir)) if f.endswith(".json")]
+  processes = [json.load(open(os.path.join(jobdir, f))) for f in sorted(os.listdir(jobdir))
+               if f.startswith("process_") and f.endswith(".json")]  # not settings.json
   summary = {"storylines": len(stories), "keyframes": sum(len(m["keyframes"]) for m in manifests),
              "attempts": len({m.get("job_attempt") for m in manifests}), **info, "processes": processes}
   _write_json(os.path.join(outdir, SUMMARY), summary)
