@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks import common
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import flops
 from cinema_jax.models import vae
 from configs import autoencoder as autoencoder_config
@@ -60,6 +61,7 @@ def step_times(chunks: list[int], quick: bool, steps: int) -> dict[int, tuple[fl
   for ch in chunks:
     c = autoencoder_config.get_config("tiny" if quick else "toy")
     c.model.autoencoder.kernel_grad_chunk = ch
+    c = config_validation.load(c, reads_data=False)
     cost = flops.StepCost(c).flops_per_step
     step, setup, batch, mesh = common.jit_train_step(c, synthetic_batch(c))
     with jax.set_mesh(mesh):

@@ -20,6 +20,7 @@ import jax
 from benchmarks import common
 from benchmarks import train_step as bench
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import flops
 from configs import keyframe as keyframe_config
 
@@ -47,6 +48,7 @@ def main(argv):
     c = keyframe_config.get_config("tiny" if quick else "demo")
     c.model.update(depth_double=d, depth_single=d)
     c.mesh.update(data=1, fsdp=1)  # one device: the compile of the step itself, not of a sharded program
+    c = config_validation.load(c, reads_data=False)
     t = compile_seconds(c)
     first = first or t
     cost = flops.StepCost(c)

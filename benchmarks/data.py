@@ -10,6 +10,7 @@ the demo config's pipeline against the windows per second its train step consume
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -19,6 +20,7 @@ from absl import flags
 
 from benchmarks import train_step
 from cinema_jax import cli
+from cinema_jax import config_validation
 from configs import data as data_config
 from configs import keyframe as keyframe_config
 from data_pipelines import pipeline
@@ -55,8 +57,8 @@ def pipeline_speed(path: str, workers: int, num_batches: int, c=None, batch: int
   if c is None:
     c = data_config.get_config()
     c.num_pairs = 8
-  c = c.copy_and_resolve_references()
-  c.worker_count = workers
+    c = config_validation.load_section(config_validation.Data, c)
+  c = dataclasses.replace(c, worker_count=workers)
   it = pipeline.make_pipeline(c, path, batch_size=batch).iterator()
   for _ in range(5):  # start-up: worker spawn, first reads
     next(it)
@@ -77,7 +79,7 @@ def main(argv):
   n = len(records.ShotReader(path))
   rates = {w: pipeline_speed(path, w, _NUM_BATCHES.value) for w in (0, 2)}
   # Supply vs demand: the demo's own pipeline against what its train step consumes, in one run.
-  demo = keyframe_config.get_config("demo")
+  demo = config_validation.load(keyframe_config.get_config("demo"))
   supply = pipeline_speed(path, demo.data.worker_count, _NUM_BATCHES.value // 4, demo.data, demo.batch_size)
   step_s, _ = train_step.train_step_time(demo, steps=5, warmup=2)
   demand = demo.batch_size / step_s

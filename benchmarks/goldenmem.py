@@ -43,8 +43,7 @@ def config(pairs: int, goldenmem: bool, quick: bool = False):
   if quick:
     c.data.goldenmem.group_size = 1
   c.mesh.update(data=1, fsdp=1)  # one device: the figures are per device
-  config_validation.validate(c)
-  return c
+  return config_validation.load(c)
 
 
 def batch_for(c) -> dict[str, np.ndarray]:

@@ -68,8 +68,7 @@ def flux_width_config(quick: bool, depth: tuple[int, int], pairs: int, attention
   c.model.update(depth_double=depth[0], depth_single=depth[1], dtype="bfloat16", param_dtype="float32",
                  attention=attention, remat="none")
   c.batch_size = max(1, jax.device_count())
-  config_validation.validate(c)
-  return c
+  return config_validation.load(c)
 
 
 def synthetic_batch(c) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks import common
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax.models import keyframe
 from cinema_jax.sampling import keyframe_sampler
 from configs import keyframe as keyframe_config
@@ -47,8 +48,7 @@ def random_model(c, seed: int = 0):
 
 def keyframe_times(c, pairs: int, repeats: int, batch: int = 1) -> dict:
   """Median seconds to sample one keyframe (per storyline in a batch) with a full window of `pairs`."""
-  c = c.copy_and_resolve_references()
-  c.data.num_pairs = pairs
+  c = config_validation.replace(c, {"data.num_pairs": pairs})
   graphdef, params = random_model(c)
   s = keyframe_sampler.Sampler(c, graphdef)
   n_tok, chans = s.grid[0] * s.grid[1], 3 * c.model.patch ** 2
@@ -72,7 +72,7 @@ def keyframe_times(c, pairs: int, repeats: int, batch: int = 1) -> dict:
 def config(quick: bool, num_steps: int):
   c = keyframe_config.get_config("tiny" if quick else "demo_long")
   c.sample.num_steps = 2 if quick else num_steps
-  return c
+  return config_validation.load(c, reads_data=False)
 
 
 def main(argv):

@@ -20,6 +20,7 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from cinema_jax import cli  # pylint: disable=wrong-import-position
+from cinema_jax import config_validation  # pylint: disable=wrong-import-position
 from cinema_jax import encoders  # pylint: disable=wrong-import-position
 from cinema_jax import sharding  # pylint: disable=wrong-import-position
 from cinema_jax.models import clip  # pylint: disable=wrong-import-position
@@ -39,6 +40,7 @@ def _per_device(shapes: list[tuple[int, ...]], shardings: list, itemsize: int) -
 def report(n: int, dtype: str) -> dict[str, float]:
   c = keyframe_config.get_config("flux_dev")
   c.mesh.update(data=1, fsdp=-1)
+  c = config_validation.load(c, reads_data=False)
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:n])
   itemsize = np.dtype(dtype).itemsize if dtype != "bfloat16" else 2
   _, abstract = nnx.split(keyframe.abstract(c))

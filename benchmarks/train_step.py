@@ -45,10 +45,9 @@ def train_configs(quick: bool) -> dict:
   wide = keyframe_config.get_config("demo")
   # The demo at a width where matmuls, not per-op overhead, dominate; patch 2 -> 128 tokens per frame.
   wide.model.update(hidden=512, num_heads=8, axes_dim=(16, 24, 24), depth_double=4, depth_single=4, patch=2)
-  for c in (demo, wide):
-    config_validation.validate(c)  # --quick still checks that the full-size configs are usable
+  demo, wide = (config_validation.load(c) for c in (demo, wide))  # --quick still checks the full-size configs
   if quick:
-    return {"tiny": keyframe_config.get_config("tiny")}
+    return {"tiny": config_validation.load(keyframe_config.get_config("tiny"))}
   return {"demo": demo, "wide": wide}
 
 
@@ -103,7 +102,7 @@ def flux_config(quick: bool):
   c.data.resolution = (grid[0] * cell, grid[1] * cell)
   c.data.num_pairs = 1
   c.model.update(guidance_embed=False, dtype="float32", remat="none", attention="xla")
-  return c, grid
+  return config_validation.load(c, reads_data=False), grid
 
 
 def _torch_model(cfg: mmdit.MMDiTConfig):

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax import input_space
 from cinema_jax.models import keyframe
 
 
-def spec(c: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+def spec(c: config_validation.Config) -> dict[str, jax.ShapeDtypeStruct]:
   """Global shapes and dtypes of the batch the pipeline yields for config c (data_pipelines/pipeline.py)."""
   m, b, p, L = c.model, c.batch_size, c.data.num_pairs, c.data.text_len
   s = lambda shape, dtype: jax.ShapeDtypeStruct((b, *shape), jnp.dtype(dtype))

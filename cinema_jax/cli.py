@@ -10,10 +10,15 @@ import sys
 from absl import flags
 from absl import logging as absl_logging
 
+from cinema_jax import config_validation
+
 # The project's source folders (siblings of this package): records logged from files under them are
 # the project's own lines.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_DIRS = tuple(os.path.join(_ROOT, d) + os.sep for d in ("cinema_jax", "data_pipelines", "benchmarks", "configs"))
+
+
+_READ_ONLY_NOTICE = "Given directory is read only"
 
 
 class ProjectLogsOnly(logging.Filter):
@@ -24,8 +29,11 @@ class ProjectLogsOnly(logging.Filter):
   """
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return (record.levelno >= logging.WARNING or record.pathname.startswith(PROJECT_DIRS)
-            or absl_logging.get_verbosity() >= 1)
+    if absl_logging.get_verbosity() >= 1 or record.pathname.startswith(PROJECT_DIRS):
+      return True
+    # Orbax warns whenever a checkpoint manager is opened read-only, which is how sampling and the
+    # resume checks read a workdir: not a problem to report
+    return record.levelno >= logging.WARNING and not str(record.msg).startswith(_READ_ONLY_NOTICE)
 
 
 def quiet_libraries(handler: logging.Handler | None = None) -> None:
@@ -72,9 +80,7 @@ def define_encoder_flags() -> dict:
   }
 
 
-def apply_encoder_flags(c, values: dict) -> None:
-  """Writes the encoder flags that were given into config.sample.encoders."""
-  with c.unlocked():
-    for field in ENCODER_FIELDS:
-      if values.get(field) is not None:
-        c.sample.encoders[field] = values[field]
+def apply_encoder_flags(c: config_validation.Config, values: dict) -> config_validation.Config:
+  """c with the encoder flags that were given in config.sample.encoders."""
+  return config_validation.replace(c, {f"sample.encoders.{field}": values[field] for field in ENCODER_FIELDS
+                                       if values.get(field) is not None})

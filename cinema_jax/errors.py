@@ -22,5 +22,10 @@ class DistributedError(ValueError):
   """Inconsistent multi-process flags; the message names them."""
 
 
+class CheckpointError(Exception):
+  """A checkpoint cannot be read, or what it holds differs from the checksums written when it was saved; the
+  message names the step and folder."""
+
+
 class TrainingError(RuntimeError):
   """The run cannot go on (non-finite loss, failed save); the message says why and what is safe."""

@@ -78,7 +78,7 @@ def main(argv, f: dict) -> None:
       sys.exit(f"error: --context_t must be 'a,b' with 0 <= a <= b < 1, got {','.join(v['context_t'])}")
   try:
     benchmark.run(v)
-  except (errors.DataError, FileNotFoundError, ValueError) as e:
+  except (errors.CheckpointError, errors.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
 
 

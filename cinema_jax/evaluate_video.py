@@ -47,7 +47,7 @@ def main(argv, f: dict) -> None:
   v = {k: flag.value for k, flag in f.items()}
   try:
     video_benchmark.run(v)
-  except (errors.DataError, FileNotFoundError, ValueError) as e:
+  except (errors.CheckpointError, errors.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -13,8 +13,8 @@ import time
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from cinema_jax import config_validation
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
 
@@ -36,7 +36,7 @@ def measured_peak_flops(n: int = 2048, repeats: int = 5) -> float:
 class StepCost:
   """Parameters, tokens and FLOPs of one training step of config `c`."""
 
-  def __init__(self, c: ml_collections.ConfigDict, frames_per_example: int = 1):
+  def __init__(self, c: config_validation.Config, frames_per_example: int = 1):
     if c.task == "autoencoder":  # every frame of the example's shot, through the encoder and decoder
       from cinema_jax.training import autoencoder  # pylint: disable=import-outside-toplevel
       h, w = c.data.resolution

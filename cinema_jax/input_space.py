@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import ml_collections
+from cinema_jax import config_validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,7 @@ class InputSpace:
     return "pixels" if self.pixels else f"{self.downsample}x latents ({h}x{w}x{ch})"
 
 
-def of(c: ml_collections.ConfigDict) -> InputSpace:
+def of(c: config_validation.Config) -> InputSpace:
   m = c.model
   return InputSpace(downsample=int(m.vae_downsample), channels=int(m.image_channels),
                     resolution=tuple(int(x) for x in c.data.resolution), patch=int(m.patch))

@@ -16,10 +16,10 @@ from typing import Any
 from absl import logging
 from flax import nnx
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
 from cinema_jax import checkpoints
+from cinema_jax import config_validation
 from cinema_jax import encoders
 from cinema_jax import input_space
 from cinema_jax import sharding
@@ -33,13 +33,12 @@ def sampling_dtype(name: str) -> str:
   """config.sample.param_dtype: "auto" is bfloat16 on accelerators, float32 on CPUs."""
   if name == "auto":
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  if name not in ("float32", "bfloat16"):
-    raise ValueError(f"config.sample.param_dtype={name!r}: expected 'auto', 'float32' or 'bfloat16'")
-  return name
+  return name  # (config_validation.Sample checked it)
 
 
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
-  """A workdir's training config, over today's defaults of its variant (fields added since it was saved)."""
+def saved_config(workdir: str) -> config_validation.Config:
+  """A workdir's training config, over today's defaults of its variant (fields added since it was saved),
+  loaded (validated) as the train command loads it; sampling reads no training data."""
   def defaults(raw):
     if raw.get("task", "keyframe") == "video":
       c = video_config.get_config(raw.get("variant", "paper"))
@@ -51,10 +50,10 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
       c.data.toy.autoencoder = ""
     return c
 
-  return checkpoints.saved_config(workdir, defaults)
+  return config_validation.load(checkpoints.saved_config(workdir, defaults), reads_data=False)
 
 
-def _target(c: ml_collections.ConfigDict, mesh, dtype: str, model=None):
+def _target(c: config_validation.Config, mesh, dtype: str, model=None):
   """(graphdef, abstract parameters placed on mesh by the rules table, in dtype)."""
   graphdef, abstract = nnx.split(keyframe.abstract(c) if model is None else model)
   shardings = sharding.param_shardings(abstract, mesh)
@@ -62,7 +61,7 @@ def _target(c: ml_collections.ConfigDict, mesh, dtype: str, model=None):
                                 nnx.to_pure_dict(abstract), shardings)
 
 
-def restore_params(workdir: str, c: ml_collections.ConfigDict, raw_params: bool = False, dtype: str = "float32",
+def restore_params(workdir: str, c: config_validation.Config, raw_params: bool = False, dtype: str = "float32",
                    mesh=None, model=None) -> tuple[Any, dict, int]:
   """(graphdef, parameters, step) of the latest checkpoint: the EMA copy (or the raw parameters, or the
   only copy a run without EMA keeps), and nothing else of the training state. model: the abstract
@@ -74,14 +73,20 @@ def restore_params(workdir: str, c: ml_collections.ConfigDict, raw_params: bool 
   step = mngr.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), checkpoints.CHECKPOINT_DIR)}")
-  item = {which: target}
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)))["state"]
-  mngr.close()
-  return graphdef, restored[which], step
+  # read in the dtype it was saved in, verified against its checksums, then cast: a damaged checkpoint
+  # is refused (errors.CheckpointError), never sampled from
+  saved_dtype = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, c.model.param_dtype, sharding=x.sharding),
+                             target)
+  try:
+    restored = checkpoints.restore_params(mngr, step, {which: saved_dtype})[which]
+  finally:
+    mngr.close()
+  if c.model.param_dtype != dtype:
+    restored = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p))(restored)
+  return graphdef, restored, step
 
 
-def converted_params(path: str, c: ml_collections.ConfigDict, dtype: str = "float32", mesh=None) -> tuple[Any, dict]:
+def converted_params(path: str, c: config_validation.Config, dtype: str = "float32", mesh=None) -> tuple[Any, dict]:
   """(graphdef, parameters) of a converted FLUX folder (its params/: the MM-DiT's), for config c's model."""
   if c.model.text_encoder != "precomputed":
     raise ValueError(f"--flux={path}: a FLUX transformer conditions on T5/CLIP states; config variant {c.variant!r} "
@@ -107,7 +112,7 @@ def load(workdir: str, raw_params: bool = False, dtype: str = "auto"):
   return c, graphdef, params, step
 
 
-def encoders_for(c: ml_collections.ConfigDict, dtype: str = "float32", mesh=None):
+def encoders_for(c: config_validation.Config, dtype: str = "float32", mesh=None):
   """(text, frames) for the Sampler: None where the model needs none (its own tokenizer's tokens,
   pixel frames), else loaded from config.sample.encoders; one-line errors for what is missing."""
   e = c.sample.encoders
@@ -131,7 +136,7 @@ def encoders_for(c: ml_collections.ConfigDict, dtype: str = "float32", mesh=None
   return text, frames
 
 
-def retrieval_clip(c: ml_collections.ConfigDict, workdir: str = "", dtype: str = "float32"):
+def retrieval_clip(c: config_validation.Config, workdir: str = "", dtype: str = "float32"):
   """The image/text embedding context_order "image" scores with (None for other orders): the CLIP model
   of config.sample.encoders.retrieval_clip (real data: the one whose image embeddings the records hold),
   or the run's ToyCLIP (trained into workdir on first use: retrieval by image can be a sampling-time

@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from cinema_jax import checkpoints
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax import sharding
@@ -97,15 +98,14 @@ def main(argv, f: dict):
     if v["storylines"] != "toy":
       stories = jobs.read_storylines(v["storylines"])
     if v["flux"] is not None:
-      c, step = v["config"], 0
+      c, step = config_validation.load(v["config"], reads_data=False), 0
     else:
       if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
         raise errors.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
       c = loading.saved_config(v["workdir"])
-    cli.apply_encoder_flags(c, v)
-    with c.unlocked():
-      if v["param_dtype"] is not None:
-        c.sample.param_dtype = v["param_dtype"]
+    c = cli.apply_encoder_flags(c, v)
+    if v["param_dtype"] is not None:
+      c = config_validation.replace(c, {"sample.param_dtype": v["param_dtype"]})
     dtype = loading.sampling_dtype(c.sample.param_dtype)
     mesh = sharding.make_mesh(c.mesh)
     if v["flux"] is not None:
@@ -120,12 +120,10 @@ def main(argv, f: dict):
         raise errors.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
       toy_root = toy_dataset.root_for_config(c.data, v["workdir"])
       stories = jobs.read_storylines(os.path.join(toy_root, "storylines.jsonl"))
-  except (errors.DataError, FileNotFoundError, ValueError) as e:
+    c = config_validation.replace(c, {f"sample.{field}": v[field] for field in ("num_steps", "guidance", "mode",
+                                                                                "max_shots") if v[field] is not None})
+  except (errors.CheckpointError, errors.ConfigError, errors.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  with c.unlocked():
-    for field in ("num_steps", "guidance", "mode", "max_shots"):
-      if v[field] is not None:
-        c.sample[field] = v[field]
   if c.task != "keyframe":
     sys.exit(f"error: --workdir={v['workdir'] or v['flux']} holds a {c.task} model; it must be a keyframe model "
              "(configs/keyframe.py; the video model goes in --video_workdir)")
@@ -134,7 +132,7 @@ def main(argv, f: dict):
     try:
       shots_fn, info_video, _ = jobs.video_stage(v["video_workdir"], c.data.resolution, v["raw_params"],
                                                  encoder_flags=v)
-    except (errors.DataError, ValueError) as e:
+    except (errors.CheckpointError, errors.DataError, ValueError) as e:
       sys.exit(f"error: {e}")
     video = {"fps": v["fps"], "scale": v["video_scale"]}
     if v["fps"] <= 0 or v["video_scale"] < 1:

@@ -17,9 +17,9 @@ from flax import nnx
 import jax
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-import ml_collections
 import numpy as np
 
+from cinema_jax import config_validation
 from cinema_jax import errors
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
@@ -42,9 +42,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def mesh_shape(c: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+def mesh_shape(c: config_validation.Mesh, num_devices: int) -> tuple[int, ...]:
   """Sizes of MESH_AXES from config.mesh, with one -1 filled in; one-line errors when they do not fit."""
-  sizes = [int(c[a]) for a in MESH_AXES]
+  sizes = [getattr(c, a) for a in MESH_AXES]
   unknown = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
   if len(unknown) > 1:
     raise errors.MeshError(f"config.mesh: at most one axis may be -1, got {', '.join(unknown)}")
@@ -62,19 +62,12 @@ def mesh_shape(c: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...
   return tuple(sizes)
 
 
-def dcn_shape(c: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """Sizes of MESH_AXES across slices / hosts (config.mesh.dcn; all 1 when absent)."""
-  dcn = c.get("dcn") or {}
-  unknown = set(dcn) - set(MESH_AXES)
-  if unknown:
-    raise errors.MeshError(f"config.mesh.dcn: unknown axes {sorted(unknown)}; the axes are {', '.join(MESH_AXES)}")
-  sizes = tuple(int(dcn.get(a, 1)) for a in MESH_AXES)
-  if any(s < 1 for s in sizes):
-    raise errors.MeshError(f"config.mesh.dcn: sizes must be positive, got {dict(zip(MESH_AXES, sizes))}")
-  return sizes
+def dcn_shape(c: config_validation.Mesh) -> tuple[int, ...]:
+  """Sizes of MESH_AXES across slices / hosts (config.mesh.dcn)."""
+  return tuple(getattr(c.dcn, a) for a in MESH_AXES)
 
 
-def make_mesh(c: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(c: config_validation.Mesh, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """The ('data', 'fsdp', 'context', 'tensor') mesh.
 
   config.mesh gives each axis's size within a slice (ICI; one may be -1), config.mesh.dcn how many

@@ -52,7 +52,7 @@ def compile_only(c) -> None:
     kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     os.environ["XLA_FLAGS"] = " ".join(kept + [f"--xla_force_host_platform_device_count={_FAKE_DEVICES.value}"])
     jax.config.update("jax_platforms", "cpu")
-  config_validation.validate(c, reads_data=False)
+  c = config_validation.load(c, reads_data=False)
   devices = aot.topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else None
   print(aot.format_report(aot.compile_train_step(c, devices)), flush=True)
 
@@ -76,12 +76,12 @@ def main(argv):
   logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(), jax.process_count(),
                jax.device_count(), jax.default_backend())
   try:
-    config_validation.validate(_CONFIG.value)
-    prepare.training_inputs(_CONFIG.value, _WORKDIR.value, logging.info)
-    last = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
-    if _CONFIG.value.task == "autoencoder" and not last.get("preempted"):
-      autoencoder.export_finished_run(_CONFIG.value, _WORKDIR.value)
-  except (errors.ConfigError, errors.MeshError, errors.DataError, errors.TrainingError) as e:
+    c = config_validation.load(_CONFIG.value)  # the one conversion: frozen, typed and validated from here on
+    prepare.training_inputs(c, _WORKDIR.value, logging.info)
+    last = loop.train_and_evaluate(c, _WORKDIR.value, stop_at_step=_STOP_AT.value)
+    if c.task == "autoencoder" and not last.get("preempted"):
+      autoencoder.export_finished_run(c, _WORKDIR.value)
+  except (errors.CheckpointError, errors.ConfigError, errors.MeshError, errors.DataError, errors.TrainingError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:  # Ctrl-C outside the steps (preparing data, restoring): no save was under way
     print("error: interrupted (SIGINT) outside the training steps; the workdir's checkpoints are as they were",

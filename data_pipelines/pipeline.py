@@ -26,9 +26,9 @@ from typing import Any
 
 from absl import logging
 import grain
-import ml_collections
 import numpy as np
 
+from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax import goldenmem
 from cinema_jax import retrieval
@@ -49,55 +49,16 @@ def normalise(pixels: np.ndarray) -> np.ndarray:
   return out
 
 
-MEMORY_LEVELS = ("none", "goldenmem")
 _PER_PAIR = ("image", "latent", "frames", "frame_latents", "text_tokens", "text_mask", "text_states", "text_pooled",
              "image_embedding", "shot_index")
 
 
-def check_config(c: ml_collections.ConfigDict, batch_size: int, process_count: int = 1) -> None:
-  """Raises errors.ConfigError naming the first field that is out of range (batch_size: global examples)."""
-
-  def need(ok: bool, field: str, expected: str):
-    if not ok:
-      raise errors.ConfigError(f"config.data.{field}={c.get(field)!r}: expected {expected}")
-
-  need(isinstance(c.path, str), "path", "a string")
-  need(isinstance(c.num_pairs, int) and c.num_pairs >= 1, "num_pairs", "an int >= 1")
-  need(isinstance(c.max_stride, int) and c.max_stride >= 1, "max_stride", "an int >= 1")
-  need(0 <= c.max_overlap < 1, "max_overlap", "a fraction in [0, 1)")
+def check_batch_size(batch_size: int, process_count: int = 1) -> None:
+  """The data section's own fields are checked when the config is loaded (config_validation.Data); what is
+  left is how the global batch splits over the processes."""
   if not (isinstance(batch_size, int) and batch_size >= 1 and batch_size % process_count == 0):
     raise errors.ConfigError(f"config.batch_size={batch_size!r}: expected a positive multiple of the {process_count} "
                              "JAX processes")
-  need(len(c.resolution) == 2 and all(isinstance(v, int) and v > 0 for v in c.resolution), "resolution",
-       "(height, width) in pixels")
-  need(c.num_epochs is None or c.num_epochs >= 1, "num_epochs", "None or an int >= 1")
-  if c.text_source == "bytes":
-    raise errors.ConfigError("config.data.text_source='bytes': byte tokens gave way to the toy world's word tokens "
-                             "(text_source='tokens'); a byte-token model cannot be resumed or sampled: retrain it with "
-                             "today's configs")
-  need(c.text_source in ("tokens", "precomputed"), "text_source", "'tokens' or 'precomputed'")
-  need(isinstance(c.text_len, int) and c.text_len >= 1, "text_len", "an int >= 1")
-  need(c.text_convention in ("flux", "masked"), "text_convention", "'flux' or 'masked'")
-  need(c.context_order in retrieval.ORDERS, "context_order", f"one of {list(retrieval.ORDERS)}")
-  if c.retrieval.encoder != "words":
-    raise errors.ConfigError(f"config.data.retrieval.encoder={c.retrieval.encoder!r}: expected 'words' (context_order "
-                             "'text' embeds captions as words; 'image' uses the records' CLIP embeddings or ToyCLIP)")
-  if not 0 <= c.retrieval.recency <= 1:
-    raise errors.ConfigError(f"config.data.retrieval.recency={c.retrieval.recency!r}: expected a weight in [0, 1]")
-  need(c.memory_levels in MEMORY_LEVELS, "memory_levels", f"one of {list(MEMORY_LEVELS)}")
-  g = c.goldenmem
-  if not (g.group_size == "quarters" or (isinstance(g.group_size, int) and g.group_size >= 1)):
-    raise errors.ConfigError(f"config.data.goldenmem.group_size={g.group_size!r}: expected an int >= 1 or 'quarters'")
-  if g.resize not in ("pixels", "latents"):
-    raise errors.ConfigError(f"config.data.goldenmem.resize={g.resize!r}: expected 'pixels' or 'latents'")
-  if not g.phi > 1:
-    raise errors.ConfigError(f"config.data.goldenmem.phi={g.phi!r}: expected a number > 1")
-  need(isinstance(c.worker_count, int) and c.worker_count >= 0, "worker_count", "an int >= 0")
-  need(isinstance(c.worker_buffer_size, int) and c.worker_buffer_size >= 1, "worker_buffer_size", "an int >= 1")
-  need(c.bad_records in ("error", "skip"), "bad_records", "'error' or 'skip'")
-  need(0 <= c.max_bad_fraction <= 1, "max_bad_fraction", "a fraction in [0, 1]")
-  need(isinstance(c.bad_records_min_seen, int) and c.bad_records_min_seen >= 1, "bad_records_min_seen",
-       "an int >= 1")
 
 
 @dataclasses.dataclass
@@ -287,7 +248,7 @@ class ProcessShare:
     return self.plan[step * self.global_batch + self.offset + row]
 
 
-def text_tokenizer(c: ml_collections.ConfigDict, path: str) -> tokenizer_lib.Tokenizer:
+def text_tokenizer(c: config_validation.Data, path: str) -> tokenizer_lib.Tokenizer:
   """The tokenizer of data config c for the dataset at path (tokenizer.for_data), or a one-line ConfigError."""
   try:
     return tokenizer_lib.for_data(c, path)
@@ -296,7 +257,7 @@ def text_tokenizer(c: ml_collections.ConfigDict, path: str) -> tokenizer_lib.Tok
                              "(--config.data.tokenizer=...)") from None
 
 
-def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, process_index: int = 0,
+def make_pipeline(c: config_validation.Data, path: str, *, batch_size: int, process_index: int = 0,
                   process_count: int = 1, image_groups=None, first_batch: int = 0) -> Pipeline:
   """The pipeline of config section `c` (data) over the dataset at `path`, `batch_size` examples a step
   over all processes. image_groups: GoldenMem's (pairs, (height, width) pixels) per level group, oldest
@@ -306,7 +267,7 @@ def make_pipeline(c: ml_collections.ConfigDict, path: str, *, batch_size: int, p
   processes see disjoint windows and together all of them. first_batch: start at that global batch
   (a resume whose saved iterator state belongs to another number of processes).
   """
-  check_config(c, batch_size, process_count)
+  check_batch_size(batch_size, process_count)
   reader = records.ShotReader(path)
   if c.context_order == "image" and not {"image_embedding", "text_embedding"} <= set(reader.index.embeddings):
     raise errors.ConfigError(f"config.data.context_order='image': {path} holds no CLIP image and caption embeddings; "

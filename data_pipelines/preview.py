@@ -20,6 +20,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax.sampling import storyboard
 from data_pipelines import pipeline
@@ -82,7 +83,7 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:
-    print(summarise(_CONFIG.value, _WORKDIR.value, _NUM_BATCHES.value))
+    print(summarise(config_validation.load(_CONFIG.value), _WORKDIR.value, _NUM_BATCHES.value))
   except (errors.DataError, errors.ConfigError) as e:
     sys.exit(f"error: {e}")
 

@@ -184,6 +184,7 @@ def flux_run(tmp_path_factory, flux_folders, toy_train) -> dict:
   """What a FLUX.1 user does, at flux_folders' size: the transformer converted (convert.flux), the toy
   world pre-computed by the encoders (FLUX's text convention, every shot frame's latent), and a keyframe model
   trained 2 steps from the converted weights (init_from, EMA decay 0.5): {"converted", "data", "workdir", "metrics"}."""
+  from cinema_jax import config_validation  # pylint: disable=g-import-not-at-top
   from cinema_jax.training import loop  # pylint: disable=g-import-not-at-top
   from cinema_jax.convert import flux  # pylint: disable=g-import-not-at-top
   from data_pipelines import precompute  # pylint: disable=g-import-not-at-top
@@ -195,5 +196,5 @@ def flux_run(tmp_path_factory, flux_folders, toy_train) -> dict:
   c = flux_config(path=data)
   c.update(total_steps=2, batch_size=8, init_from=converted)
   c.optimizer.update(ema_decay=0.5, lr=1e-2, warmup_steps=1)
-  metrics = loop.train_and_evaluate(c, str(root / "run"))
+  metrics = loop.train_and_evaluate(config_validation.load(c), str(root / "run"))
   return {"converted": converted, "data": data, "workdir": str(root / "run"), "metrics": metrics}

@@ -26,14 +26,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def train(c: ml_collections.ConfigDict, workdir: str, **kw) -> dict:
-  """What `python -m cinema_jax.train` does in this process: validate, prepare the inputs, train."""
-  config_validation.validate(c)
+  """What `python -m cinema_jax.train` does in this process: load (validate), prepare the inputs, train."""
+  c = config_validation.load(c)
   prepare.training_inputs(c, workdir, log=lambda msg: None)
   return loop.train_and_evaluate(c, workdir, **kw)
 
 
 def mesh(data, fsdp, context, tensor, devices):
-  return sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, context=context, tensor=tensor)),
+  return sharding.make_mesh(config_validation.Mesh(data=data, fsdp=fsdp, context=context, tensor=tensor),
                             devices)
 
 

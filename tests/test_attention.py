@@ -2,10 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from cinema_jax import config_validation
 from cinema_jax import sharding
 from cinema_jax.models import attention
 from cinema_jax.models import ring
@@ -67,7 +67,7 @@ def test_backend_gradients_equal_the_reference(mask):
 
 def _mesh(**axes):
   sizes = {**dict(data=1, fsdp=1, context=1, tensor=1), **axes}
-  return sharding.make_mesh(ml_collections.ConfigDict(sizes), jax.devices()[:int(np.prod(list(sizes.values())))])
+  return sharding.make_mesh(config_validation.Mesh(**sizes), jax.devices()[:int(np.prod(list(sizes.values())))])
 
 
 def test_splash_runs_per_shard_under_a_mesh():

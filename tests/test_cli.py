@@ -9,8 +9,8 @@ import pytest
 from cinema_jax import cli
 
 
-def _record(pathname: str, level: int) -> logging.LogRecord:
-  return logging.LogRecord("absl", level, pathname, 1, "a line", (), None)
+def _record(pathname: str, level: int, msg: str = "a line") -> logging.LogRecord:
+  return logging.LogRecord("absl", level, pathname, 1, msg, (), None)
 
 
 @pytest.fixture
@@ -30,8 +30,11 @@ def test_library_info_lines_are_dropped_unless_verbosity_asks(verbosity):
   assert keep(_record(library, logging.WARNING)) and keep(_record(library, logging.ERROR))
   # a folder that only starts like the project's is not the project
   assert not keep(_record(os.path.dirname(cli.__file__) + "_extra/x.py", logging.INFO))
+  # Orbax's warning on every read-only manager (how sampling reads a workdir) is not a problem
+  assert not keep(_record(library, logging.WARNING, "Given directory is read only=%s"))
   verbosity(1)
   assert keep(_record(library, logging.INFO))
+  assert keep(_record(library, logging.WARNING, "Given directory is read only=%s"))
 
 
 def test_quiet_libraries_installs_the_filter_once():

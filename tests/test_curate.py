@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from cinema_jax import config_validation
 from cinema_jax import errors
 from data_pipelines import films
 from data_pipelines import records
@@ -218,10 +219,11 @@ def test_curated_records_train_the_tiny_model(tmp_path):
   c.update(batch_size=8, total_steps=2)
   c.data.path = str(tmp_path / "out" / "train")
   c.log.sample_every_steps = 0
+  # real captions: the toy model needs a tokenizer
   with pytest.raises(errors.ConfigError, match=r"config.data.tokenizer='': .* no tokenizer.json"):
-    loop.train_and_evaluate(c, str(tmp_path / "run"))  # real captions: the toy model needs a tokenizer
+    loop.train_and_evaluate(config_validation.load(c), str(tmp_path / "run"))
   toy_world.write_tokenizer(str(tmp_path / "tokenizer.json"))  # the toy world's words (others are [UNK])
   c.data.tokenizer = str(tmp_path / "tokenizer.json")
-  last = loop.train_and_evaluate(c, str(tmp_path / "run"))
+  last = loop.train_and_evaluate(config_validation.load(c), str(tmp_path / "run"))
   # recorded: the zero-initialised output layer's loss
   assert last["step"] == 2 and last["loss"] == pytest.approx(1.36928, rel=1e-4)

@@ -195,7 +195,8 @@ def test_guard_names_the_quantity_and_resets_on_a_good_step():
   guard.check(2, m(0), None)  # a good step resets the run of skips
   guard.check(3, m(1), 2)
   with pytest.raises(errors.TrainingError, match=r"non-finite update at step 4 .*2 steps in a row skipped .*, "
-                     r"3 in all; stopped. The last checkpoint \(step 2\) is intact"):
+                     r"3 in all; stopped. The last checkpoint \(step 2\) is untouched \(a resume verifies "
+                     r"it\)"):
     guard.check(4, m(3), 2)
   with pytest.raises(errors.TrainingError, match=r"non-finite gradient at step 7 \(loss 1.0, grad norm nan\); "
                      r"stopped without applying it. The last checkpoint \(none\)"):
@@ -219,7 +220,8 @@ def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_pa
   c = _tiny(total_steps=6)
   c.checkpoint.update(every_steps=2, keep=1)
   with pytest.raises(errors.TrainingError, match=r"checkpoint save at step 4 failed \(OSError: \[Errno 28\] No space "
-                     r"left on device\); the last complete checkpoint \(step 2\) is intact$"):
+                     r"left on device\); the last complete checkpoint \(step 2\) is untouched \(a resume "
+                     r"verifies it\)$"):
     helpers.train(c, str(tmp_path / "stop"))
   assert helpers.committed_steps(str(tmp_path / "stop")) == [2]
 
@@ -238,9 +240,9 @@ def test_failed_save_stops_or_retries_and_never_loses_the_last_checkpoint(tmp_pa
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("nonfinite.policy", "ignore", "config.nonfinite.policy='ignore': expected one of stop, skip"),
+    ("nonfinite.policy", "ignore", "config.nonfinite.policy='ignore': expected one of 'stop', 'skip'"),
     ("nonfinite.max_consecutive", 0, "config.nonfinite.max_consecutive=0: expected an int >= 1"),
-    ("checkpoint.on_save_error", "pray", "config.checkpoint.on_save_error='pray': expected one of stop, retry"),
+    ("checkpoint.on_save_error", "pray", "config.checkpoint.on_save_error='pray': expected one of 'stop', 'retry'"),
 ])
 def test_fault_policies_are_validated(field, value, message):
   c = _tiny()
@@ -248,7 +250,7 @@ def test_fault_policies_are_validated(field, value, message):
   with c.ignore_type():
     c[section][name] = value
   with pytest.raises(errors.ConfigError, match=re.escape(message)):
-    config_validation.validate(c)
+    config_validation.load(c)
 
 
 def test_no_code_path_unpickles_or_executes_user_files():

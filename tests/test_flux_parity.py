@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 
 from cinema_jax import checkpoints
+from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax import sharding
 from cinema_jax.convert import flux
@@ -226,7 +227,7 @@ def test_training_starts_from_converted_weights(tmp_path, toy_train):
   flux.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ours"), c)
   c.update(init_from=str(tmp_path / "ours"), total_steps=1, batch_size=8)
   c.data.update(path=toy_train)
-  loop.train_and_evaluate(c, str(tmp_path / "run"))
+  loop.train_and_evaluate(config_validation.load(c), str(tmp_path / "run"))
   # step 1's learning rate is 0 (warm-up): the saved parameters and EMA are the converted ones
   state = checkpoints.restore(checkpoints.manager(str(tmp_path / "run"), read_only=True), 1,
                               train_step.make_setup(c, sharding.make_mesh(c.mesh)).abstract_state)
@@ -236,4 +237,4 @@ def test_training_starts_from_converted_weights(tmp_path, toy_train):
 
   c.init_from = str(tmp_path / "nowhere")
   with pytest.raises(errors.TrainingError, match="no converted parameters there"):
-    loop.train_and_evaluate(c, str(tmp_path / "run2"))
+    loop.train_and_evaluate(config_validation.load(c), str(tmp_path / "run2"))

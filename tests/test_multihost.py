@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 
 from cinema_jax import checkpoints
+from cinema_jax import config_validation
 from cinema_jax import sharding
 from cinema_jax.training import train_step
 from configs import keyframe as keyframe_config
@@ -45,7 +45,7 @@ def test_two_processes_train_like_one_and_resume_on_one_process_and_another_mesh
 
   # Step 3's state restores onto another mesh (fsdp=2, tensor=2 in this process) ...
   c = keyframe_config.get_config("tiny")
-  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, context=1, tensor=2)), jax.devices()[:4])
+  mesh = sharding.make_mesh(config_validation.Mesh(data=1, fsdp=2, context=1, tensor=2), jax.devices()[:4])
   setup = train_step.make_setup(c, mesh)
   states = [checkpoints.restore(checkpoints.manager(str(tmp_path / w), read_only=True), 3, setup.abstract_state)
             for w in ("one", "two")]

@@ -1,5 +1,6 @@
 """Keyframe sampling: reproducible from the seed, causal in autoregressive mode, the CLI and its errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax.models import keyframe
@@ -28,7 +30,7 @@ CAPTIONS = ["Wide shot in the forest. Mia, a small red circle, jumps.", "Close s
 @pytest.fixture(scope="module")
 def model():
   """The tiny model with every parameter random, so sampling is not trivially the noise."""
-  c = keyframe_config.get_config("tiny")
+  c = config_validation.load(keyframe_config.get_config("tiny"))
   graphdef, state = nnx.split(keyframe.build(c))
   leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
   keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -88,19 +90,22 @@ def test_guidance_is_the_classifier_free_formula(model):
 
 def test_a_sampler_keeps_the_settings_it_was_built_with(model):
   c, graphdef, params = model
-  c = c.copy_and_resolve_references()
   frames = lambda sampler: sampler.frames_batch(params, [CAPTIONS[:2]], seeds=[1])[0]  # float: not saturated
   s = keyframe_sampler.Sampler(c, graphdef)
   a = frames(s)
   compiled = keyframe_sampler.denoise._cache_size()  # pylint: disable=protected-access
-  # an equal config shares the compiled programs (the cache keys on values, not on the sampler)
-  np.testing.assert_array_equal(a, frames(keyframe_sampler.Sampler(c.copy_and_resolve_references(), graphdef)))
+  # an equal config (another object) shares the compiled programs: the cache keys on values
+  same = config_validation.replace(c, {"sample.num_steps": c.sample.num_steps})
+  assert same is not c and same == c and hash(same) == hash(c)
+  np.testing.assert_array_equal(a, frames(keyframe_sampler.Sampler(same, graphdef)))
   assert keyframe_sampler.denoise._cache_size() == compiled  # pylint: disable=protected-access
-  c.sample.num_steps += 2  # after construction: s keeps its own
+  more = config_validation.replace(c, {"sample.num_steps": c.sample.num_steps + 2})
+  assert np.abs(a - frames(keyframe_sampler.Sampler(more, graphdef))).max() > 1e-3
   np.testing.assert_array_equal(a, frames(s))
-  assert np.abs(a - frames(keyframe_sampler.Sampler(c, graphdef))).max() > 1e-3
-  with pytest.raises(AttributeError):
+  with pytest.raises(dataclasses.FrozenInstanceError):  # nothing can change a config a sampler holds
     s.c.sample.num_steps = 1
+  with pytest.raises(TypeError, match="takes a config_validation.Config"):  # nor a ConfigDict be given
+    keyframe_sampler.Sampler(keyframe_config.get_config("tiny"), graphdef)
 
 
 def test_schedule_runs_from_noise_to_data():
@@ -135,6 +140,7 @@ def test_sample_cli_without_checkpoints_is_a_one_line_error(tmp_path):
 def test_guidance_distilled_models_take_the_scale_through_their_embedding():
   c = keyframe_config.get_config("tiny")
   c.model.guidance_embed = True
+  c = config_validation.load(c)
   graphdef, state = nnx.split(keyframe.build(c))
   leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
   keys = jax.random.split(jax.random.key(2), len(leaves))
@@ -207,9 +213,7 @@ def test_context_window_sets_what_a_keyframe_remembers(model):
 
 def test_goldenmem_sampling_relevels_the_history(model):
   c, graphdef, params = model
-  c = c.copy_and_resolve_references()
-  c.data.memory_levels = "goldenmem"
-  c.data.goldenmem.group_size = 1  # the tiny window of 3 pairs: 1x2, 2x4 and 4x8 tokens
+  c = config_validation.replace(c, {"data.memory_levels": "goldenmem", "data.goldenmem.group_size": 1})
   s = keyframe_sampler.Sampler(c, graphdef)
   a = s.keyframes(params, CAPTIONS, seed=0)
   assert a.shape == (4, 16, 32, 3)
@@ -220,7 +224,8 @@ def test_goldenmem_sampling_relevels_the_history(model):
   assert not np.array_equal(a[2:], plain[2:])
   b = s.keyframes(params, ["Close shot in the desert. Ava jumps."] + CAPTIONS[1:], seed=0)
   assert not np.array_equal(a[1], b[1])  # the compressed history still reaches the new keyframe
-  c.data.goldenmem.resize = "latents"  # the history resized on device instead of as uint8 frames
+  # the history resized on device instead of as uint8 frames
+  c = config_validation.replace(c, {"data.goldenmem.resize": "latents"})
   on_device = keyframe_sampler.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=0)
   np.testing.assert_array_equal(on_device[0], a[0])
   assert np.abs(on_device.astype(int) - a.astype(int)).mean() < 8  # same history up to rounding
@@ -229,9 +234,8 @@ def test_goldenmem_sampling_relevels_the_history(model):
 @pytest.mark.parametrize("group_size", [1, 3])
 def test_goldenmem_history_is_resized_once_per_level_and_never_from_a_placeholder(model, group_size):
   c, graphdef, _ = model
-  c = c.copy_and_resolve_references()
-  c.data.memory_levels = "goldenmem"
-  c.data.goldenmem.group_size = group_size  # 1: three levels; 3: one full-resolution group
+  c = config_validation.replace(c, {"data.memory_levels": "goldenmem",
+                                    "data.goldenmem.group_size": group_size})
   s = keyframe_sampler.Sampler(c, graphdef)
   plan = keyframe.memory_plan(c, 3)
   pixels = np.zeros((4, 16, 32, 3), np.float32)
@@ -250,8 +254,7 @@ def test_goldenmem_history_is_resized_once_per_level_and_never_from_a_placeholde
 
 def test_noisy_context_changes_only_what_has_context(model):
   c, graphdef, params = model
-  c = c.copy_and_resolve_references()
-  c.sample.context_t = (0.001, 0.25)
+  c = config_validation.replace(c, {"sample.context_t": (0.001, 0.25)})
   noisy = keyframe_sampler.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=0)
   clean = keyframe_sampler.Sampler(model[0], graphdef).keyframes(params, CAPTIONS, seed=0)
   np.testing.assert_array_equal(noisy[0], clean[0])
@@ -260,8 +263,7 @@ def test_noisy_context_changes_only_what_has_context(model):
 
 def test_text_retrieval_chooses_the_context(model):
   c, graphdef, params = model
-  c = c.copy_and_resolve_references()
-  c.data.context_order = "text"  # the tiny window holds 2 context pairs
+  c = config_validation.replace(c, {"data.context_order": "text"})  # the tiny window holds 2 context pairs
   captions = ["Wide shot in the forest. Mia jumps.", "Close shot in the desert. Tom jumps.",
               "Medium shot in the farm. Ava stands still.", "Wide shot in the castle hall. Leo jumps.",
               "Close shot in the forest. Mia walks to the left."]
@@ -275,8 +277,7 @@ def test_text_retrieval_chooses_the_context(model):
 def test_image_retrieval_embeds_each_generated_keyframe_and_chooses_by_it(model):
   from cinema_jax import retrieval, toy_clip  # pylint: disable=g-import-not-at-top
   c, graphdef, params = model
-  c = c.copy_and_resolve_references()
-  c.data.context_order = "image"
+  c = config_validation.replace(c, {"data.context_order": "image"})
   with pytest.raises(ValueError, match="context_order=.image. .* needs an image/text embedding"):
     keyframe_sampler.Sampler(c, graphdef)
   rng = np.random.default_rng(0)
@@ -328,7 +329,7 @@ def test_an_older_checkpoints_config_gains_fields_added_since(tiny_run):
   c = checkpoints.saved_config(tiny_run, defaults)
   assert c.data.added_later == 7  # from today's defaults
   assert c.data.resolution == (16, 32) and c.batch_size == 8 and c.variant == "tiny"  # from the checkpoint
-  assert loading.saved_config(tiny_run).to_dict() == checkpoints.saved_config(tiny_run).to_dict()
+  assert config_validation.to_dict(loading.saved_config(tiny_run)) == checkpoints.saved_config(tiny_run).to_dict()
 
 
 def _random_params(c, seed):
@@ -341,19 +342,17 @@ def _random_params(c, seed):
 @pytest.mark.parametrize("variant", ["padded_window", "goldenmem", "noisy_context", "distilled", "x_prediction"])
 def test_kv_cached_denoising_equals_the_uncached(model, variant):
   c, graphdef, params = model
-  c = c.copy_and_resolve_references()
   new = np.array([False, True, False])  # pair 0 is context, 1 new, 2 a padding slot
   if variant == "goldenmem":
-    c.data.memory_levels = "goldenmem"
-    c.data.goldenmem.group_size = 1
+    c = config_validation.replace(c, {"data.memory_levels": "goldenmem", "data.goldenmem.group_size": 1})
     new = np.array([False, False, True])
   elif variant == "noisy_context":
-    c.sample.context_t = (0.05, 0.25)
+    c = config_validation.replace(c, {"sample.context_t": (0.05, 0.25)})
   elif variant == "distilled":
-    c.model.guidance_embed = True
+    c = config_validation.replace(c, {"model.guidance_embed": True})
     graphdef, params = _random_params(c, 2)
   elif variant == "x_prediction":
-    c.objective.prediction = "x"
+    c = config_validation.replace(c, {"objective.prediction": "x"})
   s = keyframe_sampler.Sampler(c, graphdef)
   plan = keyframe.memory_plan(c, 3)
   grids = tuple(g.grid for g in plan) if plan else (s.grid,)
@@ -373,10 +372,9 @@ def test_kv_cached_denoising_equals_the_uncached(model, variant):
 
 def test_kv_cached_keyframes_equal_the_uncached_and_batching_changes_nothing(model):
   c, graphdef, params = model
-  c = c.copy_and_resolve_references()
   s = keyframe_sampler.Sampler(c, graphdef)
   cached = s.keyframes(params, CAPTIONS, seed=5)
-  c.sample.kv_cache = False
+  c = config_validation.replace(c, {"sample.kv_cache": False})
   plain = keyframe_sampler.Sampler(c, graphdef).keyframes(params, CAPTIONS, seed=5)
   assert np.abs(cached.astype(int) - plain.astype(int)).max() <= 1  # fp32 rounding at most
   # Storylines sampled together (different lengths, split over 2 devices) are each what they are alone.

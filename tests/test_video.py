@@ -75,10 +75,10 @@ def test_paper_variant_is_about_3b_parameters_and_compiles_abstractly():
 @pytest.mark.parametrize("variant", ["demo", "tiny", "paper"])
 def test_video_variants_validate(variant):
   c = video_config.get_config(variant)
-  config_validation.validate(c, reads_data=variant != "paper")
+  config_validation.load(c, reads_data=variant != "paper")
   if variant == "paper":  # it trains on pre-computed frame latents (data_pipelines.precompute --frames)
     with pytest.raises(errors.ConfigError, match="config.data.path is empty"):
-      config_validation.validate(c)
+      config_validation.load(c)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -96,7 +96,7 @@ def test_bad_video_configs_are_one_line_errors(field, value, message):
     node = node[part]
   node[name] = value
   with pytest.raises(errors.ConfigError, match=message):
-    config_validation.validate(c)
+    config_validation.load(c)
 
 
 def _tiny_video(**kw):
@@ -153,6 +153,7 @@ def random_video_model():
   """The tiny video model (3 frames per shot, patch_t 2) with every parameter random."""
   c = video_config.get_config("tiny")
   c.sample.num_steps = 3
+  c = config_validation.load(c)
   state = nnx.state(keyframe.build(c))
   leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
   keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -168,8 +169,7 @@ def _keyframes(k):
 def test_keyframes_come_out_unchanged_and_one_shots_noise_changes_no_other_keyframe(random_video_model, keyframes,
                                                                                     attention):
   c, graphdef, params = random_video_model
-  c = c.copy_and_resolve_references()
-  c.model.video.update(keyframes=keyframes, shot_attention=attention)
+  c = config_validation.replace(c, {"model.video.keyframes": keyframes, "model.video.shot_attention": attention})
   sampler = shot_sampler.ShotSampler(c, graphdef)
   kf, caps = _keyframes(2), ["a red circle walks left in the forest", "a blue square jumps"]
   a = sampler.shots(params, kf, caps, shot_seeds=[1, 2])
@@ -187,8 +187,7 @@ def test_keyframes_come_out_unchanged_and_one_shots_noise_changes_no_other_keyfr
 def test_global_captions_let_every_shot_read_every_caption(random_video_model, captions):
   """Under causal shot attention shot 0 cannot see shot 1, except through the tiled global caption."""
   c, graphdef, params = random_video_model
-  c = c.copy_and_resolve_references()
-  c.model.video.update(shot_attention="causal", captions=captions)
+  c = config_validation.replace(c, {"model.video.shot_attention": "causal", "model.video.captions": captions})
   model = nnx.merge(graphdef, params)
   kf, clips = (jax.random.normal(jax.random.key(i), (1, 2, n, 96)) for i, n in ((0, 32), (1, 32)))  # 4x8 tokens
 
@@ -254,15 +253,14 @@ def test_an_untrained_from_keyframe_model_holds_each_keyframe_still():
   c.model.video.from_keyframe = True
   c.objective.prediction = "x"
   c.sample.num_steps = 3
-  config_validation.validate(c)
-  model = keyframe.build(c)
-  sampler = shot_sampler.ShotSampler(c, nnx.graphdef(model))
+  model = keyframe.build(config_validation.load(c))
+  sampler = shot_sampler.ShotSampler(config_validation.load(c), nnx.graphdef(model))
   kf = _keyframes(2)
   out = sampler.shots(nnx.to_pure_dict(nnx.state(model)), kf, ["a", "b"], seed=3)
   np.testing.assert_allclose(out, np.broadcast_to(kf[:, None], out.shape), atol=1)
   c.objective.prediction = "v"
   with pytest.raises(errors.ConfigError, match="needs config.objective.prediction='x'"):
-    config_validation.validate(c)
+    config_validation.load(c)
 
 
 @pytest.mark.xdist_group(name="whole_movie")  # one worker builds the fixture

@@ -306,6 +306,7 @@ def main(argv: list[str]) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   from cinema_jax import cli  # pylint: disable=import-outside-toplevel
+  from cinema_jax import config_validation  # pylint: disable=import-outside-toplevel
   config = config_flags.DEFINE_config_file("config", "configs/keyframe.py", "The model's config[:variant].",
                                            lock_config=True)
   src = flags.DEFINE_string("src", None, "BFL or diffusers safetensors (file or folder); with --to: a converted "
@@ -318,10 +319,11 @@ def main(argv: list[str]) -> None:
     if len(args) > 1:
       sys.exit(f"error: unexpected arguments {args[1:]}")
     try:
+      c = config_validation.load(config.value, reads_data=False)
       if to.value == "cinema_jax":
-        print(import_checkpoint(src.value, dst.value, config.value), flush=True)
+        print(import_checkpoint(src.value, dst.value, c), flush=True)
       else:
-        print(_convert_out(src.value, dst.value, config.value, to.value), flush=True)
+        print(_convert_out(src.value, dst.value, c, to.value), flush=True)
     except (ValueError, FileNotFoundError) as e:
       sys.exit(f"error: {e}")
 

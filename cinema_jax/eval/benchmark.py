@@ -13,6 +13,7 @@ from PIL import Image
 
 from cinema_jax import checkpoints
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import encoders
 from cinema_jax import errors
 from cinema_jax import loading
@@ -138,17 +139,14 @@ def markdown(rows: list[dict], title: str, columns=_TABLE,
 def sample_all(v: dict, stories: list[dict], out: str) -> list[tuple[str, int, str]]:
   """Samples every storyline at every context length; returns (setting, pairs, folder) per length."""
   c, graphdef, params, step = loading.load(v["workdir"], v["raw_params"])
-  with c.unlocked():
-    for field in ("num_steps", "guidance"):
-      if v[field] is not None:
-        c.sample[field] = v[field]
-    if v["memory"]:
-      c.data.memory_levels = v["memory"]
-    if v["context_order"]:
-      c.data.context_order = v["context_order"]
-    if v["context_t"]:
-      c.sample.context_t = tuple(float(x) for x in v["context_t"])  # checked in main
-  cli.apply_encoder_flags(c, v)
+  changes = {f"sample.{field}": v[field] for field in ("num_steps", "guidance") if v[field] is not None}
+  if v["memory"]:
+    changes["data.memory_levels"] = v["memory"]
+  if v["context_order"]:
+    changes["data.context_order"] = v["context_order"]
+  if v["context_t"]:
+    changes["sample.context_t"] = tuple(float(x) for x in v["context_t"])  # checked in main
+  c = cli.apply_encoder_flags(config_validation.replace(c, changes), v)
   clip = loading.retrieval_clip(c, v["workdir"])
   text, frames_decoder = loading.encoders_for(c)
   done = []

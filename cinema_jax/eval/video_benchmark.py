@@ -9,6 +9,7 @@ import numpy as np
 import os
 import time
 
+from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax.eval import benchmark
@@ -50,8 +51,7 @@ def run(v: dict) -> dict:
   keyframe_model = None
   if v["workdir"]:
     c, graphdef, params, _ = loading.load(v["workdir"])
-    with c.unlocked():
-      c.sample.update(overrides)
+    c = config_validation.replace(c, {f"sample.{k}": x for k, x in overrides.items()})
     keyframe_model = (keyframe_sampler.Sampler(c, graphdef, clip=loading.retrieval_clip(c, v["workdir"])), params)
   h, w = vc.data.resolution
   rows = {"video model, real keyframes": [], "video model, generated keyframes": [], "hold the keyframe still": [],

@@ -11,8 +11,8 @@ import flax.linen as nn
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from cinema_jax import config_validation
 from cinema_jax import goldenmem
 from cinema_jax import input_space
 from cinema_jax import sharding
@@ -78,12 +78,12 @@ class KeyframeModel(nnx.Module):
     return (xs, tuple(bcast(i) for i in img_ids), txt_BPLE, bcast(txt_ids), txt_mask_BPL, t_BP, y_BPV, guidance_BP)
 
 
-def full_grid(c: ml_collections.ConfigDict) -> tuple[int, int]:
+def full_grid(c: config_validation.Config) -> tuple[int, int]:
   """The token grid of a full-resolution keyframe."""
   return input_space.of(c).grid
 
 
-def memory_plan(c: ml_collections.ConfigDict, num_pairs: int | None = None) -> tuple[goldenmem.Group, ...] | None:
+def memory_plan(c: config_validation.Config, num_pairs: int | None = None) -> tuple[goldenmem.Group, ...] | None:
   """GoldenMem's level groups of a window of num_pairs (default: the config's) pairs; None without it."""
   if c.data.memory_levels != "goldenmem":
     return None
@@ -91,7 +91,7 @@ def memory_plan(c: ml_collections.ConfigDict, num_pairs: int | None = None) -> t
   return goldenmem.plan(num_pairs or c.data.num_pairs, full_grid(c), g.group_size, g.phi)
 
 
-def pipeline_image_groups(c: ml_collections.ConfigDict):
+def pipeline_image_groups(c: config_validation.Config):
   """(pairs, (h, w) pixels) per group for a pipeline that resizes in pixel space; None otherwise."""
   plan = memory_plan(c)
   if plan is None or c.data.goldenmem.resize != "pixels":
@@ -100,7 +100,7 @@ def pipeline_image_groups(c: ml_collections.ConfigDict):
   return tuple((g.num_pairs, (g.grid[0] * cell, g.grid[1] * cell)) for g in plan)
 
 
-def image_tokens(c: ml_collections.ConfigDict, batch: dict):
+def image_tokens(c: config_validation.Config, batch: dict):
   """The clean image tokens of a batch: [B, P, N, C], or GoldenMem's groups and their token grids.
 
   Returns (tokens, group_grids); group_grids is None without GoldenMem. Groups come from the
@@ -122,7 +122,7 @@ def image_tokens(c: ml_collections.ConfigDict, batch: dict):
   return tuple(patchify(a, p) for a in arrays), tuple(g.grid for g in plan)
 
 
-def loss(c: ml_collections.ConfigDict, model: KeyframeModel, batch: dict, key: jax.Array):
+def loss(c: config_validation.Config, model: KeyframeModel, batch: dict, key: jax.Array):
   """Flow-matching loss of a pipeline batch of P-pair windows (objective.flow_loss, per-pair t)."""
   o, grid = c.objective, full_grid(c)
   k_drop, k_flow = jax.random.split(key)
@@ -134,11 +134,11 @@ def loss(c: ml_collections.ConfigDict, model: KeyframeModel, batch: dict, key: j
   return objective.flow_loss(run, x0, k_flow, o, num_image_tokens=grid[0] * grid[1])
 
 
-def configs(c: ml_collections.ConfigDict) -> tuple[mmdit.MMDiTConfig, text_encoder.TextEncoderConfig | None]:
+def configs(c: config_validation.Config) -> tuple[mmdit.MMDiTConfig, text_encoder.TextEncoderConfig | None]:
   """The model dataclasses of a full config (its model and data sections)."""
   m = c.model
   # the video model's tokens are 3D patches: patch_t frames of patch x patch (models/video.py)
-  channels = m.image_channels * m.patch * m.patch * (m.video.patch_t if c.get("task") == "video" else 1)
+  channels = m.image_channels * m.patch * m.patch * (m.video.patch_t if c.task == "video" else 1)
   text = None
   if m.text_encoder == "tokens":
     text = text_encoder.TextEncoderConfig(width=m.text.width, depth=m.text.depth, num_heads=m.text.num_heads,
@@ -160,14 +160,14 @@ def configs(c: ml_collections.ConfigDict) -> tuple[mmdit.MMDiTConfig, text_encod
   return dit, text
 
 
-def build(c: ml_collections.ConfigDict, seed: int = 0) -> KeyframeModel:
+def build(c: config_validation.Config, seed: int = 0) -> KeyframeModel:
   """A KeyframeModel with real parameters (sharding annotations kept as metadata)."""
   dit, text = configs(c)
   with nnx.use_eager_sharding(False):
     return KeyframeModel(dit, text, nnx.Rngs(seed))
 
 
-def abstract(c: ml_collections.ConfigDict) -> KeyframeModel:
+def abstract(c: config_validation.Config) -> KeyframeModel:
   """The model built with jax.eval_shape: shapes and sharding metadata, no memory.
 
   Under the logical-axis rules, so that it also works inside a mesh context (eval_shape then resolves

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from cinema_jax import config_validation
 from cinema_jax import input_space
 from cinema_jax.models import keyframe
 from cinema_jax.training import objective
@@ -59,7 +59,7 @@ def unpatchify(x_BKNC: jax.Array, pt: int, p: int, f: int, h: int, w: int) -> ja
   return x.reshape(b, k, f, h, w, c)
 
 
-def token_frames(c: ml_collections.ConfigDict) -> int:
+def token_frames(c: config_validation.Config) -> int:
   """F': the clip's frames (all but the keyframe) in tokens along time."""
   return (c.model.video.num_frames - 1) // c.model.video.patch_t
 
@@ -85,7 +85,7 @@ def position_ids(num_shots: int, token_frames_: int, grid: tuple[int, int], num_
   return kf, clip, txt
 
 
-def pair_image_tokens(c: ml_collections.ConfigDict) -> list[int]:
+def pair_image_tokens(c: config_validation.Config) -> list[int]:
   """Image tokens of each pair the MM-DiT sees (in_shot: K shots; pairs: K keyframes, then K clips)."""
   gh, gw = keyframe.full_grid(c)
   k, clip = c.data.num_pairs, token_frames(c) * gh * gw
@@ -94,7 +94,7 @@ def pair_image_tokens(c: ml_collections.ConfigDict) -> list[int]:
   return [gh * gw] * k + [clip] * k
 
 
-def shot_tokens(c: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, jax.Array]:
+def shot_tokens(c: config_validation.Config, batch: dict) -> tuple[jax.Array, jax.Array]:
   """(keyframe tokens [B, K, h*w, C'], clip tokens [B, K, F'*h*w, C']) of a pipeline batch.
 
   Pixels come as `frames` [B, K, F, H, W, 3] (frame 0 the keyframe; the toy world and PNG datasets),
@@ -109,14 +109,14 @@ def shot_tokens(c: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, j
   return keyframe_tokens(c, frames[:, :, 0]), patchify(frames[:, :, 1:], v.patch_t, c.model.patch)
 
 
-def keyframe_tokens(c: ml_collections.ConfigDict, keyframes_BKHWC: jax.Array) -> jax.Array:
+def keyframe_tokens(c: config_validation.Config, keyframes_BKHWC: jax.Array) -> jax.Array:
   """A keyframe as a clip token: patch_t copies of itself along time."""
   pt = c.model.video.patch_t
   x = jnp.broadcast_to(keyframes_BKHWC[:, :, None], (*keyframes_BKHWC.shape[:2], pt, *keyframes_BKHWC.shape[2:]))
   return patchify(x, pt, c.model.patch)
 
 
-def _shot_text(c: ml_collections.ConfigDict, states_BKLE, mask_BKL):
+def _shot_text(c: config_validation.Config, states_BKLE, mask_BKL):
   """Each shot's caption (model.video.captions="shot"), or every shot's captions in order ("global",
   the tiled scene caption)."""
   if c.model.video.captions == "global":
@@ -126,7 +126,7 @@ def _shot_text(c: ml_collections.ConfigDict, states_BKLE, mask_BKL):
   return states_BKLE, mask_BKL
 
 
-def apply(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, kf_BKNC, clip_BKNC, t_BK, t_kf_BK, text,
+def apply(c: config_validation.Config, model: keyframe.KeyframeModel, kf_BKNC, clip_BKNC, t_BK, t_kf_BK, text,
           guidance_BK=None) -> jax.Array:
   """The network's output [B, K, F'*h*w, C'] for each shot's clip tokens (noisy, at t), given the
   keyframe tokens (clean, or lightly noised to t_kf) and text = (states, mask, pooled) per shot. The raw
@@ -151,7 +151,7 @@ def apply(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, kf_BKNC, 
   return out
 
 
-def velocity(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, kf_BKNC, clip_BKNC, t_BK, t_kf_BK, text,
+def velocity(c: config_validation.Config, model: keyframe.KeyframeModel, kf_BKNC, clip_BKNC, t_BK, t_kf_BK, text,
              guidance_BK=None) -> jax.Array:
   """The flow velocity of the clip tokens (apply's output turned into one by config.objective.prediction).
 
@@ -164,7 +164,7 @@ def velocity(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, kf_BKN
   return objective.velocity(out, clip_BKNC, t_BK, c.objective.prediction)
 
 
-def loss(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, batch: dict, key: jax.Array):
+def loss(c: config_validation.Config, model: keyframe.KeyframeModel, batch: dict, key: jax.Array):
   """objective.flow_loss on the clips of K shots, each shot its own t; the keyframes are conditions at
   t ~ U[objective.context_t] (0: clean) and carry no loss."""
   o = c.objective
@@ -178,7 +178,7 @@ def loss(c: ml_collections.ConfigDict, model: keyframe.KeyframeModel, batch: dic
   return objective.flow_loss(lambda x_t, t: velocity(c, model, kf_t, x_t, t, t_kf, text, guidance), clips, k_flow, o)
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
+def validate(c: config_validation.Config) -> None:
   """One-line ValueErrors for the model.video fields."""
   v = c.model.video
   if v.shot_attention not in SHOT_ATTENTION:

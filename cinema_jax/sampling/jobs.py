@@ -30,6 +30,7 @@ from PIL import Image
 
 from cinema_jax import checkpoints
 from cinema_jax import cli
+from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax import loading
 from cinema_jax import sharding
@@ -280,9 +281,8 @@ def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bo
   if resolution is not None and tuple(c.data.resolution) != tuple(resolution):
     raise errors.DataError(f"the video model makes {tuple(c.data.resolution)} frames, the keyframe model "
                            f"{tuple(resolution)} keyframes")
-  with c.unlocked():
-    c.sample.update(overrides or {})
-  cli.apply_encoder_flags(c, encoder_flags or {})
+  c = config_validation.replace(c, {f"sample.{k}": x for k, x in (overrides or {}).items()})
+  c = cli.apply_encoder_flags(c, encoder_flags or {})
   dtype = loading.sampling_dtype(c.sample.param_dtype)
   mesh = sharding.make_mesh(c.mesh)
   graphdef, params, step = loading.restore_params(workdir, c, raw_params, dtype, mesh)

@@ -37,10 +37,10 @@ import functools
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 
+from cinema_jax import config_validation
 from cinema_jax import encoders
 from cinema_jax import goldenmem
 from cinema_jax import input_space
@@ -55,7 +55,7 @@ _SLOT_BUCKET = 8  # autoregressive windows are padded to a multiple of this many
 
 
 @functools.partial(jax.jit, static_argnames=("c", "graphdef", "causal", "group_grids", "cached"))
-def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, xs, text_BP: dict, new_P, keys_B, guidance, *,
+def denoise(c: config_validation.Config, graphdef, params, xs, text_BP: dict, new_P, keys_B, guidance, *,
             causal: bool, group_grids, cached: bool):
   """Denoises the pairs flagged in new_P of B windows; the others are context (clean, or re-noised
   to sample.context_t). xs: groups [B, n_g, N_g, C] on group_grids, oldest first; text_BP: the windows'
@@ -134,15 +134,15 @@ def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, xs, text_BP: d
 class Sampler:
   """Samples keyframes of storylines for the model of config `c` (its params passed per call)."""
 
-  def __init__(self, c: ml_collections.ConfigDict, graphdef, context_pairs: int | None = None, clip=None,
+  def __init__(self, c: config_validation.Config, graphdef, context_pairs: int | None = None, clip=None,
                text=None, frames=None):
     """clip: the image/text embedding for context_order "image" (encoders.ClipEmbedding, or ToyCLIP);
     text: captions -> the model's text input (default for token models: encoders.TokenText);
     frames: the model's frames -> pixels (default for pixel-space models: encoders.PixelFrames)."""
-    # Frozen, of a copy (FrozenConfigDict hashes the dict it was made from): a sampler samples with the
-    # settings it was built with, later changes to `c` do not reach it, and samplers of equal configs
-    # share compiled programs.
-    self.c, self.graphdef = ml_collections.FrozenConfigDict(c.copy_and_resolve_references()), graphdef
+    # A frozen Config: a sampler samples with the settings it was built with, and samplers of equal
+    # configs share compiled programs (jit keys on its value).
+    config_validation.require(c, "Sampler")
+    self.c, self.graphdef = c, graphdef
     self.text, self.frames = encoders.for_model(c, text, frames)
     self.grid = keyframe.full_grid(c)
     self.frame_shape = input_space.of(c).frame_shape

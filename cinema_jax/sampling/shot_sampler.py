@@ -18,9 +18,9 @@ import functools
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from cinema_jax import config_validation
 from cinema_jax import encoders
 from cinema_jax import input_space
 from cinema_jax.models import keyframe
@@ -29,7 +29,7 @@ from cinema_jax.sampling import flow
 
 
 @functools.partial(jax.jit, static_argnames=("c", "graphdef"))
-def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, kf_BKhwC, text_BK: dict, keys_K, guidance):
+def denoise(c: config_validation.Config, graphdef, params, kf_BKhwC, text_BK: dict, keys_K, guidance):
   """Clip frames [1, K, F-1, h, w, C] (model space) of one window; keys_K: one PRNG key per shot."""
   v = c.model.video
   model = nnx.merge(graphdef, params)
@@ -67,12 +67,13 @@ def denoise(c: ml_collections.FrozenConfigDict, graphdef, params, kf_BKhwC, text
 class ShotSampler:
   """Samples the shot videos of storylines for the video model of config `c` (params passed per call)."""
 
-  def __init__(self, c: ml_collections.ConfigDict, graphdef, text=None, frames=None):
+  def __init__(self, c: config_validation.Config, graphdef, text=None, frames=None):
     """text: captions -> the model's text input; frames: uint8 keyframes <-> the model's frames (encode and
     decode); both from cinema_jax/encoders.py, the data's tokenizer and pixels by default."""
     if c.task != "video":
       raise ValueError(f"ShotSampler needs a video-model config (config.task='video'), got {c.task!r}")
-    self.c = ml_collections.FrozenConfigDict(c.copy_and_resolve_references())  # as keyframe_sampler.Sampler: frozen
+    config_validation.require(c, "ShotSampler")
+    self.c = c  # frozen, as keyframe_sampler.Sampler's
     self.graphdef = graphdef
     self.text, self.frames = encoders.for_model(c, text, frames)
     self.h, self.w = c.data.resolution

@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 
 from cinema_jax import batch_format
+from cinema_jax import config_validation
 from cinema_jax import flops
 from cinema_jax import sharding
 from cinema_jax.training import train_step
@@ -50,7 +50,7 @@ def topology_devices(name: str) -> list:
                      f"{str(e).splitlines()[0] if str(e) else ''}); it needs libtpu: pip install -e '.[tpu]'") from None
 
 
-def compile_train_step(c: ml_collections.ConfigDict, devices=None) -> dict[str, Any]:
+def compile_train_step(c: config_validation.Config, devices=None) -> dict[str, Any]:
   """Lowers and compiles the training step of config c on its mesh over `devices`; returns the figures."""
   mesh = sharding.make_mesh(c.mesh, devices)
   dp = sharding.data_parallel_size(mesh)

@@ -23,10 +23,10 @@ from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from cinema_jax import checkpoints
+from cinema_jax import config_validation
 from cinema_jax import encoders
 from cinema_jax.convert import mapping
 from cinema_jax.models import vae
@@ -36,7 +36,7 @@ EXPORT_DIR = "vae"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
-def vae_config(c: ml_collections.ConfigDict, scaling_factor: float = 1.0, shift_factor: float = 0.0) -> vae.VAEConfig:
+def vae_config(c: config_validation.Config, scaling_factor: float = 1.0, shift_factor: float = 0.0) -> vae.VAEConfig:
   a = c.model.autoencoder
   return vae.VAEConfig(block_out_channels=tuple(a.block_out_channels), layers_per_block=a.layers_per_block,
                        latent_channels=a.latent_channels, norm_num_groups=a.norm_num_groups,
@@ -45,7 +45,7 @@ def vae_config(c: ml_collections.ConfigDict, scaling_factor: float = 1.0, shift_
                        dtype=c.model.dtype, param_dtype=c.model.param_dtype)
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
+def validate(c: config_validation.Config) -> None:
   """ValueErrors that name the config field."""
   a, (h, w) = c.model.autoencoder, c.data.resolution
   down = 2 ** (len(a.block_out_channels) - 1)
@@ -58,15 +58,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError("config.data: the autoencoder trains on single shots' frames (num_pairs=1, load_frames=True)")
 
 
-def build(c: ml_collections.ConfigDict, seed: int = 0) -> vae.AutoencoderKL:
+def build(c: config_validation.Config, seed: int = 0) -> vae.AutoencoderKL:
   return vae.AutoencoderKL(vae_config(c), nnx.Rngs(seed))
 
 
-def abstract(c: ml_collections.ConfigDict) -> vae.AutoencoderKL:
+def abstract(c: config_validation.Config) -> vae.AutoencoderKL:
   return nnx.eval_shape(lambda: build(c))
 
 
-def forward_flops(c: ml_collections.ConfigDict) -> float:
+def forward_flops(c: config_validation.Config) -> float:
   """FLOPs of one frame through the encoder and decoder, as XLA counts them."""
   model = abstract(c)
   x = jax.ShapeDtypeStruct((1, *c.data.resolution, 3), jnp.float32)
@@ -123,7 +123,7 @@ def gradient_l1(y_NHWC: jax.Array, x_NHWC: jax.Array) -> jax.Array:
   return 0.5 * (jnp.mean(jnp.abs(jnp.diff(d, axis=1))) + jnp.mean(jnp.abs(jnp.diff(d, axis=2))))
 
 
-def loss(c: ml_collections.ConfigDict, model: vae.AutoencoderKL, batch: dict, key: jax.Array):
+def loss(c: config_validation.Config, model: vae.AutoencoderKL, batch: dict, key: jax.Array):
   a = c.model.autoencoder
   k_frames, key = jax.random.split(key)
   x = batch_images(batch, a.frames_per_shot, k_frames)
@@ -194,7 +194,7 @@ def calibration_frames(path: str, count: int = 1024) -> np.ndarray:
   return np.concatenate(out)[:count]
 
 
-def export(c: ml_collections.ConfigDict, workdir: str, images_NHWC: np.ndarray) -> str:
+def export(c: config_validation.Config, workdir: str, images_NHWC: np.ndarray) -> str:
   """workdir/vae: the latest checkpoint's parameters (EMA copy) with the shift and scale of `images`."""
   from cinema_jax import loading  # pylint: disable=import-outside-toplevel  (loading imports the model zoo)
   graphdef, params, step = loading.restore_params(workdir, c, model=abstract(c))
@@ -208,7 +208,7 @@ def export(c: ml_collections.ConfigDict, workdir: str, images_NHWC: np.ndarray) 
   return out
 
 
-def export_finished_run(c: ml_collections.ConfigDict, workdir: str) -> None:
+def export_finished_run(c: config_validation.Config, workdir: str) -> None:
   """A finished autoencoder run: workdir/vae, the diffusers folder precompute --vae and sampling read."""
   mngr = checkpoints.manager(workdir, read_only=True)
   finished = mngr.latest_step() == c.total_steps

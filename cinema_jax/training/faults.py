@@ -90,12 +90,13 @@ class NonFiniteGuard:
             f"{m['grad_norm']})")
     saved = f"step {last_saved}" if last_saved is not None else "none"
     if self.policy == "stop":
-      raise errors.TrainingError(f"{what}; stopped without applying it. The last checkpoint ({saved}) is intact.")
+      raise errors.TrainingError(f"{what}; stopped without applying it. The last checkpoint ({saved}) is "
+                                 "untouched (a resume verifies it).")
     self.skipped += 1
     self.consecutive += 1
     if self.consecutive >= self.max_consecutive:
       raise errors.TrainingError(f"{what}: {self.consecutive} steps in a row skipped (config.nonfinite."
                                  f"max_consecutive={self.max_consecutive}), {self.skipped} in all; stopped. The last "
-                                 f"checkpoint ({saved}) is intact.")
+                                 f"checkpoint ({saved}) is untouched (a resume verifies it).")
     logging.warning("%s: update skipped (%d in a row, %d in all)", what, self.consecutive, self.skipped)
     return m

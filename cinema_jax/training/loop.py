@@ -14,7 +14,6 @@ from typing import Any
 from absl import logging
 from flax import traverse_util
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -41,13 +40,13 @@ def _global_batch(batch: dict, mesh) -> dict:
           for k, v in batch.items()}
 
 
-def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]:
+def train_and_evaluate(c: config_validation.Config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]:
   """Trains to config.total_steps (resuming from workdir's latest checkpoint); returns the last metrics.
 
   stop_at_step: end this run early at that step with a checkpoint, as a preempted or time-sliced job
   would; the schedule still runs to total_steps, and a later run continues exactly.
   """
-  config_validation.validate(c)
+  config_validation.require(c, "train_and_evaluate")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
 
@@ -69,14 +68,13 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
   setup = train_step.make_setup(c, mesh)  # outside the mesh context: abstract params keep logical axis names
   with jax.set_mesh(mesh):
     mngr = checkpoints.manager(workdir, c)
-    start = mngr.latest_step()
+    start, state = checkpoints.restore_newest_intact(mngr, setup.abstract_state)
     if start is None:
       state, start = setup.init(), 0
       if c.init_from:
         state = _init_from(c.init_from, state, setup)
     else:
-      logging.info("resuming from step %d in %s", start, workdir)
-      state = checkpoints.restore(mngr, start, setup.abstract_state)
+      logging.info("resuming from step %d in %s (verified against its checksums)", start, workdir)
 
     writer = _writer(c, workdir)
     sheet = _sample_sheet_fn(c, workdir, setup, mesh)
@@ -147,7 +145,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, stop_at_step:
 _HOW_IT_COMPUTES = ("model.dtype", "model.remat", "model.attention")  # not what the parameters are
 
 
-def _check_same_model(c: ml_collections.ConfigDict, workdir: str) -> None:
+def _check_same_model(c: config_validation.Config, workdir: str) -> None:
   """A workdir with checkpoints holds the model this config builds: one line naming the fields that differ
   (an old pixel-space run resumed with today's latent demo config, say), not a shape error in the restore."""
   if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
@@ -156,8 +154,8 @@ def _check_same_model(c: ml_collections.ConfigDict, workdir: str) -> None:
     saved = checkpoints.saved_config(workdir)
   except FileNotFoundError:
     return
-  flat = lambda model: {f"model.{k}": v for k, v in traverse_util.flatten_dict(model.to_dict(), sep=".").items()}
-  now, then = flat(c.model), flat(saved.model)
+  flat = lambda model: {f"model.{k}": v for k, v in traverse_util.flatten_dict(model, sep=".").items()}
+  now, then = flat(config_validation.to_dict(c.model)), flat(saved.model.to_dict())
   diff = [k for k in sorted(now.keys() & then.keys()) if k not in _HOW_IT_COMPUTES and now[k] != then[k]]
   if diff:
     was = " ".join(f"--config.{k}={then[k]}" for k in diff)
@@ -167,7 +165,7 @@ def _check_same_model(c: ml_collections.ConfigDict, workdir: str) -> None:
                                            and c.data.toy.autoencoder else ""))
 
 
-def _check_latents(c: ml_collections.ConfigDict, path: str) -> None:
+def _check_latents(c: config_validation.Config, path: str) -> None:
   """A latent dataset's latents have the model's size and channels (one line, not a shape error in the step)."""
   shape = records.ShotReader(path).index.latent_shape
   if shape is None or c.task == "autoencoder":
@@ -180,7 +178,7 @@ def _check_latents(c: ml_collections.ConfigDict, path: str) -> None:
                              f"and model.image_channels={space.channels} reads {want[0]}x{want[1]}x{want[2]}")
 
 
-def _frames_per_example(c: ml_collections.ConfigDict, path: str) -> int:
+def _frames_per_example(c: config_validation.Config, path: str) -> int:
   """Frames the autoencoder sees per example: every frame of a shot of the dataset."""
   return records.ShotReader(path).index.num_frames if c.task == "autoencoder" else 1
 
@@ -228,7 +226,7 @@ def _save(mngr, step: int, state, data_iter, c, final: bool) -> None:
     except Exception:  # pylint: disable=broad-except  (the directory itself may be what failed)
       saved = None
     msg = (f"checkpoint save at step {step} failed ({type(e).__name__}: {e}); the last complete checkpoint "
-           f"({'step ' + str(saved) if saved is not None else 'none'}) is intact")
+           f"({'step ' + str(saved) if saved is not None else 'none'}) is untouched (a resume verifies it)")
     if c.checkpoint.on_save_error == "stop" or final:
       raise errors.TrainingError(msg + (" (this was the run's last save)" if final else "")) from None
     logging.error("%s; retrying at the next checkpoint step (config.checkpoint.on_save_error='retry')", msg)

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from cinema_jax import config_validation
 from cinema_jax import goldenmem
 
 
@@ -30,7 +30,8 @@ def time_shift(t: jax.Array, mu: float) -> jax.Array:
   return jnp.where(t > 0, e / (e + 1.0 / jnp.maximum(t, 1e-12) - 1.0), 0.0)
 
 
-def sample_t(key: jax.Array, shape: tuple[int, ...], o: ml_collections.ConfigDict, num_image_tokens: int) -> jax.Array:
+def sample_t(key: jax.Array, shape: tuple[int, ...], o: config_validation.Objective,
+             num_image_tokens: int) -> jax.Array:
   t = jax.nn.sigmoid(o.t_mean + o.t_std * jax.random.normal(key, shape))
   return time_shift(t, shift_mu(num_image_tokens)) if o.shift else t
 
@@ -38,7 +39,7 @@ def sample_t(key: jax.Array, shape: tuple[int, ...], o: ml_collections.ConfigDic
 LOSS_PAIRS = ("all", "last", "newest_group")
 
 
-def pair_times(key: jax.Array, batch: int, num_pairs: int, o: ml_collections.ConfigDict,
+def pair_times(key: jax.Array, batch: int, num_pairs: int, o: config_validation.Objective,
                num_image_tokens: int, newest_group: int | None = None) -> tuple[jax.Array, jax.Array]:
   """(t [B, P], loss weight [B, P]) by config.objective.loss_pairs.
 
@@ -83,7 +84,7 @@ def velocity(out_BPNC, x_t_BPNC, t_BP: jax.Array, prediction: str, t_min: float 
   return (x_t_BPNC - out_BPNC) / jnp.maximum(t_BP, t_min)[..., None, None]
 
 
-def flow_loss(apply: Callable[..., Any], x0_BPNC, key: jax.Array, o: ml_collections.ConfigDict,
+def flow_loss(apply: Callable[..., Any], x0_BPNC, key: jax.Array, o: config_validation.Objective,
               num_image_tokens: int | None = None) -> tuple[jax.Array, dict[str, Any]]:
   """Mean squared velocity error over the pairs that carry loss (each pair's error a mean over its tokens).
 

@@ -9,11 +9,10 @@ retrieval, ToyCLIP's embeddings (cinema_jax/toy_clip.py, trained on the world fi
 
 from __future__ import annotations
 
-import ml_collections
-
+from cinema_jax import config_validation
 from data_pipelines import precompute
 
 
-def training_inputs(c: ml_collections.ConfigDict, workdir: str, log=print) -> str:
+def training_inputs(c: config_validation.Config, workdir: str, log=print) -> str:
   """Builds what config c trains on under workdir when missing; returns the training records' path."""
   return precompute.train_path(c.data, workdir, log, build=True)

@@ -11,17 +11,17 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
-import ml_collections
 import optax
 
 from cinema_jax import checkpoints
+from cinema_jax import config_validation
 from cinema_jax import sharding
 from cinema_jax.models import keyframe
 from cinema_jax.models import video
 from cinema_jax.training import autoencoder
 
 
-def _model_lib(c: ml_collections.ConfigDict):
+def _model_lib(c: config_validation.Config):
   """The module that builds the model config.task trains (build, abstract)."""
   return autoencoder if c.task == "autoencoder" else keyframe
 
@@ -32,18 +32,18 @@ class Stage:
 
   first: int
   last: int
-  config: ml_collections.ConfigDict
+  config: config_validation.Config
 
 
-def stages(c: ml_collections.ConfigDict) -> list[Stage]:
+def stages(c: config_validation.Config) -> list[Stage]:
   """The progressive long-context curriculum (config.curriculum), or one stage of the whole run."""
   cur = c.curriculum
   if not cur.pairs:
     return [Stage(1, c.total_steps, c)]
   out, first = [], 1
   for pairs, steps in zip(cur.pairs, cur.steps):
-    sc = c.copy_and_resolve_references()
-    sc.data.num_pairs = int(pairs)
+    # the stage's own window; its config has no curriculum of its own (which must end at num_pairs)
+    sc = config_validation.replace(c, {"data.num_pairs": pairs, "curriculum.pairs": (), "curriculum.steps": ()})
     out.append(Stage(first, first + steps - 1, sc))
     first += steps
   return out
@@ -62,7 +62,7 @@ class Setup:
   opt_device_shardings: Any = None  # config.optimizer.offload: where the step brings the host-resident moments
 
 
-def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
+def make_setup(c: config_validation.Config, mesh: jax.sharding.Mesh) -> Setup:
   abstract_model = _model_lib(c).abstract(c)
   graphdef, abstract_params = nnx.split(abstract_model)
   param_shardings = sharding.param_shardings(abstract_params, mesh)
@@ -93,14 +93,14 @@ def make_setup(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                init=jax.jit(init, out_shardings=state_shardings), opt_device_shardings=opt_device_shardings)
 
 
-def jit_train_step(c: ml_collections.ConfigDict, s: Setup, mesh: jax.sharding.Mesh, batch: dict):
+def jit_train_step(c: config_validation.Config, s: Setup, mesh: jax.sharding.Mesh, batch: dict):
   """The jitted train step of config c, its state donated: the one the trainer runs and `--compile_only`,
   the benchmarks and the tests compile. batch: arrays or ShapeDtypeStructs whose shardings the step takes."""
   return jax.jit(make_train_step(c, s), in_shardings=(s.state_shardings, {k: v.sharding for k, v in batch.items()}),
                  out_shardings=(s.state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
 
-def make_train_step(c: ml_collections.ConfigDict, s: Setup):
+def make_train_step(c: config_validation.Config, s: Setup):
   """(state, batch) -> (state, metrics); a non-finite loss, gradient or update leaves the state unchanged."""
   ema_decay = c.optimizer.ema_decay
 
