@@ -51,17 +51,16 @@ def keyframe_times(c, pairs: int, repeats: int, batch: int = 1) -> dict:
   c = config_validation.replace(c, {"data.num_pairs": pairs})
   graphdef, params = random_model(c)
   s = keyframe_sampler.Sampler(c, graphdef)
-  n_tok, chans = s.grid[0] * s.grid[1], 3 * c.model.patch ** 2
+  n_tok, chans = s.grid[0] * s.grid[1], s.frame_shape[-1] * c.model.patch ** 2
   rng = np.random.default_rng(0)
   xs = (jnp.asarray(rng.uniform(-1, 1, (batch, pairs, n_tok, chans)).astype(np.float32)),)
   captions = [f"Wide shot in the forest. Mia, a small red circle, jumps {i} times." for i in range(pairs)]
-  tokens, masks = s._text(captions)  # pylint: disable=protected-access
-  tokens, masks = jnp.asarray(np.stack([tokens] * batch)), jnp.asarray(np.stack([masks] * batch))
+  text = {k: jnp.asarray(np.stack([v] * batch)) for k, v in s.text(captions).items()}
   new = np.arange(pairs) == pairs - 1
   keys = jnp.stack([jax.random.key(i) for i in range(batch)])
   g = jnp.float32(c.sample.guidance)
   calls = {name: (lambda cached=cached: jax.block_until_ready(s._denoise(  # pylint: disable=protected-access
-      params, xs, tokens, masks, new, True, (s.grid,), cached, keys, g))) for name, cached in (("none", False),
+      params, xs, text, new, True, (s.grid,), cached, keys, g))) for name, cached in (("none", False),
                                                                                                ("cache", True))}
   outs = {name: np.asarray(f()[0][:, -1]) for name, f in calls.items()}  # compiles
   out = {name: t / batch for name, t in common.median_times(calls, repeats, 0).items()}
