@@ -357,6 +357,11 @@ class ShotReader:
       if not os.path.exists(p):
         raise errors.DataError(f"dataset {self.path}: shard {s['path']} listed in {INDEX_FILE} is missing")
     self._readers: dict[int, Any] = {}
+    # Every shard opens and holds the records the index lists, checked now: a truncated or empty shard
+    # stops a run before its first step, not when a batch first reaches it.
+    for shard in range(len(self.index.shards)):
+      self._reader(shard)
+    self.close()
 
   def __len__(self) -> int:
     return int(self._offsets[-1])

@@ -205,12 +205,12 @@ def test_wrong_embedding_shape_is_reported(tmp_path, replace_record):
     records.ShotReader(ds).read(1)
 
 
-def test_truncated_shard_file_is_reported(tmp_path):
+@pytest.mark.parametrize("keep", [0.5, 0.0])  # truncated, empty
+def test_a_truncated_or_empty_shard_is_reported_when_the_dataset_is_opened(tmp_path, keep):
   ds = tmp_path / "ds"
   records.write_dataset(str(ds), _movies(), num_shards=2)
   path = ds / SHARD
-  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-  reader = records.ShotReader(str(ds))
-  with pytest.raises(errors.BadRecordError, match=str(path)):
-    reader.read(0)
+  path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+  with pytest.raises(errors.BadRecordError, match=rf"^{path}: (cannot open shard|shard holds)"):
+    records.ShotReader(str(ds))  # before any record is read
   shutil.rmtree(ds)
