@@ -1,6 +1,8 @@
 """Parity of the cinema_jax MM-DiT (one pair, P=1) with diffusers' FluxTransformer2DModel, in fp32; the
 BFL and diffusers checkpoint layouts; import (streamed onto a mesh) and export."""
 
+import os
+
 from diffusers import FluxTransformer2DModel
 from flax import nnx
 import jax
@@ -203,6 +205,40 @@ def test_import_streams_onto_the_mesh_and_exports_a_checkpoint_diffusers_loads(t
   # and the BFL file reads back to the same parameters
   print(flux._convert_out(str(tmp_path / "ours"), str(tmp_path / "bfl"), c, "bfl"))  # pylint: disable=protected-access
   jax.tree.map(np.testing.assert_array_equal, flux.load(str(tmp_path / "bfl" / "flux.safetensors"), cfg), want)
+
+
+def test_conversion_never_replaces_what_it_did_not_write_and_replaces_its_own_only_when_asked(tmp_path):
+  _torch_model(True).save_pretrained(tmp_path / "hf", safe_serialization=True)
+  c, hf, ours = _cli_config(), str(tmp_path / "hf"), tmp_path / "ours"
+  (tmp_path / "a_file").write_text("mine")
+  with pytest.raises(errors.DataError, match=r"^--dst=.*a_file is a file; expected a folder"):
+    flux.import_checkpoint(hf, str(tmp_path / "a_file"), c)
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "todo.txt").write_text("mine")
+  with pytest.raises(errors.DataError, match=r"^--dst=.*notes holds other files \(todo.txt\)"):
+    flux.import_checkpoint(hf, str(tmp_path / "notes"), c)
+  flux.import_checkpoint(hf, str(ours), c)
+  with pytest.raises(errors.DataError, match=r"already holds cinema_jax_convert.json, params; .* --overwrite"):
+    flux.import_checkpoint(hf, str(ours), c)
+  flux.import_checkpoint(hf, str(ours), c, overwrite=True)
+  assert sorted(p.name for p in ours.iterdir()) == ["cinema_jax_convert.json", "params"]
+  flux._convert_out(str(ours), str(tmp_path / "out"), c, "bfl")  # pylint: disable=protected-access
+  with pytest.raises(errors.DataError, match=r"already holds flux.safetensors"):
+    flux._convert_out(str(ours), str(tmp_path / "out"), c, "bfl")  # pylint: disable=protected-access
+  assert (tmp_path / "a_file").read_text() == "mine" and (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
+def test_the_convert_command_refuses_a_file_as_dst_in_one_line_and_exits(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  (tmp_path / "a_file").write_text("mine")
+  done = subprocess.run([sys.executable, "-m", "cinema_jax.convert.flux", f"--src={tmp_path / 'a_file'}",
+                         f"--dst={tmp_path / 'a_file'}", "--config=configs/keyframe.py:tiny"],
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+                        text=True, check=False, timeout=120)  # it hung after a traceback once
+  assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].endswith("is a file; expected a folder "
+                                                                               "(new or empty)"), done.stderr
+  assert "Traceback" not in done.stderr and (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_pickle_checkpoints_are_refused_never_loaded(tmp_path):

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cinema_jax import errors
+from cinema_jax import paths
 from cinema_jax.convert import mapping
 from cinema_jax.models.mmdit import MMDiTConfig
 
@@ -259,11 +261,17 @@ def check_against_model(lay: mapping.Layout, abstract_params: Mapping) -> None:
     raise ValueError("conversion layout and model disagree:\n  " + "\n  ".join(problems))
 
 
-def import_checkpoint(src: str, dst: str, c) -> str:
-  """A BFL or diffusers FLUX transformer at src -> dst/params (Orbax), for config c's model; a summary line."""
+IMPORTED = ("params", "cinema_jax_convert.json")  # what an import writes into its folder
+
+
+def import_checkpoint(src: str, dst: str, c, overwrite: bool = False) -> str:
+  """A BFL or diffusers FLUX transformer at src -> dst/params (Orbax), for config c's model; a summary line.
+  dst: a new or empty folder, or (overwrite) one an earlier import wrote."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from cinema_jax import sharding  # pylint: disable=import-outside-toplevel
   from cinema_jax.models import keyframe  # pylint: disable=import-outside-toplevel
+  paths.existing(src, "--src")
+  paths.output_folder(dst, "--dst", IMPORTED, overwrite)  # before any work
   cfg = keyframe.configs(c)[0]
   abstract = nnx.state(keyframe.abstract(c).dit, nnx.Param)  # eval_shape: the shapes the config gives
   source = _unwrapped(mapping.open_source(src))
@@ -275,7 +283,7 @@ def import_checkpoint(src: str, dst: str, c) -> str:
   shardings = sharding.param_shardings(abstract, sharding.make_mesh(c.mesh, jax.local_devices()))
   params = mapping.load_sharded(source, lay, dict(_flat(shardings)), _dtype(cfg))
   with ocp.StandardCheckpointer() as ckptr:  # written whole (a temp folder renamed) or not at all
-    ckptr.save(os.path.abspath(os.path.join(dst, "params")), params)
+    ckptr.save(os.path.abspath(os.path.join(dst, "params")), params, force=overwrite)
     ckptr.wait_until_finished()
   with open(os.path.join(dst, "cinema_jax_convert.json"), "w") as f:
     json.dump({"source": os.path.abspath(src), "layout": kind, "variant": c.variant,
@@ -283,9 +291,12 @@ def import_checkpoint(src: str, dst: str, c) -> str:
   return f"{src} ({kind} layout, {sum(int(np.prod(p.shape())) for p in lay.values()):,} parameters) -> {dst}/params"
 
 
-def _convert_out(src: str, dst: str, c, kind: str) -> str:
+def _convert_out(src: str, dst: str, c, kind: str, overwrite: bool = False) -> str:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from cinema_jax.models import keyframe  # pylint: disable=import-outside-toplevel
+  paths.existing(os.path.join(src, "params"), "--src", "folder")
+  paths.output_folder(dst, "--dst", ("diffusion_pytorch_model.safetensors", "config.json", "flux.safetensors"),
+                      overwrite)
   cfg = keyframe.configs(c)[0]
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.abspath(os.path.join(src, "params")))
@@ -311,7 +322,8 @@ def main(argv: list[str]) -> None:
                                            lock_config=True)
   src = flags.DEFINE_string("src", None, "BFL or diffusers safetensors (file or folder); with --to: a converted "
                             "cinema_jax folder.", required=True)
-  dst = flags.DEFINE_string("dst", None, "Output folder.", required=True)
+  dst = flags.DEFINE_string("dst", None, "Output folder: new or empty.", required=True)
+  overwrite = flags.DEFINE_bool("overwrite", False, "Replace what an earlier conversion wrote in --dst.")
   to = flags.DEFINE_enum("to", "cinema_jax", ("cinema_jax", *LAYOUTS), "cinema_jax: import (an Orbax checkpoint "
                          "of the MM-DiT parameters); diffusers / bfl: export such a folder to safetensors.")
 
@@ -321,10 +333,10 @@ def main(argv: list[str]) -> None:
     try:
       c = config_validation.load(config.value, reads_data=False)
       if to.value == "cinema_jax":
-        print(import_checkpoint(src.value, dst.value, c), flush=True)
+        print(import_checkpoint(src.value, dst.value, c, overwrite.value), flush=True)
       else:
-        print(_convert_out(src.value, dst.value, c, to.value), flush=True)
-    except (ValueError, FileNotFoundError) as e:
+        print(_convert_out(src.value, dst.value, c, to.value, overwrite.value), flush=True)
+    except (errors.DataError, ValueError, FileNotFoundError) as e:
       sys.exit(f"error: {e}")
 
   app.run(run, argv=argv, flags_parser=cli.parse_flags)
