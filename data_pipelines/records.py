@@ -32,6 +32,7 @@ records across shards in order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -218,6 +219,31 @@ def _shard_name(i: int, n: int) -> str:
   return f"shots-{i:05d}-of-{n:05d}.array_record"
 
 
+@contextlib.contextmanager
+def staged_folder(out_dir: str, overwrite: bool, overwrite_hint: str = "pass overwrite") -> Iterator[str]:
+  """A staging folder beside out_dir, filled in the `with` block and renamed into place only when the block
+  completes: a crash or error leaves no directory that a reader takes as whole (the staging one is
+  removed). An existing out_dir is a one-line DataError unless overwrite."""
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and not overwrite:
+    raise errors.DataError(f"{out_dir} already exists ({overwrite_hint} to replace it)")
+  staging = f"{out_dir}.partial-{os.getpid()}"
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  try:
+    yield staging
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  if os.path.exists(out_dir) and overwrite:
+    shutil.rmtree(out_dir)
+  try:
+    os.rename(staging, out_dir)
+  except OSError:  # another process finished the same build first
+    shutil.rmtree(staging, ignore_errors=True)
+    raise errors.DataError(f"{out_dir} appeared while it was being built") from None
+
+
 def write_dataset(
     out_dir: str,
     movies: Iterable[list[Shot]],
@@ -233,20 +259,8 @@ def write_dataset(
   is written, so a crash leaves no directory that a reader takes as a dataset. Shots are dealt to
   shards round-robin by movie.
   """
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
-    raise errors.DataError(f"{out_dir} already exists (pass overwrite to replace it)")
-  staging = f"{out_dir}.partial-{os.getpid()}"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  try:
+  with staged_folder(out_dir, overwrite) as staging:
     index = _write_shards(staging, num_shards, movies, num_frames, info or {})
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  if os.path.exists(out_dir):
-    shutil.rmtree(out_dir)
-  os.rename(staging, out_dir)
   return index
 
 

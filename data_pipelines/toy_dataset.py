@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 from typing import Iterator
 
@@ -47,23 +46,8 @@ def build(out: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig,
   out = os.path.abspath(out)
   if num_movies < 1:
     raise errors.DataError(f"--num_movies must be >= 1, got {num_movies}")
-  if os.path.exists(out) and not overwrite:
-    raise errors.DataError(f"{out} already exists (pass --overwrite to replace it)")
-  staging = f"{out}.partial-{os.getpid()}"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  try:
+  with records.staged_folder(out, overwrite, "pass --overwrite") as staging:
     summary = _build_into(staging, num_movies, seed, world, num_storylines, num_shards, log)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  if os.path.exists(out) and overwrite:
-    shutil.rmtree(out)
-  try:
-    os.rename(staging, out)
-  except OSError:  # another process finished the same build first
-    shutil.rmtree(staging, ignore_errors=True)
-    raise errors.DataError(f"{out} appeared while it was being built") from None
   return summary
 
 
