@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from absl import logging
 import numpy as np
 
 FILE = "tokenizer.json"
@@ -20,6 +21,7 @@ class Tokenizer:
 
   def __init__(self, path: str, max_len: int, pad_token: str | None = None, *, json_str: str | None = None):
     self.path, self.max_len, self._pad_token = path, max_len, pad_token
+    self._reported_cut = False
     if json_str is None:
       try:
         with open(path, encoding="utf-8") as f:
@@ -59,6 +61,12 @@ class Tokenizer:
 
   def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     out = self.tok.encode_batch(list(texts))
+    cut = [i for i, e in enumerate(out) if e.overflowing]
+    if cut and not self._reported_cut:  # once per tokenizer (per process): a caption cut is said, not silent
+      self._reported_cut = True
+      logging.warning("%s: a caption is longer than its %d tokens and was cut (%d of %d here; the first: %r); "
+                      "this is said once per process", self.path, self.max_len, len(cut), len(out),
+                      texts[cut[0]][:120])
     return (np.array([e.ids for e in out], np.int32), np.array([e.attention_mask for e in out], bool))
 
   def decode(self, ids: np.ndarray) -> str:

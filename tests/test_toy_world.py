@@ -1,6 +1,7 @@
 """The toy-movie world: determinism, the memory-testing caption rules, rendering and the CLI."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -162,6 +163,19 @@ def test_tokenizer_gives_each_word_one_token(toy_root):
     assert [vocab[i] for i in row[m]] == words  # names included: "Mia" is one token wherever it appears
     assert tok.decode(row[m]) == " ".join(words)
   assert tok(["Mia, a small red circle, stands still."])[0][0, 0] == tok(["Mia jumps."])[0][0, 0]
+
+
+def test_a_caption_longer_than_the_text_length_is_reported_once(toy_root, caplog):
+  tok = tokenizer.Tokenizer(tokenizer.beside(os.path.join(toy_root, "train")), max_len=6)
+  with caplog.at_level(logging.WARNING):
+    tok(["Mia jumps.", "Wide shot in the forest. Mia, a small red circle, jumps."])
+    tok(["Close shot in the farm. Tom, a large blue square, walks to the left."])
+  said = [r.getMessage() for r in caplog.records if "was cut" in r.getMessage()]
+  assert len(said) == 1 and "longer than its 6 tokens" in said[0] and "1 of 2 here" in said[0]
+  assert "'Wide shot in the forest." in said[0]
+  caplog.clear()
+  tokenizer.Tokenizer(tokenizer.beside(os.path.join(toy_root, "train")), max_len=48)(["Mia jumps."])
+  assert not caplog.records  # a caption that fits says nothing
 
 
 def test_build_is_byte_deterministic(tmp_path):
