@@ -30,15 +30,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from cinema_jax import checkpoints
 from cinema_jax import cli
-from cinema_jax import config_validation
 from cinema_jax import errors
-from cinema_jax import loading
-from cinema_jax import sharding
 from cinema_jax.sampling import jobs
-from cinema_jax.sampling import keyframe_sampler
-from data_pipelines import toy_dataset
 
 
 def _define_flags() -> dict:
@@ -94,63 +88,27 @@ def main(argv, f: dict):
     sys.exit("error: --flux needs --config=configs/keyframe.py[:VARIANT] (the converted model's size and settings)")
   if v["flux"] is not None and v["storylines"] == "toy":
     sys.exit("error: --storylines=toy needs a --workdir trained on the toy world")
+  if v["fps"] <= 0:
+    sys.exit(f"error: --fps={v['fps']}: expected > 0")
   try:
-    if v["storylines"] != "toy":
-      stories = jobs.read_storylines(v["storylines"])
-    if v["flux"] is not None:
-      c, step = config_validation.load(v["config"], reads_data=False), 0
-    else:
-      if not os.path.isdir(os.path.join(v["workdir"], checkpoints.CHECKPOINT_DIR)):
-        raise errors.DataError(f"no checkpoints in {v['workdir']}: train first (python -m cinema_jax.train)")
-      c = loading.saved_config(v["workdir"])
-    c = cli.apply_encoder_flags(c, v)
-    if v["param_dtype"] is not None:
-      c = config_validation.replace(c, {"sample.param_dtype": v["param_dtype"]})
-    dtype = loading.sampling_dtype(c.sample.param_dtype)
-    mesh = sharding.make_mesh(c.mesh)
-    if v["flux"] is not None:
-      graphdef, params = loading.converted_params(v["flux"], c, dtype, mesh)
-    else:
-      graphdef, params, step = loading.restore_params(v["workdir"], c, v["raw_params"], dtype, mesh)
-    text, frames = loading.encoders_for(c, dtype, mesh)
-    clip = loading.retrieval_clip(c, v["workdir"] or "", dtype)
-    print(loading.memory_report(params, text, frames), flush=True)
-    if v["storylines"] == "toy":
-      if c.data.path:
-        raise errors.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
-      toy_root = toy_dataset.root_for_config(c.data, v["workdir"])
-      stories = jobs.read_storylines(os.path.join(toy_root, "storylines.jsonl"))
-    c = config_validation.replace(c, {f"sample.{field}": v[field] for field in ("num_steps", "guidance", "mode",
-                                                                                "max_shots") if v[field] is not None})
-  except (errors.CheckpointError, errors.ConfigError, errors.DataError, FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  if c.task != "keyframe":
-    sys.exit(f"error: --workdir={v['workdir'] or v['flux']} holds a {c.task} model; it must be a keyframe model "
-             "(configs/keyframe.py; the video model goes in --video_workdir)")
-  shots_fn, video = None, None
-  if v["video_workdir"]:
-    try:
+    sampler, params, stories, info, c = jobs.keyframe_stage(
+        v["workdir"], v["flux"], v["config"], v["storylines"], raw_params=v["raw_params"],
+        param_dtype=v["param_dtype"], context_pairs=v["context_pairs"], encoder_flags=v,
+        overrides={k: v[k] for k in ("num_steps", "guidance", "mode", "max_shots") if v[k] is not None})
+    shots_fn, video = None, None
+    if v["video_workdir"]:
       shots_fn, info_video, _ = jobs.video_stage(v["video_workdir"], c.data.resolution, v["raw_params"],
                                                  encoder_flags=v)
-    except (errors.CheckpointError, errors.DataError, ValueError) as e:
-      sys.exit(f"error: {e}")
-    video = {"fps": v["fps"], "scale": v["video_scale"]}
-    if v["fps"] <= 0 or v["video_scale"] < 1:
-      sys.exit(f"error: --fps={v['fps']} and --video_scale={v['video_scale']}: expected > 0 and >= 1")
-  pairs = v["context_pairs"] or (1 if v["flux"] is not None else None)
-  try:
-    sampler = keyframe_sampler.Sampler(c, graphdef, context_pairs=pairs, clip=clip, text=text, frames=frames)
-  except ValueError as e:
+      info.update(info_video)
+      video = {"fps": v["fps"], "scale": v["video_scale"]}
+  except (errors.CheckpointError, errors.ConfigError, errors.DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   os.makedirs(v["outdir"], exist_ok=True)
-  info = dict(checkpoint_step=step, **({"flux": os.path.abspath(v["flux"])} if v["flux"] else {}),
-              context_pairs=sampler.num_pairs, mode=c.sample.mode, num_steps=c.sample.num_steps,
-              guidance=c.sample.guidance, kv_cache=c.sample.kv_cache, **(info_video if shots_fn else {}))
   try:
     jobs.run(sampler, params, stories, v["outdir"], seed=v["seed"], max_shots=c.sample.max_shots,
              per_device_batch=v["per_device_batch"], process_id=pid, num_processes=nproc, info=info,
-             title_suffix=f" (step {step})", echo=lambda line: print(line, flush=True), shots_fn=shots_fn,
-             video=video)
+             title_suffix=f" (step {info['checkpoint_step']})", echo=lambda line: print(line, flush=True),
+             shots_fn=shots_fn, video=video)
   except errors.DataError as e:
     sys.exit(f"error: {e}")
 

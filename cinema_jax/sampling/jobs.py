@@ -38,6 +38,7 @@ from cinema_jax.sampling import keyframe_sampler
 from cinema_jax.sampling import movie
 from cinema_jax.sampling import shot_sampler
 from cinema_jax.sampling import storyboard
+from data_pipelines import toy_dataset
 
 SUMMARY = "job_summary.json"
 SETTINGS = "settings.json"  # in OUT/.job: what the storylines are sampled with
@@ -265,6 +266,47 @@ def read_storylines(path: str) -> list[dict]:
   if not out:
     raise errors.DataError(f"{path}: no storylines")
   return out
+
+
+def keyframe_stage(workdir: str | None, flux: str | None, config, storylines: str, *, raw_params: bool = False,
+                   param_dtype: str | None = None, context_pairs: int | None = None, overrides: dict | None = None,
+                   encoder_flags: dict | None = None):
+  """(sampler, params, stories, manifest info, config) of the keyframe model to sample: a training workdir's
+  (its EMA or raw parameters) or a converted FLUX folder with its ConfigDict `config`. storylines: a
+  storylines file, or "toy" (the held-out storylines of the toy world the workdir trained on); overrides:
+  config.sample fields; encoder_flags: the encoder folders (cli.define_encoder_flags' values)."""
+  stories = read_storylines(storylines) if storylines != "toy" else None
+  if flux is not None:
+    c, step = config_validation.load(config, reads_data=False), 0
+  else:
+    if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
+      raise errors.DataError(f"no checkpoints in {workdir}: train first (python -m cinema_jax.train)")
+    c = loading.saved_config(workdir)
+  if c.task != "keyframe":
+    raise errors.DataError(f"--workdir={workdir or flux} holds a {c.task} model; it must be a keyframe model "
+                           "(configs/keyframe.py; the video model goes in --video_workdir)")
+  c = cli.apply_encoder_flags(c, encoder_flags or {})
+  c = config_validation.replace(c, {f"sample.{k}": x for k, x in (overrides or {}).items()}
+                                | ({"sample.param_dtype": param_dtype} if param_dtype is not None else {}))
+  dtype = loading.sampling_dtype(c.sample.param_dtype)
+  mesh = sharding.make_mesh(c.mesh)
+  if flux is not None:
+    graphdef, params = loading.converted_params(flux, c, dtype, mesh)
+  else:
+    graphdef, params, step = loading.restore_params(workdir, c, raw_params, dtype, mesh)
+  text, frames = loading.encoders_for(c, dtype, mesh)
+  clip = loading.retrieval_clip(c, workdir or "", dtype)
+  print(loading.memory_report(params, text, frames), flush=True)
+  if stories is None:
+    if c.data.path:
+      raise errors.DataError("--storylines=toy: this model was trained on config.data.path, not the toy world")
+    stories = read_storylines(os.path.join(toy_dataset.root_for_config(c.data, workdir), "storylines.jsonl"))
+  sampler = keyframe_sampler.Sampler(c, graphdef, context_pairs=context_pairs or (1 if flux is not None else None),
+                                     clip=clip, text=text, frames=frames)
+  info = dict(checkpoint_step=step, **({"flux": os.path.abspath(flux)} if flux else {}),
+              context_pairs=sampler.num_pairs, mode=c.sample.mode, num_steps=c.sample.num_steps,
+              guidance=c.sample.guidance, kv_cache=c.sample.kv_cache)
+  return sampler, params, stories, info, c
 
 
 def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bool = False,
