@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -103,6 +104,33 @@ def load_encoders(vae_path: str, t5_path: str, clip_path: str, clip_vision_path:
                   clip_vision=vision, retrieval=retrieval)
 
 
+def _differ(made: dict | None, now: dict) -> str:
+  if made is None:
+    return "none recorded"
+  return ", ".join(f"{k}={made.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(made) | set(now))
+                   if made.get(k) != now.get(k))
+
+
+def _claim_work(work: str, settings: dict, overwrite: bool) -> None:
+  """The work folder's movies were encoded with `settings` (recorded on first use), or it starts again
+  (overwrite), or a one-line refusal: movies made two ways never mix in one dataset."""
+  path = os.path.join(work, "settings.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      made = json.load(f)
+    if made == settings:
+      return
+    if not overwrite:
+      raise errors.DataError(f"{work} holds movies encoded with other settings ({_differ(made, settings)}); rerun "
+                             "with those, or --overwrite to start again")
+    shutil.rmtree(work)
+  os.makedirs(work, exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(settings, f, sort_keys=True)
+  os.replace(tmp, path)
+
+
 def _movie_file(work: str, m: int) -> str:
   return os.path.join(work, f"movie-{m:06d}.msgpack")
 
@@ -142,19 +170,32 @@ def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoder
 
 
 def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: int = 1, batch_size: int = 16,
-        log=print, frames: bool = False) -> bool:
+        log=print, frames: bool = False, settings: dict | None = None, overwrite: bool = False) -> bool:
   """Encodes this process's movies; assembles DST when every movie is done. True when DST is complete.
   frames: also every shot frame's latent (the video model's input; the source must store frames); with
-  enc.vae None, the frames are kept as they are."""
+  enc.vae None, the frames are kept as they are. settings: what made the encoders (the command's flags):
+  DST and its work folder record them, and a rerun with other settings is refused unless overwrite (which
+  starts again); a DST folder that is not this command's output is always refused."""
   if not 0 <= process_id < num_processes:
     raise ValueError(f"--process_id={process_id}: expected 0 <= id < --num_processes={num_processes}")
+  work = f"{os.path.abspath(dst)}.work"
+  settings = None if settings is None else json.loads(json.dumps(dict(settings, src=os.path.abspath(src),
+                                                                      frames=frames)))
   if os.path.exists(os.path.join(dst, records.INDEX_FILE)):
-    log(f"{dst} is complete")
-    return True
+    made = records.Index.load(dst).info.get("precompute_settings")
+    if settings is None or made == settings:
+      log(f"{dst} is complete")
+      return True
+    if not overwrite:
+      raise errors.DataError(f"--dst={dst} holds latents made with other settings ({_differ(made, settings)}); give "
+                             "another --dst, or --overwrite to make it again")
+  elif os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+    raise errors.DataError(f"--dst={dst} exists and is not a dataset this command wrote; give a new folder")
+  if settings is not None:
+    _claim_work(work, settings, overwrite)
   reader = records.ShotReader(src)
   if frames and not reader.index.num_frames:
     raise errors.DataError(f"--frames: {src} stores no shot frames (curate with --frames N, or toy_movies)")
-  work = f"{os.path.abspath(dst)}.work"
   os.makedirs(work, exist_ok=True)
   mine = list(range(process_id, len(reader.index.movies), num_processes))
   todo = [m for m in mine if not os.path.exists(_movie_file(work, m))]
@@ -174,11 +215,11 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
     return False
   movies = ([records.Shot.from_bytes(b) for b in msgpack.unpackb(open(_movie_file(work, m), "rb").read(), raw=False)]
             for m in range(len(reader.index.movies)))
-  info = dict(reader.index.info, precomputed=True)
+  info = dict(reader.index.info, precomputed=True, **({"precompute_settings": settings} if settings else {}))
   if enc.text is not None:
     info.update(text_convention=enc.text.convention, text_len=enc.text.text_len)
   try:
-    records.write_dataset(dst, movies, num_shards=len(reader.index.shards), info=info,
+    records.write_dataset(dst, movies, num_shards=len(reader.index.shards), info=info, overwrite=overwrite,
                           num_frames=reader.index.num_frames if frames or enc.vae is None else 0)
   except (errors.DataError, OSError):
     if not os.path.exists(os.path.join(dst, records.INDEX_FILE)):  # another process did not just finish it
@@ -292,6 +333,8 @@ def main(argv) -> None:
       "frames": flags.DEFINE_bool("frames", False, "Also each shot frame's VAE latent (the video model's input)."),
       "process_id": flags.DEFINE_integer("process_id", 0, "This process's index.", lower_bound=0),
       "num_processes": flags.DEFINE_integer("num_processes", 1, "How many processes share the work.", lower_bound=1),
+      "overwrite": flags.DEFINE_bool("overwrite", False, "Make --dst again when it (or its work folder) was made "
+                                     "with other settings."),
   }
 
   def go(args):
@@ -301,7 +344,9 @@ def main(argv) -> None:
     try:
       enc = load_encoders(v["vae"], v["t5"], v["clip"], v["clip_vision"], v["t5_len"],
                           text_convention=v["text_convention"])
-      run(v["src"], v["dst"], enc, v["process_id"], v["num_processes"], v["batch_size"], frames=v["frames"])
+      settings = {k: v[k] for k in ("vae", "t5", "clip", "clip_vision", "t5_len", "text_convention")}
+      run(v["src"], v["dst"], enc, v["process_id"], v["num_processes"], v["batch_size"], frames=v["frames"],
+          settings=settings, overwrite=v["overwrite"])
     except (ValueError, FileNotFoundError, errors.DataError) as e:
       sys.exit(f"error: {e}")
 

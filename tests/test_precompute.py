@@ -139,3 +139,29 @@ def test_toy_latents_for_retrieval_by_image_carry_toyclips_embeddings(tmp_path, 
   np.testing.assert_allclose(got.text_embedding, clip.texts([shot.caption])[0], rtol=1e-5, atol=1e-6)
   batch = next(pipeline.make_pipeline(c.data, dst, batch_size=2).iterator())  # no ToyCLIP file given
   assert batch["latent"].shape == (2, c.data.num_pairs, 8, 16, 4)
+
+
+def test_a_rerun_with_other_settings_is_refused_and_overwrite_makes_it_again(toy_train, tmp_path):
+  keep = precompute.Encoders(vae=None, text=None, clip_vision=None, retrieval=None)  # the records as they are
+  run = lambda dst, vae, **kw: precompute.run(toy_train, str(dst), keep, settings={"vae": vae}, log=lambda m: None,
+                                              **kw)
+  dst = tmp_path / "out"
+  assert run(dst, "A") and run(dst, "A")  # the second: complete, the same settings
+  with pytest.raises(errors.DataError, match=r"^--dst=.*out holds latents made with other settings \(vae='A' "
+                     r"there, 'B' now\); give another --dst, or --overwrite"):
+    run(dst, "B")
+  assert records.Index.load(str(dst)).info["precompute_settings"]["vae"] == "A"  # untouched
+  assert run(dst, "B", overwrite=True)
+  assert records.Index.load(str(dst)).info["precompute_settings"]["vae"] == "B"
+  # half done by one process with A: another process with B would mix two encodings in one dataset
+  half = tmp_path / "half"
+  assert not run(half, "A", process_id=0, num_processes=2)
+  with pytest.raises(errors.DataError, match=r"half.work holds movies encoded with other settings"):
+    run(half, "B", process_id=1, num_processes=2)
+  assert run(half, "A", process_id=1, num_processes=2)
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("mine")
+  with pytest.raises(errors.DataError, match=r"exists and is not a dataset this command wrote"):
+    run(mine, "A", overwrite=True)
+  assert (mine / "notes.txt").read_text() == "mine"
