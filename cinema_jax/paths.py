@@ -18,6 +18,20 @@ def existing(path: str, flag: str, kind: str = "any") -> str:
   return path
 
 
+def writable_folder(path: str, flag: str) -> str:
+  """A folder to write into, existing or new: not a file, and its nearest existing folder writable."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise errors.DataError(f"{flag}={path} is a file; expected a folder")
+  parent = os.path.abspath(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise errors.DataError(f"{flag}={path}: {parent} is a file, not a folder")
+  if not os.access(parent, os.W_OK):
+    raise errors.DataError(f"{flag}={path}: {parent} is not writable")
+  return path
+
+
 def output_folder(path: str, flag: str, ours: tuple[str, ...], overwrite: bool = False) -> str:
   """A folder this command may write into: new, empty, or (with overwrite) holding only `ours` (the names
   this command writes there). Nothing a user made is replaced without --overwrite, and nothing that is not
@@ -33,9 +47,4 @@ def output_folder(path: str, flag: str, ours: tuple[str, ...], overwrite: bool =
     if held and not overwrite:
       raise errors.DataError(f"{flag}={path} already holds {', '.join(held)}; give a new folder, or --overwrite to "
                              "replace them")
-  parent = os.path.abspath(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.access(parent, os.W_OK):
-    raise errors.DataError(f"{flag}={path}: {parent} is not writable")
-  return path
+  return writable_folder(path, flag)

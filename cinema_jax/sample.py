@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from cinema_jax import cli
 from cinema_jax import errors
+from cinema_jax import paths
 from cinema_jax.sampling import jobs
 
 
@@ -91,6 +92,7 @@ def main(argv, f: dict):
   if v["fps"] <= 0:
     sys.exit(f"error: --fps={v['fps']}: expected > 0")
   try:
+    paths.writable_folder(v["outdir"], "--outdir")  # before any work
     sampler, params, stories, info, c = jobs.keyframe_stage(
         v["workdir"], v["flux"], v["config"], v["storylines"], raw_params=v["raw_params"],
         param_dtype=v["param_dtype"], context_pairs=v["context_pairs"], encoder_flags=v,

@@ -119,10 +119,17 @@ def test_schedule_runs_from_noise_to_data():
     ("{not json\n", "line 1: not JSON"),
     ('{"title": "x", "captions": []}\n', 'line 1: expected {"title": ..., "captions": [non-empty strings]}'),
     ('{"title": "x", "captions": ["ok"]}\n[1, 2]\n', "line 2: expected"),
+    (b'{"title": "x", "captions": ["ok"]}\n{"title": "\xff"}\n', "line 2: not UTF-8 text"),
+    (None, "--storylines=.* is a folder; expected a file"),
 ])
 def test_bad_storylines_files(tmp_path, content, message):
   path = tmp_path / "s.jsonl"
-  path.write_text(content)
+  if content is None:
+    path.mkdir()
+  elif isinstance(content, bytes):
+    path.write_bytes(content)
+  else:
+    path.write_text(content)
   with pytest.raises(errors.DataError, match=message.replace("(", r"\(").replace("[", r"\[").replace("{", r"\{")):
     jobs.read_storylines(str(path))
 
@@ -160,6 +167,16 @@ def test_out_of_range_sampling_flags_are_one_line_errors(tmp_path, flag, message
                         timeout=300)
   assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == f"error: {message}", done.stderr[-2000:]
   assert not (tmp_path / "out").exists()
+
+
+def test_an_outdir_that_is_a_file_is_refused_before_any_work(tmp_path):
+  (tmp_path / "out").write_text("mine")
+  done = subprocess.run([sys.executable, "-m", "cinema_jax.sample", f"--workdir={tmp_path}", "--storylines=toy",
+                         f"--outdir={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True, check=False,
+                        timeout=300)
+  assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
+      f"error: --outdir={tmp_path / 'out'} is a file; expected a folder"), done.stderr[-2000:]
+  assert (tmp_path / "out").read_text() == "mine"
 
 
 def _sample_cli(workdir, outdir, *extra):

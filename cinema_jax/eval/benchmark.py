@@ -17,6 +17,7 @@ from cinema_jax import config_validation
 from cinema_jax import encoders
 from cinema_jax import errors
 from cinema_jax import loading
+from cinema_jax import paths
 from cinema_jax.eval import clip_metrics
 from cinema_jax.eval import judge as judge_lib
 from cinema_jax.eval import metrics
@@ -189,6 +190,7 @@ def run(v: dict) -> dict:
   """Samples (v["workdir"]) or reads (v["samples"]) storylines, judges them and writes v["out"]/report.json
   and report.md; v: the settings of `python -m cinema_jax.evaluate` (its flags, checked there). Raises
   errors.DataError, FileNotFoundError or ValueError with one-line messages."""
+  paths.writable_folder(v["out"], "--out")  # before any work
   storylines = v["storylines"]
   if storylines == "toy":
     if not v["workdir"]:

@@ -12,6 +12,7 @@ import time
 from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax import loading
+from cinema_jax import paths
 from cinema_jax.eval import benchmark
 from cinema_jax.eval import video_metrics
 from cinema_jax.sampling import jobs
@@ -41,6 +42,7 @@ def run(v: dict) -> dict:
   """Generates and judges the shots of v["storylines"], writes v["out"]/report.json and report.md; v: the
   settings of `python -m cinema_jax.evaluate_video` (its flags). Raises errors.DataError,
   FileNotFoundError or ValueError with one-line messages."""
+  paths.writable_folder(v["out"], "--out")  # before any work
   overrides = {k: v[k] for k in ("num_steps", "guidance") if v[k] is not None}
   shots_fn, _, vc = jobs.video_stage(v["video_workdir"], None, overrides=overrides)
   storylines = v["storylines"]

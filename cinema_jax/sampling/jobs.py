@@ -33,6 +33,7 @@ from cinema_jax import cli
 from cinema_jax import config_validation
 from cinema_jax import errors
 from cinema_jax import loading
+from cinema_jax import paths
 from cinema_jax import sharding
 from cinema_jax.sampling import keyframe_sampler
 from cinema_jax.sampling import movie
@@ -241,9 +242,14 @@ def read_storylines(path: str) -> list[dict]:
   """Storylines of a JSONL file, with one-line errors that name the file and line."""
   if not os.path.exists(path):
     raise errors.DataError(f"storylines file {path} does not exist")
+  paths.existing(path, "--storylines", "file")
   out = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError:
+        raise errors.DataError(f"{path} line {n}: not UTF-8 text") from None
       if not line.strip():
         continue
       try:
