@@ -81,6 +81,10 @@ def test_load_gives_frozen_typed_sections():
   assert isinstance(c.data, config_validation.Data) and isinstance(c.model.text, config_validation.TextEncoder)
   assert c.model.video is None and c.model.autoencoder is None  # the video and autoencoder configs' sections
   assert isinstance(c.optimizer.lr, float) and isinstance(c.data.resolution, tuple)
+  # what the command line and JSON give: an int where a float goes, a list where a tuple goes
+  typed = config_validation.replace(c, {"optimizer.lr": 1, "data.resolution": [16, 32]})
+  assert type(typed.optimizer.lr) is float and typed.data.resolution == (16, 32)
+  assert type(typed.data.resolution) is tuple
   with pytest.raises(dataclasses.FrozenInstanceError):
     c.data.num_pairs = 8
   assert config_validation.load(raw) == c and hash(config_validation.load(raw)) == hash(c)  # jit keys on values
