@@ -116,3 +116,12 @@ def test_the_sample_command_refuses_a_damaged_checkpoint_in_one_line(runs, tmp_p
   assert done.returncode == 1, done.stderr[-2000:]
   assert done.stderr.strip().splitlines()[-1].startswith("error: checkpoint step 4 in ")
   assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_sampling_reads_the_saved_dtype_verifies_it_and_then_casts(tiny_run):
+  c = loading.saved_config(tiny_run)
+  _, saved, _ = loading.restore_params(tiny_run, c)  # float32, as trained
+  _, cast, step = loading.restore_params(tiny_run, c, dtype="bfloat16")  # as accelerators sample
+  assert step == 4 and {x.dtype for x in jax.tree.leaves(cast)} == {jnp.dtype(jnp.bfloat16)}
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b.astype(jnp.bfloat16))),
+               cast, saved)
