@@ -546,6 +546,12 @@ def load(c: ml_collections.ConfigDict | Mapping[str, Any], reads_data: bool = Tr
 
   reads_data=False: a run that reads no training data (--compile_only, sampling) need not say where it is.
   """
+  if type(c).__name__ == "_ErrorConfig":  # ml_collections' stand-in for a config file that failed to load
+    try:
+      c.to_dict()
+    except IOError as e:
+      cause = e.__cause__ or e
+      raise errors.ConfigError(f"--config: the config file cannot be loaded ({' '.join(str(cause).split())})") from None
   raw = c.to_dict() if isinstance(c, ml_collections.ConfigDict) else c
   config = load_section(Config, raw)
   if reads_data:

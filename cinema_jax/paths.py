@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from cinema_jax import errors
 
@@ -27,9 +28,21 @@ def writable_folder(path: str, flag: str) -> str:
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
     raise errors.DataError(f"{flag}={path}: {parent} is a file, not a folder")
-  if not os.access(parent, os.W_OK):
+  if not _can_write_in(parent):
     raise errors.DataError(f"{flag}={path}: {parent} is not writable")
   return path
+
+
+def _can_write_in(folder: str) -> bool:
+  """Whether a file can be made in folder, tried rather than asked: os.access answers yes for root on any
+  folder, and no one can create files in a read-only mount or in /proc whatever the permission bits say."""
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+  except OSError:
+    return False
+  os.close(fd)
+  os.remove(probe)
+  return True
 
 
 def output_folder(path: str, flag: str, ours: tuple[str, ...], overwrite: bool = False) -> str:

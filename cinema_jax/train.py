@@ -19,10 +19,13 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from cinema_jax import checkpoints
 from cinema_jax import cli
 from cinema_jax import config_validation
 from cinema_jax import distributed
 from cinema_jax import errors
+from cinema_jax import memory
+from cinema_jax import paths
 from cinema_jax.training import aot
 from cinema_jax.training import autoencoder
 from cinema_jax.training import faults
@@ -69,6 +72,13 @@ def main(argv):
     sys.exit("error: --workdir is required (or --compile_only)")
   if _FAKE_DEVICES.value or _TOPOLOGY.value:
     sys.exit("error: --fake_devices and --topology go with --compile_only")
+  try:  # before any work: a workdir that cannot hold checkpoints is found now, not at the first save
+    paths.writable_folder(_WORKDIR.value, "--workdir")
+    for sub in (checkpoints.CHECKPOINT_DIR, "data"):
+      if os.path.exists(os.path.join(_WORKDIR.value, sub)):
+        paths.existing(os.path.join(_WORKDIR.value, sub), f"--workdir={_WORKDIR.value}: its {sub}", "folder")
+  except errors.DataError as e:
+    sys.exit(f"error: {e}")
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _AUTO.value, _HEARTBEAT.value)
   except errors.DistributedError as e:
@@ -77,6 +87,7 @@ def main(argv):
                jax.device_count(), jax.default_backend())
   try:
     c = config_validation.load(_CONFIG.value)  # the one conversion: frozen, typed and validated from here on
+    memory.check_training_step(c)  # before the toy world is rendered at that size
     prepare.training_inputs(c, _WORKDIR.value, logging.info)
     last = loop.train_and_evaluate(c, _WORKDIR.value, stop_at_step=_STOP_AT.value)
     if c.task == "autoencoder" and not last.get("preempted"):

@@ -22,6 +22,7 @@ import numpy as np
 from cinema_jax import cli
 from cinema_jax import config_validation
 from cinema_jax import errors
+from cinema_jax import paths
 from cinema_jax.sampling import storyboard
 from data_pipelines import pipeline
 from data_pipelines import tokenizer
@@ -83,6 +84,7 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:
+    paths.writable_folder(_WORKDIR.value, "--workdir")
     print(summarise(config_validation.load(_CONFIG.value), _WORKDIR.value, _NUM_BATCHES.value))
   except (errors.DataError, errors.ConfigError) as e:
     sys.exit(f"error: {e}")

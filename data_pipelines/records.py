@@ -192,7 +192,8 @@ class Index:
   def load(cls, path: str) -> "Index":
     index_path = os.path.join(path, INDEX_FILE)
     if not os.path.isdir(path):
-      raise errors.DataError(f"no dataset at {path}: the directory does not exist")
+      raise errors.DataError(f"no dataset at {path}: " + ("a file, not a dataset folder" if os.path.exists(path) else
+                                                          "the folder does not exist"))
     if not os.path.exists(index_path):
       raise errors.DataError(f"no dataset at {path}: {INDEX_FILE} is missing (not a shot-record dataset, or an "
                              "unfinished write)")

@@ -12,12 +12,15 @@ from typing import Iterator
 
 
 from cinema_jax import errors
+from cinema_jax import memory
 from data_pipelines import records
 from data_pipelines import tokenizer
 from data_pipelines import toy_render
 from data_pipelines import toy_world
 
 WORLD_FILE = "world.json"
+# everything build() writes in its folder: --overwrite replaces a folder holding only these
+OUTPUTS = ("train", "eval", "storylines.jsonl", "storylines_truth.jsonl", tokenizer.FILE, WORLD_FILE)
 
 
 def movie_shots(movie: dict, world: toy_world.WorldConfig) -> list[records.Shot]:
@@ -46,6 +49,7 @@ def build(out: str, *, num_movies: int, seed: int, world: toy_world.WorldConfig,
   out = os.path.abspath(out)
   if num_movies < 1:
     raise errors.DataError(f"--num_movies must be >= 1, got {num_movies}")
+  memory.check_frames("toy world", world.num_frames, world.height, world.width)
   with records.staged_folder(out, overwrite, "pass --overwrite") as staging:
     summary = _build_into(staging, num_movies, seed, world, num_storylines, num_shards, log)
   return summary

@@ -18,6 +18,7 @@ from absl import flags
 
 from cinema_jax import cli
 from cinema_jax import errors
+from cinema_jax import paths
 from data_pipelines import toy_dataset
 from data_pipelines import toy_world
 
@@ -45,6 +46,7 @@ def main(argv, f: dict) -> None:
   if not v["out"]:
     sys.exit("error: --out is required")
   try:
+    paths.output_folder(v["out"], "--out", ours=toy_dataset.OUTPUTS, overwrite=v["overwrite"])
     world = toy_world.WorldConfig(height=v["height"], width=v["width"], num_frames=v["num_frames"],
                                   min_shots=v["min_shots"], max_shots=v["max_shots"])
     summary = toy_dataset.build(v["out"], num_movies=v["num_movies"], seed=v["seed"], world=world,

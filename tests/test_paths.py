@@ -1,5 +1,7 @@
 """cinema_jax/paths.py: the path checks every command makes before any work, in one line each."""
 
+import os
+
 import pytest
 
 from cinema_jax import errors
@@ -25,6 +27,10 @@ def test_writable_folder_takes_new_and_existing_folders_not_files(tmp_path):
     paths.writable_folder(str(tmp_path / "f"), "--out")
   with pytest.raises(errors.DataError, match=r"^--out=.*f/below: .*f is a file, not a folder$"):
     paths.writable_folder(str(tmp_path / "f" / "below"), "--out")
+  # tried, not asked: os.access says yes to root everywhere, yet nobody can make a file in /proc
+  with pytest.raises(errors.DataError, match=r"^--out=/proc/self/out: /proc/self is not writable$"):
+    paths.writable_folder("/proc/self/out", "--out")
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".write-check")]  # the probe is removed
 
 
 def test_output_folder_replaces_only_its_own_and_only_when_asked(tmp_path):

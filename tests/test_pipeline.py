@@ -324,5 +324,5 @@ def test_missing_data_path_is_a_one_line_error(tmp_path):
                         capture_output=True, text=True, check=False,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert done.returncode == 1
-  assert done.stderr.strip().splitlines()[-1] == f"error: no dataset at {missing}: the directory does not exist"
+  assert done.stderr.strip().splitlines()[-1] == f"error: no dataset at {missing}: the folder does not exist"
   assert "Traceback" not in done.stderr

@@ -102,7 +102,7 @@ def test_interrupted_write_leaves_no_dataset(tmp_path):
   with pytest.raises(KeyboardInterrupt):
     records.write_dataset(str(tmp_path / "ds"), movies())
   assert os.listdir(tmp_path) == []
-  with pytest.raises(errors.DataError, match="the directory does not exist"):
+  with pytest.raises(errors.DataError, match="the folder does not exist"):
     records.ShotReader(str(tmp_path / "ds"))
 
 
@@ -117,7 +117,7 @@ def test_overwrite_replaces_only_when_asked(tmp_path):
 def test_missing_paths_are_one_line_errors(tmp_path):
   with pytest.raises(errors.DataError) as e:
     records.ShotReader(str(tmp_path / "nope"))
-  assert str(e.value) == f"no dataset at {tmp_path / 'nope'}: the directory does not exist"
+  assert str(e.value) == f"no dataset at {tmp_path / 'nope'}: the folder does not exist"
   (tmp_path / "empty").mkdir()
   with pytest.raises(errors.DataError, match="index.json is missing"):
     records.ShotReader(str(tmp_path / "empty"))

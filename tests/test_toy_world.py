@@ -200,5 +200,7 @@ def test_cli_builds_and_refuses_to_overwrite(tmp_path):
   assert records.ShotReader(str(out / "train")).index.num_frames == 0
   again = subprocess.run(cmd, capture_output=True, text=True, check=False)
   assert again.returncode == 1
-  assert again.stderr.strip().splitlines() == [f"error: {out} already exists (pass --overwrite to replace it)"]
+  assert again.stderr.strip().splitlines() == [
+      f"error: --out={out} already holds eval, storylines.jsonl, storylines_truth.jsonl, tokenizer.json, train, "
+      "world.json; give a new folder, or --overwrite to replace them"]
   assert not list(tmp_path.glob("*.partial-*"))
