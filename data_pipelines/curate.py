@@ -37,6 +37,7 @@ from absl import flags
 
 from cinema_jax import cli
 from cinema_jax import errors
+from cinema_jax import paths
 from data_pipelines import films
 
 
@@ -79,12 +80,20 @@ def main(argv, f: dict) -> None:
     s = films.Settings(**{k: val for k, val in v.items() if k in fields})
     s.check()
     videos = films.find_videos(v["videos"])
-    if v["captions"] and not os.path.isdir(v["captions"]):
-      raise ValueError(f"--captions={v['captions']!r}: no such folder")
+    if v["captions"]:
+      paths.existing(v["captions"], "--captions", "folder")
     summary = films.curate(videos, v["out"], s, captions_dir=v["captions"], workers=v["workers"], progress=True)
   except (ValueError, errors.DataError) as e:
     sys.exit(f"error: {e}")
   print(films.report_table(summary))
+  skipped = [e for e in summary["movies"] if e["status"].startswith("skipped")]
+  if skipped:  # the others' records are written; the exit code and this line say the run is not whole
+    sys.exit(f"error: {len(skipped)} of {len(summary['movies'])} films could not be curated: "
+             + "; ".join(f"{e['movie_id']} ({e['status'][len('skipped: '):]})" for e in skipped[:3])
+             + ("; ..." if skipped[3:] else "") + f" (report: {os.path.join(v['out'], films.REPORT_FILE)})")
+  if summary["records"] is None:
+    sys.exit("error: no film kept a captioned shot, so no records were written: give --captions or --captioner "
+             f"(report: {os.path.join(v['out'], films.REPORT_FILE)})")
 
 
 if __name__ == "__main__":

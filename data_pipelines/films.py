@@ -20,6 +20,7 @@ import msgpack
 import numpy as np
 from PIL import Image
 
+from cinema_jax import paths
 from data_pipelines import records
 
 DETECTORS = ("content", "adaptive", "threshold")
@@ -61,11 +62,22 @@ class Settings:
     need(self.short_side >= 8, "short_side", "pixels >= 8")
     need(self.frames >= 0, "frames", "an int >= 0")
     need(self.fps > 0, "fps", "frames per second > 0")
+    need(self.threshold is None or self.threshold >= 0, "threshold", "a number >= 0")
+    need(0 <= self.dark_luma <= 255, "dark_luma", "a luma in [0, 255]")
+    need(self.flat_laplacian >= 0, "flat_laplacian", "a number >= 0")
+    need(0 <= self.duplicate_diff <= 255, "duplicate_diff", "a mean difference in [0, 255]")
+    need(self.border_luma >= 0, "border_luma", "a luma >= 0")
+    need(self.captioner_timeout_s > 0, "captioner_timeout_s", "seconds > 0")
     need(not self.captioner or "{image}" in self.captioner, "captioner", "a command containing {image}")
 
 
 class VideoError(Exception):
   """A file that cannot be read as a whole video (corrupt, truncated, not a video)."""
+
+
+class CaptionerError(ValueError):
+  """The --captioner command cannot run or exits non-zero: the tool is at fault, not one film, so the run stops
+  (films curated so far are kept and a rerun resumes after them)."""
 
 
 # ------------------------------------------------------------------------------------------ shots
@@ -197,18 +209,23 @@ def sidecar_captions(captions_dir: str, stem: str, spans_s: list[tuple[float, fl
   return {}, ""
 
 
-def run_captioner(command: str, keyframe: np.ndarray, timeout_s: float) -> tuple[str, str]:
-  """(caption, "") from the user's command on this keyframe, or ("", why not)."""
+def run_captioner(command: str, keyframe: np.ndarray, timeout_s: float, where: str = "") -> tuple[str, str]:
+  """(caption, "") from the user's command on this keyframe, or ("", why not) when it timed out on it;
+  CaptionerError when the command cannot be started or exits non-zero. where: the shot, for the message."""
   with tempfile.TemporaryDirectory() as tmp:
     image = os.path.join(tmp, "keyframe.png")
     Image.fromarray(keyframe).save(image)
     argv = [a.replace("{image}", image) for a in shlex.split(command)]
     try:
       done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-      return "", f"captioner failed ({type(e).__name__}: {e})"
+    except subprocess.TimeoutExpired:
+      return "", f"captioner took over {timeout_s:g} s"
+    except OSError as e:
+      raise CaptionerError(f"--captioner={command!r} cannot run ({e.strerror or e}: {argv[0]})") from None
   if done.returncode:
-    return "", f"captioner exited {done.returncode}: {done.stderr.strip()[-200:]}"
+    detail = " ".join(done.stderr.strip().splitlines()[-1:])[-200:]
+    raise CaptionerError(f"--captioner={command!r} exited {done.returncode} on {where or 'a keyframe'}"
+                         + (f" ({detail})" if detail else "") + "; films curated before it are kept")
   return done.stdout.strip(), ""
 
 
@@ -282,7 +299,8 @@ def _curate(path: str, mid: str, s: Settings, captions_dir: str) -> tuple[dict[s
     previous = thumbnail(key)
     caption, caption_source, problem = given.get(k, ""), source, ""
     if not caption and s.captioner:
-      (caption, problem), caption_source = run_captioner(s.captioner, key, s.captioner_timeout_s), "captioner"
+      (caption, problem), caption_source = run_captioner(s.captioner, key, s.captioner_timeout_s,
+                                                               f"{mid} shot {k}"), "captioner"
     if not caption:
       entry["dropped"] = "no_caption"
       entry["why"] = problem or (f"no caption for shot {k} in the {source} sidecar" if source else "no caption source")
@@ -330,6 +348,7 @@ def find_videos(pattern: str) -> list[str]:
 def _check_settings(out: str, s: Settings, captions_dir: str) -> None:
   """A resumed run (or one that adds films) must curate as the first did; the first writes settings.json.
   A folder that holds anything else is not curate's to write into."""
+  paths.writable_folder(out, "--out")
   want = dict(dataclasses.asdict(s), captions=os.path.abspath(captions_dir) if captions_dir else "")
   path = os.path.join(out, SETTINGS_FILE)
   if not os.path.exists(path) and os.path.isdir(out) and os.listdir(out):
@@ -365,21 +384,23 @@ def curate(videos: list[str], out: str, s: Settings, *, captions_dir: str = "", 
   if progress:
     import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=len(videos), unit="movie", desc="curating")
-  if workers <= 1:
-    for v in videos:
-      entries.append(curate_movie(v, out, s, captions_dir))
-      if bar:
-        bar.update()
-  else:
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-      futures = [pool.submit(curate_movie, v, out, s, captions_dir) for v in videos]
-      for fut in concurrent.futures.as_completed(futures):
-        entries.append(fut.result())
+  try:
+    if workers <= 1:
+      for v in videos:
+        entries.append(curate_movie(v, out, s, captions_dir))
         if bar:
           bar.update()
-  if bar:
-    bar.close()
+    else:
+      ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+      with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [pool.submit(curate_movie, v, out, s, captions_dir) for v in videos]
+        for fut in concurrent.futures.as_completed(futures):
+          entries.append(fut.result())
+          if bar:
+            bar.update()
+  finally:
+    if bar:  # its line ends before an error is printed
+      bar.close()
   this_run = {e["movie_id"] for e in entries}
   for mid in sorted(os.listdir(os.path.join(out, MOVIES_DIR))):  # films an earlier run curated into `out`
     manifest = os.path.join(out, MOVIES_DIR, mid, "manifest.json")

@@ -146,9 +146,9 @@ def test_filters_srt_captioner_and_frames(tmp_path):
                                               "<Bo> under red light"]  # shot 3 is yellow: red wins by a hair
   assert {sh.meta["caption_source"] for sh, _, _ in got} == {"captioner"}
   s3 = films.Settings(short_side=16, min_scene_len=3, captioner=f"{sys.executable} -c 'raise SystemExit(3)' {{image}}")
-  summary = films.curate([str(videos / "film.mp4")], str(tmp_path / "fail"), s3)
-  manifest = json.loads((tmp_path / "fail" / "movies" / "film" / "manifest.json").read_text())
-  assert summary["records"] is None and manifest["shots"][0]["why"].startswith("captioner exited 3")
+  with pytest.raises(films.CaptionerError, match=r"^--captioner=.* exited 3 on film shot 0; films curated before"):
+    films.curate([str(videos / "film.mp4")], str(tmp_path / "fail"), s3)
+  assert not (tmp_path / "fail" / "movies" / "film").exists()  # nothing half-curated is kept
   with pytest.raises(ValueError, match="was curated with short_side=16, this run has 32"):
     films.curate([str(videos / "film.mp4")], str(tmp_path / "fail"),
                  films.Settings(short_side=32, min_scene_len=3, captioner=s3.captioner))
