@@ -40,6 +40,7 @@ import numpy as np
 from cinema_jax import cli
 from cinema_jax import encoders
 from cinema_jax import errors
+from cinema_jax import paths
 from cinema_jax import toy_clip
 from cinema_jax.models import clip
 from cinema_jax.models import vae as vae_model
@@ -169,6 +170,23 @@ def encode_movie(reader: records.ShotReader, movie: dict[str, Any], enc: Encoder
   return out
 
 
+def check_destination(dst: str, settings: dict | None, overwrite: bool) -> bool:
+  """True when DST is already complete with these settings; refuses in one line a DST that is a file, holds
+  what this command did not write, or (without overwrite) latents made with other settings."""
+  paths.writable_folder(dst, "--dst")
+  if os.path.exists(os.path.join(dst, records.INDEX_FILE)):
+    made = records.Index.load(dst).info.get("precompute_settings")
+    if settings is None or made == settings:
+      return True
+    if not overwrite:
+      raise errors.DataError(f"--dst={dst} holds latents made with other settings ({_differ(made, settings)}); give "
+                             "another --dst, or --overwrite to make it again")
+  elif os.path.isdir(dst) and os.listdir(dst):
+    raise errors.DataError(f"--dst={dst} holds other files ({', '.join(sorted(os.listdir(dst))[:3])}), not a dataset "
+                           "this command wrote; give a new or empty folder")
+  return False
+
+
 def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: int = 1, batch_size: int = 16,
         log=print, frames: bool = False, settings: dict | None = None, overwrite: bool = False) -> bool:
   """Encodes this process's movies; assembles DST when every movie is done. True when DST is complete.
@@ -181,16 +199,9 @@ def run(src: str, dst: str, enc: Encoders, process_id: int = 0, num_processes: i
   work = f"{os.path.abspath(dst)}.work"
   settings = None if settings is None else json.loads(json.dumps(dict(settings, src=os.path.abspath(src),
                                                                       frames=frames)))
-  if os.path.exists(os.path.join(dst, records.INDEX_FILE)):
-    made = records.Index.load(dst).info.get("precompute_settings")
-    if settings is None or made == settings:
-      log(f"{dst} is complete")
-      return True
-    if not overwrite:
-      raise errors.DataError(f"--dst={dst} holds latents made with other settings ({_differ(made, settings)}); give "
-                             "another --dst, or --overwrite to make it again")
-  elif os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-    raise errors.DataError(f"--dst={dst} exists and is not a dataset this command wrote; give a new folder")
+  if check_destination(dst, settings, overwrite):
+    log(f"{dst} is complete")
+    return True
   if settings is not None:
     _claim_work(work, settings, overwrite)
   reader = records.ShotReader(src)
@@ -342,6 +353,14 @@ def main(argv) -> None:
       sys.exit(f"error: unexpected arguments {args[1:]}")
     v = {k: flag.value for k, flag in f.items()}
     try:
+      # everything the flags name is checked before the encoders load (minutes for T5-XXL)
+      records.Index.load(paths.existing(v["src"], "--src", "folder"))
+      for flag in ("vae", "t5", "clip", "clip_vision"):
+        if v[flag]:
+          paths.existing(v[flag], f"--{flag}", "folder")
+      if not 0 <= v["process_id"] < v["num_processes"]:
+        raise ValueError(f"--process_id={v['process_id']}: expected 0 <= id < --num_processes={v['num_processes']}")
+      check_destination(v["dst"], None, v["overwrite"])
       enc = load_encoders(v["vae"], v["t5"], v["clip"], v["clip_vision"], v["t5_len"],
                           text_convention=v["text_convention"])
       settings = {k: v[k] for k in ("vae", "t5", "clip", "clip_vision", "t5_len", "text_convention")}

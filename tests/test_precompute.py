@@ -162,6 +162,6 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_makes_it_again(toy
   mine = tmp_path / "mine"
   mine.mkdir()
   (mine / "notes.txt").write_text("mine")
-  with pytest.raises(errors.DataError, match=r"exists and is not a dataset this command wrote"):
+  with pytest.raises(errors.DataError, match=r"holds other files \(notes.txt\), not a dataset this command wrote"):
     run(mine, "A", overwrite=True)
   assert (mine / "notes.txt").read_text() == "mine"

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from cinema_jax import errors
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -84,7 +86,13 @@ class Source:
     self.files = files
     self._where: dict[str, str] = {}
     self._shapes: dict[str, tuple[int, ...]] = {}
-    self._open = {f: safe_open(f, framework="flax") for f in files}  # "flax": bf16 survives, numpy's does not
+    self._open = {}
+    for f in files:
+      try:
+        self._open[f] = safe_open(f, framework="flax")  # "flax": bf16 survives, numpy's does not
+      except Exception as e:  # pylint: disable=broad-except  # safetensors' own error type has no stable import path
+        detail = " ".join(str(e).split())[:160]
+        raise errors.DataError(f"{f}: not a safetensors file ({detail})") from None
     for f, h in self._open.items():
       for k in h.keys():
         self._where[k] = f
@@ -174,6 +182,12 @@ def _pickles_in(folder: str) -> list[str]:
 # ------------------------------------------------------------------------------ check / import / load
 
 
+def mismatch(what: str, problems: list[str], shown: int = 8) -> str:
+  """One line naming the first `shown` problems (a wrong config gives hundreds)."""
+  more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+  return f"{what} does not match the model config ({len(problems)} problems): " + "; ".join(problems[:shown]) + more
+
+
 def check(source, layout: Layout, what: str) -> None:
   """Raises one ValueError naming every missing, unexpected and mis-shaped source tensor."""
   expected: dict[str, tuple[int, ...]] = {}
@@ -186,7 +200,7 @@ def check(source, layout: Layout, what: str) -> None:
                if k in have and source.shape(k) != s]
   problems += [f"unexpected {k} {source.shape(k)}" for k in sorted(have - set(expected))]
   if problems:
-    raise ValueError(f"{what} does not match the model config ({len(problems)} problems):\n  " + "\n  ".join(problems))
+    raise ValueError(mismatch(what, problems))
 
 
 def import_params(source, layout: Layout, dtype) -> dict:
@@ -311,7 +325,7 @@ def load_by_name(model, state_dict: Mapping[str, Any], what: str, embeddings: tu
   problems += [f"mis-shaped {name(p)}: {new[p].shape}, expected {v.shape}" for p, v in current.items()
                if p in new and new[p].shape != v.shape]
   if problems:
-    raise ValueError(f"{what} does not match the model config ({len(problems)} problems):\n  " + "\n  ".join(problems))
+    raise ValueError(mismatch(what, problems))
   for p, var in current.items():
     old = var.get_value()
     var.set_value(jax.device_put(new[p].astype(old.dtype), old.sharding))
