@@ -137,6 +137,7 @@ def test_bad_storylines_files(tmp_path, content, message):
 def test_sample_cli_without_checkpoints_is_a_one_line_error(tmp_path):
   stories = tmp_path / "s.jsonl"
   stories.write_text(json.dumps({"title": "t", "captions": ["a"]}) + "\n")
+  (tmp_path / "nothing").mkdir()  # a folder with no checkpoints (a missing one: tests/hostile.py)
   done = subprocess.run([sys.executable, "-m", "cinema_jax.sample", f"--workdir={tmp_path / 'nothing'}",
                          f"--storylines={stories}", f"--outdir={tmp_path / 'out'}"], cwd=REPO, capture_output=True,
                         text=True, check=False)

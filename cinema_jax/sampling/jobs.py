@@ -148,6 +148,11 @@ def claim(outdir: str, settings: dict) -> None:
       raise errors.DataError(f"--outdir={outdir} holds storylines sampled with other settings: {', '.join(changed)}; "
                              "sample into another folder (or delete it)")
     return
+  others = sorted(n for n in (os.listdir(outdir) if os.path.isdir(outdir) else ())
+                  if not (n.startswith(".") or n == SUMMARY or re.match(r"\d{3,}-", n)))
+  if others:  # not a sampling job's folder: nothing of a user's is written beside or over
+    listed = ", ".join(others[:3]) + (", ..." if others[3:] else "")
+    raise errors.DataError(f"--outdir={outdir} holds other files ({listed}); sample into a new or empty folder")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   _write_json(path, settings)
 
@@ -283,8 +288,10 @@ def keyframe_stage(workdir: str | None, flux: str | None, config, storylines: st
   config.sample fields; encoder_flags: the encoder folders (cli.define_encoder_flags' values)."""
   stories = read_storylines(storylines) if storylines != "toy" else None
   if flux is not None:
+    paths.existing(flux, "--flux", "folder")
     c, step = config_validation.load(config, reads_data=False), 0
   else:
+    paths.existing(workdir, "--workdir", "folder")
     if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
       raise errors.DataError(f"no checkpoints in {workdir}: train first (python -m cinema_jax.train)")
     c = loading.saved_config(workdir)
@@ -311,7 +318,8 @@ def keyframe_stage(workdir: str | None, flux: str | None, config, storylines: st
                                      clip=clip, text=text, frames=frames)
   info = dict(checkpoint_step=step, **({"flux": os.path.abspath(flux)} if flux else {}),
               context_pairs=sampler.num_pairs, mode=c.sample.mode, num_steps=c.sample.num_steps,
-              guidance=c.sample.guidance, kv_cache=c.sample.kv_cache)
+              guidance=c.sample.guidance, kv_cache=c.sample.kv_cache, params="raw" if raw_params else "ema",
+              param_dtype=c.sample.param_dtype)
   return sampler, params, stories, info, c
 
 
@@ -320,6 +328,7 @@ def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bo
   """(shots_fn for jobs.run, manifest info, config) of the video model in workdir; resolution:
   the keyframe model's, which it must match (None: unchecked); overrides: config.sample fields;
   encoder_flags: the encoder folders (cli.define_encoder_flags' values) for a latent T5/CLIP model."""
+  paths.existing(workdir, "--video_workdir", "folder")
   if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
     raise errors.DataError(f"no checkpoints in --video_workdir={workdir}: train one first "
                            "(python -m cinema_jax.train --config=configs/video.py:demo)")
@@ -336,5 +345,6 @@ def video_stage(workdir: str, resolution: tuple[int, int] | None, raw_params: bo
   graphdef, params, step = loading.restore_params(workdir, c, raw_params, dtype, mesh)
   text, frames = loading.encoders_for(c, dtype, mesh)
   sampler = shot_sampler.ShotSampler(c, graphdef, text=text, frames=frames)
-  info = {"video_checkpoint_step": step, "video_num_steps": c.sample.num_steps, "video_guidance": c.sample.guidance}
+  info = {"video_checkpoint_step": step, "video_num_steps": c.sample.num_steps, "video_guidance": c.sample.guidance,
+          "video_params": "raw" if raw_params else "ema"}
   return (lambda kf, captions, seed: sampler.shots(params, kf, captions, seed=seed)), info, c
