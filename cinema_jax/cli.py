@@ -31,6 +31,10 @@ class ProjectLogsOnly(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if absl_logging.get_verbosity() >= 1 or record.pathname.startswith(PROJECT_DIRS):
       return True
+    if record.exc_info and "/orbax/" in record.pathname and "save" in str(record.msg).lower():
+      # Orbax logs a failed async save (its commit thread, then its finalize thread) with tracebacks; the
+      # training loop reports the failure in one line (--verbosity=1 keeps them)
+      record.exc_info, record.exc_text = None, None
     # Orbax warns whenever a checkpoint manager is opened read-only, which is how sampling and the
     # resume checks read a workdir: not a problem to report
     return record.levelno >= logging.WARNING and not str(record.msg).startswith(_READ_ONLY_NOTICE)
@@ -43,6 +47,18 @@ def quiet_libraries(handler: logging.Handler | None = None) -> None:
     handler.addFilter(ProjectLogsOnly())
 
 
+def _ignore_reads_after_a_failed_restore(hook):
+  """sys.unraisablehook without the `RuntimeError: Event loop is closed` tracebacks that tensorstore reports
+  for reads still in flight when an Orbax restore has failed (a damaged checkpoint, reported in one line)
+  and closed its event loop: those reads' results are not wanted. Everything else goes to `hook`."""
+  def unraisablehook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    hook(unraisable)
+  unraisablehook.wrapped = True
+  return unraisablehook
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing for `app.run(main, flags_parser=parse_flags)`, which every command uses; it also
   quiets other libraries' INFO lines (quiet_libraries).
@@ -51,6 +67,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   for unknown or mistyped fields; those become `error: ...` lines instead of tracebacks.
   """
   quiet_libraries()
+  if not getattr(sys.unraisablehook, "wrapped", False):
+    sys.unraisablehook = _ignore_reads_after_a_failed_restore(sys.unraisablehook)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -110,6 +110,7 @@ def train_and_evaluate(c: config_validation.Config, workdir: str, stop_at_step: 
           batch_format.check(batch, batch_format.spec(stage.config), path)
           step_fn = train_step.jit_train_step(stage.config, setup, mesh, batch)
         state, metrics = step_fn(state, batch)
+        _background_save_failed(mngr, c)
         # Fetch the previous step's metrics after dispatching this one: the host never stalls the device.
         if pending is not None:
           window.append(_check(pending, guard, mngr))
@@ -220,16 +221,31 @@ def _save(mngr, step: int, state, data_iter, c, final: bool) -> None:
     if final:
       mngr.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except  (OSError, tensorstore and Orbax errors alike)
-    distributed.collective_failure(e)  # a save barrier that failed because another process died: exit now
-    try:
-      saved = mngr.latest_step()
-    except Exception:  # pylint: disable=broad-except  (the directory itself may be what failed)
-      saved = None
-    msg = (f"checkpoint save at step {step} failed ({type(e).__name__}: {e}); the last complete checkpoint "
-           f"({'step ' + str(saved) if saved is not None else 'none'}) is untouched (a resume verifies it)")
-    if c.checkpoint.on_save_error == "stop" or final:
-      raise errors.TrainingError(msg + (" (this was the run's last save)" if final else "")) from None
-    logging.error("%s; retrying at the next checkpoint step (config.checkpoint.on_save_error='retry')", msg)
+    _save_failed(mngr, f"checkpoint save at step {step}", e, c, final)
+
+
+def _background_save_failed(mngr, c) -> None:
+  """An async save whose background commit failed, reported at the next step as a failed save is (not
+  at the next save or the end of the run, which may be hours away)."""
+  try:
+    mngr.check_for_errors()
+  except Exception as e:  # pylint: disable=broad-except
+    _save_failed(mngr, "the checkpoint save in the background", e, c, final=False)
+
+
+def _save_failed(mngr, what: str, e: Exception, c, final: bool) -> None:
+  """By config.checkpoint.on_save_error: a TrainingError (stop) or a logged error (retry at the next save)."""
+  distributed.collective_failure(e)  # a save barrier that failed because another process died: exit now
+  try:
+    saved = mngr.latest_step()
+  except Exception:  # pylint: disable=broad-except  (the directory itself may be what failed)
+    saved = None
+  detail = " ".join(str(e).split())[:300]
+  msg = (f"{what} failed ({type(e).__name__}: {detail}); the last complete checkpoint "
+         f"({'step ' + str(saved) if saved is not None else 'none'}) is untouched (a resume verifies it)")
+  if c.checkpoint.on_save_error == "stop" or final:
+    raise errors.TrainingError(msg + (" (this was the run's last save)" if final else "")) from None
+  logging.error("%s; retrying at the next checkpoint step (config.checkpoint.on_save_error='retry')", msg)
 
 
 def _log(c, step: int, window: list[dict], elapsed: float, counter: "flops.StepCost", writer) -> dict[str, Any]:
