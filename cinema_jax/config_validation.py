@@ -144,6 +144,7 @@ class Toy(Section):
 
   def check(self):
     self.at_least(1, "num_movies", "num_frames", "min_shots")
+    self.at_least(0, "seed")  # numpy's generators take no negative seed
     if self.max_shots < self.min_shots:
       self.fail("max_shots", f"an int >= data.toy.min_shots={self.min_shots}")
 
@@ -210,7 +211,7 @@ class Data(Section):
     if min(self.resolution) < 1:
       self.fail("resolution", "(height, width) in pixels")
     self.at_least(1, "num_pairs", "max_stride", "text_len", "worker_buffer_size", "bad_records_min_seen")
-    self.at_least(0, "worker_count")
+    self.at_least(0, "worker_count", "seed")
     if not 0 <= self.max_overlap < 1:
       self.fail("max_overlap", "a fraction in [0, 1)")
     if self.num_epochs is not None and self.num_epochs < 1:

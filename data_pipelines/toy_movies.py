@@ -27,7 +27,8 @@ def _define_flags() -> dict:
   return {
       "out": flags.DEFINE_string("out", None, "Output directory (must not exist unless --overwrite)."),
       "num_movies": flags.DEFINE_integer("num_movies", 64, "Training movies.", lower_bound=1),
-      "seed": flags.DEFINE_integer("seed", 0, "World seed: the same seed gives the same movies, byte for byte."),
+      "seed": flags.DEFINE_integer("seed", 0, "World seed: the same seed gives the same movies, byte for byte.",
+                                   lower_bound=0),
       "num_storylines": flags.DEFINE_integer("num_storylines", 8, "Held-out movies written as storylines.",
                                              lower_bound=0),
       "height": flags.DEFINE_integer("height", 32, "Frame height (width is usually 2x).", lower_bound=1),
