@@ -32,11 +32,13 @@ SUITE = (
     ("compile_time", [], "compile time of the train step vs depth (scanned layers)"),
     ("long_attention", [], "blockwise attention vs the XLA reference, time and memory, 1K to 32K tokens"),
     ("autoencoder_step", [], "the toy autoencoder's train step: XLA's convolution kernel gradient vs chunked"),
+    ("checkpoint_save", [], "each save's checksums of the state vs the save and the train step (demo, wide)"),
 )
 QUICK_ARGS = {"train_step": ["--quick"], "pair_attention": ["--quick", "--pairs=4"],
               "goldenmem": ["--pairs=8", "--budget_pairs=8", "--max_pairs=16"],
               "sampling": ["--quick", "--pairs=3", "--repeats=1"], "data": ["--num_batches=8"],
-              "compile_time": ["--quick"], "long_attention": ["--quick"], "autoencoder_step": ["--quick"]}
+              "compile_time": ["--quick"], "long_attention": ["--quick"], "autoencoder_step": ["--quick"],
+              "checkpoint_save": ["--quick"]}
 
 _OUT = flags.DEFINE_string("out", "runs/benchmarks.md", "The report (Markdown).")
 _ONLY = flags.DEFINE_list("only", [], "Run only these benchmarks (names: " + ", ".join(s[0] for s in SUITE) + ").")
