@@ -244,7 +244,7 @@ def _cases() -> list[Case]:
       r"num_storylines")
   add("toy_movies: --seed=-1", "range", (*WORLD, "--out={tmp}/w", "--seed=-1"), r"--seed=-1")
   add("toy_movies: frames too large for memory", "memory",
-      (*WORLD, "--out={tmp}/w", "--height=60000", "--width=60000"), r"(memory|GiB|GB)", timeout_s=60)
+      (*WORLD, "--out={tmp}/w", "--height=200000", "--width=200000"), r"(memory|GiB|GB)", timeout_s=60)
 
   # train: config
   add("train: missing config file", "config", (*TRAIN[:1], "--config=configs/nope.py", "--workdir={tmp}/r"),
@@ -267,7 +267,7 @@ def _cases() -> list[Case]:
   add("train: --num_processes without a coordinator", "config", (*TRAIN, "--num_processes=2", "--process_id=0"),
       r"coordinator")
   add("train: resolution too large for memory", "memory",
-      (*TRAIN, "--config.data.resolution=(16384,32768)"), r"(memory|GiB|GB)", timeout_s=90)
+      (*TRAIN, "--config.data.resolution=(65536,131072)"), r"(memory|GiB|GB)", timeout_s=90)
   add("train: resume with another model shape", "config",
       (*RESUME, "--config.model.hidden=64", "--config.model.axes_dim=(8,12,12)"), r"hidden=32 there, 64",
       setup=_wd, protect=("{tmp}/wd/checkpoints",))
