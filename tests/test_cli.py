@@ -42,3 +42,29 @@ def test_quiet_libraries_installs_the_filter_once():
   cli.quiet_libraries(handler)
   cli.quiet_libraries(handler)
   assert sum(isinstance(f, cli.ProjectLogsOnly) for f in handler.filters) == 1
+
+
+def test_orbax_save_tracebacks_are_dropped_but_the_error_line_kept(verbosity):
+  verbosity(0)
+  keep = cli.ProjectLogsOnly().filter
+  try:
+    raise OSError("disk full")
+  except OSError:
+    import sys  # pylint: disable=import-outside-toplevel
+    info = sys.exc_info()
+  orbax = "/site-packages/orbax/checkpoint/_src/checkpointers/async_checkpointer.py"
+  record = logging.LogRecord("absl", logging.ERROR, orbax, 1, "Failed ... in background save thread", (), info)
+  assert keep(record) and record.exc_info is None  # the line stays, its traceback goes
+  other = logging.LogRecord("absl", logging.ERROR, "/site-packages/jax/x.py", 1, "save failed", (), info)
+  assert keep(other) and other.exc_info is info  # not Orbax: untouched
+
+
+def test_only_closed_event_loop_reports_are_dropped_from_unraisable_exceptions():
+  seen = []
+  hook = cli._ignore_reads_after_a_failed_restore(seen.append)  # pylint: disable=protected-access
+  unraisable = lambda e: type("U", (), {"exc_value": e})()
+  hook(unraisable(RuntimeError("Event loop is closed")))
+  assert not seen
+  hook(unraisable(RuntimeError("something else")))
+  hook(unraisable(ValueError("Event loop is closed")))
+  assert [str(u.exc_value) for u in seen] == ["something else", "Event loop is closed"]

@@ -266,3 +266,29 @@ def test_no_code_path_unpickles_or_executes_user_files():
         if any(re.search(b, line) for b in banned):
           hits.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
   assert not hits, "\n".join(hits)
+
+
+class _FailedInTheBackground:
+  """A checkpoint manager whose last async commit failed in its background thread."""
+
+  def check_for_errors(self):
+    raise OSError(28, "No space left on device")
+
+  def latest_step(self):
+    return 4
+
+
+@pytest.mark.parametrize("policy", ["stop", "retry"])
+def test_a_failed_background_commit_is_reported_at_the_next_step(policy, caplog):
+  from cinema_jax.training import loop  # pylint: disable=import-outside-toplevel
+  raw = _tiny()
+  raw.checkpoint.on_save_error = policy
+  c = config_validation.load(raw, reads_data=False)
+  msg = (r"the checkpoint save in the background failed \(OSError: \[Errno 28\] No space left on device\); the last "
+         r"complete checkpoint \(step 4\) is untouched \(a resume verifies it\)")
+  if policy == "stop":
+    with pytest.raises(errors.TrainingError, match="^" + msg + "$"):
+      loop._background_save_failed(_FailedInTheBackground(), c)  # pylint: disable=protected-access
+  else:
+    loop._background_save_failed(_FailedInTheBackground(), c)  # pylint: disable=protected-access
+    assert re.search(msg + r"; retrying at the next checkpoint step", caplog.text)
