@@ -3,8 +3,8 @@
   toy   FLUX's AutoencoderKL module at the toy world's size: 32x64 frames -> 16x32 latents of 4 channels
         (2x down), which the keyframe and video models read in 4x4 patches: the 4x8 token grid of a
         32x64 keyframe, as before, so GoldenMem keeps its three levels (docs/design_notes.md says why
-        2x and not 4x). Trains on a 2-core CPU in about 5.5 minutes on frames of the toy world's shots
-        (RESULTS.md: the toy autoencoder)
+        2x and not 4x). 1400 steps on frames of the toy world's shots: 5.2 minutes on a 2-core Intel
+        Xeon (AVX-512), about twice that on a 2-core AMD EPYC (AVX2) (RESULTS.md: the toy autoencoder)
   tiny  the smallest end-to-end setting, for tests and smoke runs (16x32 frames)
 
 Everything else (data pipeline, mesh, checkpoints, optimizer fields) is the keyframe config's.
@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a.mid_block_attention = False
   a.kernel_grad_chunk = 4  # CPU training: see models/vae.py
   a.edge_weight = 8.0  # extra loss weight of pixels at colour edges (sprites, outlines)
-  a.corner_weight = 0.0  # times more again where colour changes both ways (sprite corners, not the horizon)
+  a.corner_weight = 4.0  # times more again where colour changes both ways (sprite corners, not the horizon)
   a.border_weight = 4.0  # extra loss weight of the frame's outer rows and columns (zero padding blurs them)
   a.gradient_weight = 0.0  # L1 of the error's pixel differences: sharp corners, not only the right colours
   a.l2_weight = 0.0  # a squared term beside L1: a few pixels far off (a small sprite's corner) cost more
@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample.param_dtype = "float32"
   c.optimizer.update(lr=8e-3, warmup_steps=100, end_lr_fraction=0.05, b2=0.99, ema_decay=0.99, grad_clip=1.0)
   if variant == "toy":
-    c.total_steps = 700
+    c.total_steps = 1400
     c.batch_size = 16  # shots, one frame of each: 16 frames a step
     c.checkpoint.update(every_steps=200, keep=2)
     c.log.update(every_steps=50)
