@@ -569,8 +569,8 @@ def run_case(case: Case, fx: dict, tmp: str) -> Result:
   protected = {p: _snapshot(p) for p in (_fill(p, tmp, fx) for p in case.protect)}
   args = [_fill(a, tmp, fx) for a in case.args]
   start = time.monotonic()
-  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env(fx.get("jax_cache", "")), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env(fx.get("jax_cache", "")),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   hung = False
   if case.signal_after:
     _interrupt_after(proc, case.signal_after)
