@@ -8,10 +8,6 @@ import pytest
 
 from tests import hostile
 
-# One worker runs every case: the inputs (a toy world, a trained and a sampled workdir) and the
-# compilation cache are made once, not once a worker.
-pytestmark = pytest.mark.xdist_group(name="hostile")
-
 
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory):
