@@ -85,34 +85,28 @@ TINY_TRAIN = ("cinema_jax.train", "--config=configs/keyframe.py:tiny", "--config
               "--config.checkpoint.every_steps=1")
 
 
-def env(jax_cache: str = "") -> dict[str, str]:
-  """One CPU device, as a user's laptop has (the tests' 8 fake devices are for sharding tests); with
-  `jax_cache`, a compilation cache the cases share (the train and sample cases compile the same tiny
-  programs, about 10 s each without it)."""
+def env() -> dict[str, str]:
+  """One CPU device, as a user's laptop has (the tests' 8 fake devices are for sharding tests)."""
   e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTEST_CURRENT_TEST")}
   e.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + e.get("PYTHONPATH", ""))
-  if jax_cache:
-    e.update(JAX_COMPILATION_CACHE_DIR=jax_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return e
 
 
-def _run(args, jax_cache: str, **kw) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env(jax_cache), capture_output=True, text=True,
-                        **kw)
+def _run(args, **kw) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env(), capture_output=True, text=True, **kw)
 
 
 def make_fixtures(root: str) -> dict[str, str]:
   """A toy world, a tiny workdir trained 2 steps (checkpoints 1 and 2) and a folder sampled from it."""
   fx = {"world": os.path.join(root, "world"), "workdir": os.path.join(root, "workdir"),
-        "sampled": os.path.join(root, "sampled"), "jax_cache": os.path.join(root, "jax_cache")}
+        "sampled": os.path.join(root, "sampled")}
   steps = [("data_pipelines.toy_movies", f"--out={fx['world']}", "--num_movies=3", "--num_storylines=1",
             "--height=16", "--width=32", "--num_frames=2", "--min_shots=2", "--max_shots=4", "--num_shards=2"),
            (*TINY_TRAIN, f"--workdir={fx['workdir']}", "--config.total_steps=2"),
            ("cinema_jax.sample", f"--workdir={fx['workdir']}", "--storylines=toy", f"--outdir={fx['sampled']}",
             "--max_shots=2", "--num_steps=2")]
   for args in steps:
-    p = _run(args, fx["jax_cache"], timeout=600)
+    p = _run(args, timeout=600)
     if p.returncode:
       raise RuntimeError(f"making the suite's inputs: {' '.join(args)} exited {p.returncode}\n{p.stderr[-3000:]}")
   data = os.path.join(fx["workdir"], "data")
@@ -524,7 +518,7 @@ def _zeros(shape):
 
 def _curated(tmp: str, fx: dict) -> None:
   _videos(tmp, fx)
-  p = _run([a.replace("{tmp}", tmp) for a in CURATE], fx["jax_cache"], timeout=300)
+  p = _run([a.replace("{tmp}", tmp) for a in CURATE], timeout=300)
   if p.returncode:
     raise RuntimeError(f"curating the case's first run: {p.stderr[-2000:]}")
 
@@ -569,8 +563,8 @@ def run_case(case: Case, fx: dict, tmp: str) -> Result:
   protected = {p: _snapshot(p) for p in (_fill(p, tmp, fx) for p in case.protect)}
   args = [_fill(a, tmp, fx) for a in case.args]
   start = time.monotonic()
-  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env(fx.get("jax_cache", "")),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   hung = False
   if case.signal_after:
     _interrupt_after(proc, case.signal_after)
